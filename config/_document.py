@@ -1,0 +1,181 @@
+"""The collector's YAML document: components keyed by ``type[/name]`` and the pipelines that wire them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ._errors import ConfigError, ConfigIssue, join
+from ._expand import expand
+from ._options import decode
+from ._units import Duration
+
+KINDS = ("receivers", "processors", "exporters")
+_ID = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)(?:/(?P<name>[A-Za-z0-9_.\-]+))?$")
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentId:
+    """``type[/name]``: the name lets two instances of one type coexist (``kafka/reports``)."""
+
+    type: str
+    name: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> ComponentId:
+        match = _ID.match(text) if isinstance(text, str) else None
+        if not match:
+            raise ValueError(f"{text!r} is not a component id of the form type[/name] (e.g. kafka/reports)")
+        return cls(match.group("type"), match.group("name") or "")
+
+    def __str__(self) -> str:
+        return f"{self.type}/{self.name}" if self.name else self.type
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    receivers: list[ComponentId]
+    processors: list[ComponentId]
+    exporters: list[ComponentId]
+
+
+@dataclass
+class LogsConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass
+class TelemetryConfig:
+    logs: LogsConfig = field(default_factory=LogsConfig)
+
+
+@dataclass
+class _PipelineOptions:
+    receivers: list[str] = field(default_factory=list)
+    processors: list[str] = field(default_factory=list)
+    exporters: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _ServiceOptions:
+    pipelines: dict[str, _PipelineOptions] = field(default_factory=dict)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    shutdown_timeout: Duration = Duration(30.0)
+    """How long draining may take on SIGTERM before the rest is abandoned (and counted)."""
+
+
+@dataclass
+class CollectorConfig:
+    """A resolved, validated configuration: each component's typed config, and the pipelines."""
+
+    components: dict[str, dict[ComponentId, Any]]
+    """kind (``receivers``...) → id → typed config instance."""
+    pipelines: dict[str, PipelineConfig]
+    telemetry: TelemetryConfig
+    shutdown_timeout: float
+    source: str = "<memory>"
+
+
+def load_file(path: str | Path, config_types: Mapping[str, Mapping[str, type]], env: Mapping[str, str] | None = None) -> CollectorConfig:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue("", f"cannot read config file {path}: {exc.strerror}")]) from None
+    return load_text(text, config_types, source=str(path), env=env)
+
+
+def load_text(
+    text: str, config_types: Mapping[str, Mapping[str, type]], *, source: str = "<memory>", env: Mapping[str, str] | None = None
+) -> CollectorConfig:
+    """Parse, expand and validate a whole document; raise :class:`ConfigError` listing every problem.
+
+    ``config_types`` maps each kind to its known component types and their config classes.
+    """
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([ConfigIssue("", f"{source} is not valid YAML{where}: {getattr(exc, 'problem', exc)}")]) from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError([ConfigIssue("", f"{source}: the top level must be a mapping")])
+
+    issues: list[ConfigIssue] = []
+    document = expand(document, issues, env=env)
+    for key in document:
+        if key not in (*KINDS, "service"):
+            issues.append(ConfigIssue(str(key), f"unknown top-level section (valid: {', '.join((*KINDS, 'service'))})"))
+
+    components: dict[str, dict[ComponentId, Any]] = {}
+    for kind in KINDS:
+        components[kind] = _components(kind, document.get(kind), config_types.get(kind, {}), issues)
+
+    service = decode(document.get("service"), _ServiceOptions, "service", issues)
+    pipelines: dict[str, PipelineConfig] = {}
+    if service is not None:
+        if not service.pipelines:
+            issues.append(ConfigIssue("service.pipelines", "at least one pipeline is required"))
+        for name, options in service.pipelines.items():
+            pipelines[name] = _pipeline(name, options, components, issues)
+
+    if issues:
+        raise ConfigError(issues)
+    assert service is not None
+    return CollectorConfig(components, pipelines, service.telemetry, float(service.shutdown_timeout), source)
+
+
+def _components(kind: str, section: Any, known: Mapping[str, type], issues: list[ConfigIssue]) -> dict[ComponentId, Any]:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        issues.append(ConfigIssue(kind, "expected a mapping of component id to options"))
+        return {}
+    out: dict[ComponentId, Any] = {}
+    for key, options in section.items():
+        path = join(kind, str(key))
+        try:
+            cid = ComponentId.parse(key)
+        except ValueError as exc:
+            issues.append(ConfigIssue(path, str(exc)))
+            continue
+        config_type = known.get(cid.type)
+        if config_type is None:
+            known_names = ", ".join(sorted(known)) or "none"
+            issues.append(ConfigIssue(path, f"unknown {kind[:-1]} type '{cid.type}' (known: {known_names})"))
+            continue
+        config = decode(options, config_type, path, issues)
+        if config is not None:
+            out[cid] = config
+    return out
+
+
+def _pipeline(name: str, options: _PipelineOptions, components: dict[str, dict[ComponentId, Any]], issues: list[ConfigIssue]) -> PipelineConfig:
+    base = join("service.pipelines", name)
+    resolved: dict[str, list[ComponentId]] = {}
+    for kind in KINDS:
+        ids = []
+        for i, text in enumerate(getattr(options, kind)):
+            path = join(join(base, kind), i)
+            try:
+                cid = ComponentId.parse(text)
+            except ValueError as exc:
+                issues.append(ConfigIssue(path, str(exc)))
+                continue
+            if cid in ids:
+                issues.append(ConfigIssue(path, f"{kind[:-1]} '{cid}' is listed twice"))
+            elif cid not in components[kind]:
+                issues.append(ConfigIssue(path, f"{kind[:-1]} '{cid}' is not defined under {kind}"))
+            ids.append(cid)
+        resolved[kind] = ids
+    for kind in ("receivers", "exporters"):
+        if not getattr(options, kind):
+            issues.append(ConfigIssue(join(base, kind), f"a pipeline needs at least one {kind[:-1]}"))
+    return PipelineConfig(**resolved)

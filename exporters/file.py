@@ -1,0 +1,168 @@
+"""Exporter ``file``: appends one JSON record per line to a local file, rotating it by size.
+
+Batches wait in a bounded queue; a single writer task drains it and does the file I/O on a worker
+thread so the event loop never blocks on disk. When the queue is full the pipeline is told to retry
+later (receivers answer 503) rather than growing memory. A write that fails (disk full) is retried
+with backoff; on shutdown the queue is drained and flushed before the file closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from webrtc_observer.component import Factory, RetryLater, Settings
+from webrtc_observer.config import Duration
+from webrtc_observer.model import Batch
+from webrtc_observer.records import json_records
+
+
+@dataclass
+class RotationConfig:
+    max_megabytes: int = 100
+    """Rotate when the file would grow past this size; 0 never rotates."""
+    max_backups: int = 5
+    """Rotated files kept as ``path.1`` (newest) … ``path.N``; older ones are deleted."""
+
+    def validate(self) -> list[tuple[str, str]]:
+        issues = []
+        if self.max_megabytes < 0:
+            issues.append(("max_megabytes", "must be 0 (never rotate) or more"))
+        if self.max_backups < 0:
+            issues.append(("max_backups", "must be 0 or more"))
+        return issues
+
+
+@dataclass
+class FileExporterConfig:
+    path: str = "data/reports.jsonl"
+    rotation: RotationConfig = field(default_factory=RotationConfig)
+    queue_size: int = 1000
+    """Batches that may wait for the disk; when full, the pipeline is asked to retry later."""
+    retry_max_interval: Duration = Duration(30)
+
+    def validate(self) -> list[tuple[str, str]]:
+        issues = []
+        if not self.path:
+            issues.append(("path", "must not be empty"))
+        if self.queue_size < 1:
+            issues.append(("queue_size", "must be at least 1"))
+        return issues
+
+
+class FileExporter:
+    def __init__(self, settings: Settings, config: FileExporterConfig) -> None:
+        self._config = config
+        self._log = settings.logger
+        self._path = Path(config.path)
+        self._max_bytes = config.rotation.max_megabytes * 1024 * 1024
+        self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=config.queue_size)
+        self._writer: asyncio.Task[None] | None = None
+        self._file: object | None = None
+        self._size = 0
+        self._closing = False
+        label = str(settings.id)
+        t = settings.telemetry
+        self._sent = t.counter("exporter_sent_records", "Records written or delivered", ("exporter",))
+        self._failed = t.counter("exporter_send_failed_records", "Records that could not be written or delivered", ("exporter",))
+        self._write_errors = t.counter("exporter_write_errors", "Failed write attempts (retried)", ("exporter",))
+        self._queue_gauge = t.gauge("exporter_queue_size", "Batches waiting in the exporter queue", ("exporter",))
+        self._queue_gauge.set(0, label)
+        t.gauge("exporter_queue_capacity", "Capacity of the exporter queue", ("exporter",)).set(config.queue_size, label)
+        self._label = label
+
+    async def start(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = await asyncio.to_thread(open, self._path, "ab")
+        self._size = self._path.stat().st_size
+        self._writer = asyncio.create_task(self._drain(), name=f"file-exporter-{self._label}")
+        self._log.info("writing records", path=str(self._path))
+
+    async def consume(self, batch: Batch) -> None:
+        if self._closing:
+            raise RetryLater("exporter is shutting down")
+        try:
+            self._queue.put_nowait(batch)
+        except asyncio.QueueFull:
+            raise RetryLater(f"file exporter queue is full ({self._config.queue_size} batches)") from None
+        self._queue_gauge.set(self._queue.qsize(), self._label)
+
+    async def _drain(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            batches = [batch]
+            while not self._queue.empty() and len(batches) < 256:  # write what is waiting in one go
+                batches.append(self._queue.get_nowait())
+            lines = [line for b in batches for line in json_records(b)]
+            await self._write_with_retry(lines)
+            for _ in batches:
+                self._queue.task_done()
+            self._queue_gauge.set(self._queue.qsize(), self._label)
+
+    async def _write_with_retry(self, lines: list[bytes]) -> None:
+        data = b"\n".join(lines) + b"\n"
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.to_thread(self._write, data)
+                self._sent.add(len(lines), self._label)
+                return
+            except OSError as exc:
+                self._write_errors.add(1, self._label)
+                self._log.error("write failed, will retry", path=str(self._path), error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._config.retry_max_interval)
+
+    def _write(self, data: bytes) -> None:
+        """Runs on a worker thread: rotate if needed, append, flush to the OS."""
+        if self._max_bytes and self._size and self._size + len(data) > self._max_bytes:
+            self._rotate()
+        f = self._file
+        f.write(data)  # type: ignore[attr-defined]
+        f.flush()  # type: ignore[attr-defined]
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        self._file.close()  # type: ignore[attr-defined]
+        backups = self._config.rotation.max_backups
+        if backups == 0:
+            self._path.unlink(missing_ok=True)
+        else:
+            oldest = self._path.with_name(f"{self._path.name}.{backups}")
+            oldest.unlink(missing_ok=True)
+            for i in range(backups - 1, 0, -1):
+                src = self._path.with_name(f"{self._path.name}.{i}")
+                if src.exists():
+                    os.replace(src, self._path.with_name(f"{self._path.name}.{i + 1}"))
+            os.replace(self._path, self._path.with_name(f"{self._path.name}.1"))
+        self._file = open(self._path, "ab")
+        self._size = 0
+        self._log.info("rotated", path=str(self._path))
+
+    async def shutdown(self) -> None:
+        """Write everything already accepted, then close the file."""
+        self._closing = True
+        if self._writer is not None:
+            await self._queue.join()
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        if self._file is not None:
+            f, self._file = self._file, None
+            await asyncio.to_thread(_sync_close, f)
+            self._log.info("file closed", path=str(self._path), records=int(self._sent.value(self._label)))
+
+
+def _sync_close(f: object) -> None:
+    f.flush()  # type: ignore[attr-defined]
+    os.fsync(f.fileno())  # type: ignore[attr-defined]
+    f.close()  # type: ignore[attr-defined]
+
+
+def _create(settings: Settings, config: FileExporterConfig, _next: None) -> FileExporter:
+    return FileExporter(settings, config)
+
+
+FACTORY = Factory(kind="exporter", type="file", config_type=FileExporterConfig, create=_create, description="JSON lines to a local file")

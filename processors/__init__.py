@@ -1,0 +1,1 @@
+"""Processors: stages between receivers and exporters (call correlation, reports, privacy, quality)."""

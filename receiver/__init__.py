@@ -1,0 +1,1 @@
+"""Receivers: where samples enter the collector (``observertc``: the ObserveRTC HTTP/WebSocket endpoints)."""

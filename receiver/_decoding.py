@@ -1,0 +1,162 @@
+"""From bytes on the wire to model samples: inflate, pick the encoding, detect the sample generation.
+
+One function serves HTTP bodies and WebSocket frames alike, so both transports accept exactly the same
+inputs and refuse bad ones with the same reasons.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from webrtc_observer.model import Origin, Sample
+
+from ._wire_types import WireError
+
+Encoding = Literal["json", "protobuf"]
+Route = Literal["samples", "pcsamples"]
+
+_WRAPPER_KEYS = frozenset({"clientSamples", "sfuSamples", "turnSamples", "controls"})
+_V3_KEYS = frozenset(
+    {"peerConnections", "clientEvents", "clientIssues", "clientMetaItems", "scoreReasons", "score", "attachments"}
+)
+_LEGACY_KEYS = frozenset({"peerConnectionId", "iceStats", "receiverStats", "senderStats", "browserId"})
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class RefusedInput(Exception):
+    """Input we will not take. ``reason`` is short, safe to show a client, and a metrics label."""
+
+    def __init__(self, reason: str, detail: str, status: int = 400) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    samples: list[Sample]
+    closing: bool
+    """The client announced it is leaving (2.x ``controls.close``)."""
+
+
+def inflate(data: bytes, limit: int) -> bytes:
+    """Gunzip ``data``, refusing output larger than ``limit`` bytes without producing all of it."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise RefusedInput("bad_gzip", f"body is not valid gzip ({exc})") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise RefusedInput("too_large", f"inflated body exceeds {limit} bytes", status=413)
+    if not inflater.eof:
+        raise RefusedInput("bad_gzip", "gzip body is truncated")
+    return out
+
+
+def decode(
+    data: bytes,
+    origin: Origin,
+    *,
+    route: Route,
+    encoding: Encoding | None,
+    gzipped: bool | None,
+    limit: int,
+) -> Decoded:
+    """Decode one message. ``encoding``/``gzipped`` None means: tell from the bytes."""
+    if gzipped or (gzipped is None and data[:2] == _GZIP_MAGIC):
+        data = inflate(data, limit)
+    if not data.strip():
+        raise RefusedInput("empty", "message is empty")
+    if encoding is None:
+        encoding = "json" if data.lstrip()[:1] in (b"{", b"[") else "protobuf"
+    try:
+        if encoding == "json":
+            return _decode_json(data, origin, route)
+        return _decode_protobuf(data, origin, route)
+    except WireError as exc:
+        raise RefusedInput("invalid_sample", str(exc)) from None
+
+
+def _decode_json(data: bytes, origin: Origin, route: Route) -> Decoded:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise RefusedInput("bad_json", f"body is not JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise RefusedInput("invalid_sample", f"expected a JSON object, got {type(obj).__name__}")
+    return decode_object(obj, origin, route)
+
+
+def decode_object(obj: dict[str, Any], origin: Origin, route: Route) -> Decoded:
+    """Tell the generation by shape (or the declared schemaVersion) and map it onto the model."""
+    from . import _legacy, _v2, _v3
+
+    if route == "pcsamples":
+        return Decoded([_legacy.decode_pc_sample(obj, _with(origin, "pcsample-v20200114"))], False)
+    generation = _generation(obj, origin.schema_version)
+    if generation == "wrapper":
+        samples, closing = _v2.decode_samples(obj, _with(origin, "2"))
+        return Decoded(samples, closing)
+    if generation == "3":
+        return Decoded([_v3.decode_client_sample_v3(obj, _with(origin, "3"))], False)
+    if generation == "2":
+        return Decoded([_v2.decode_client_sample(obj, _with(origin, "2"))], False)
+    if generation == "legacy":
+        return Decoded([_legacy.decode_pc_sample(obj, _with(origin, "pcsample-v20200114"))], False)
+    raise RefusedInput(
+        "unknown_schema",
+        "not a Samples wrapper, a ClientSample (schema 2.x or 3.x) or a PeerConnectionSample; "
+        f"top-level keys: {sorted(obj)[:8]}",
+    )
+
+
+def _generation(obj: dict[str, Any], declared: str | None) -> str | None:
+    keys = obj.keys()
+    if not _WRAPPER_KEYS.isdisjoint(keys):
+        return "wrapper"
+    if declared:
+        if declared.startswith("3"):
+            return "3"
+        if declared.startswith("2"):
+            return "2"
+    if not _V3_KEYS.isdisjoint(keys):
+        return "3"
+    if "clientId" in keys:
+        return "2"
+    if not _LEGACY_KEYS.isdisjoint(keys):
+        return "legacy"
+    return None
+
+
+def _decode_protobuf(data: bytes, origin: Origin, route: Route) -> Decoded:
+    from . import _legacy, _protobuf, _v2, _v3
+
+    if route == "pcsamples":
+        raise RefusedInput("unsupported_encoding", "PeerConnectionSample v20200114 is JSON only", status=415)
+    try:
+        declared_v3 = bool(origin.schema_version and origin.schema_version.startswith("3"))
+        # A 3.x ClientSample uses fields up to 11 (7 is its timestamp); the 2.x Samples wrapper only 1-4.
+        if declared_v3 or max(_protobuf.top_level_field_numbers(data), default=0) > 4:
+            obj = _protobuf.decode(data, _protobuf.message_schema("v3_5_0", "ProtobufClientSampleV3.proto", "ClientSample"))
+            return Decoded([_v3.decode_client_sample_v3(obj, _with(origin, "3"))], False)
+        obj = _protobuf.decode(data, _protobuf.message_schema("v2_2_11", "ProtobufSamples.proto", "Samples"))
+    except _protobuf.ProtobufError as exc:
+        raise RefusedInput("bad_protobuf", str(exc)) from None
+    del _legacy
+    samples, closing = _v2.decode_samples(obj, _with(origin, "2"))
+    return Decoded(samples, closing)
+
+
+def _with(origin: Origin, generation: str) -> Origin:
+    return Origin(
+        service_id=origin.service_id,
+        media_unit_id=origin.media_unit_id,
+        received_at=origin.received_at,
+        generation=generation,  # type: ignore[arg-type]
+        schema_version=origin.schema_version,
+    )

@@ -1,0 +1,136 @@
+"""Wire types generated from the ObserveRTC Avro schemas, used to validate what clients send.
+
+msgspec checks every field's type in C and names the offending path (``$.clientSamples[0].inboundAudioTracks[2]
+.ssrc``), which is both faster and more precise than walking dicts by hand. Conversion is lenient where
+browsers are: integral floats are taken for ints, enums accept any string (a new browser value must not
+cost a whole sample), and ``attachments``/``payload`` accept a JSON string or an object, because 3.x changed
+one into the other. Unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any, Union
+
+import msgspec
+import orjson
+
+from webrtc_observer.schemas import avro_schema
+
+_PRIMITIVES: dict[str, Any] = {
+    "string": str,
+    "bytes": str,
+    "int": int,
+    "long": int,
+    "float": float,
+    "double": float,
+    "boolean": bool,
+}
+
+# Fields whose type changed across 3.x minor versions (JSON string, then an Avro map).
+_FREE_FORM_FIELDS = frozenset({"attachments", "payload"})
+_PROTO3_OMITTABLE = frozenset({"int", "long", "float", "double", "boolean"})
+_ALWAYS_REQUIRED = frozenset({"ssrc", "timestamp"})
+
+
+class _Builder:
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._records: dict[str, type[msgspec.Struct]] = {}
+
+    def type_of(self, avro: Any) -> Any:
+        if isinstance(avro, str):
+            if avro in _PRIMITIVES:
+                return _PRIMITIVES[avro]
+            return self._records[avro]  # a named record defined earlier in the file
+        if isinstance(avro, list):
+            members = [m for m in avro if m != "null"]
+            types = [self.type_of(m) for m in members]
+            inner = types[0] if len(types) == 1 else Union[tuple(types)]  # noqa: UP007
+            return inner | None if "null" in avro else inner
+        kind = avro["type"]
+        if kind == "record":
+            return self._record(avro)
+        if kind == "enum":
+            return str
+        if kind == "array":
+            return list[self.type_of(avro["items"])]  # type: ignore[misc]
+        if kind == "map":
+            return dict[str, self.type_of(avro["values"])]  # type: ignore[misc]
+        return self.type_of(kind)
+
+    def _record(self, avro: dict[str, Any]) -> type[msgspec.Struct]:
+        fields = []
+        for field in avro["fields"]:
+            name = field["name"]
+            ftype = self.type_of(field["type"])
+            if name in _FREE_FORM_FIELDS:
+                ftype = str | dict[str, Any] | None
+            optional = isinstance(field["type"], list) and "null" in field["type"]
+            # proto3 leaves zero numbers and false out of the wire: only identities stay required.
+            if not optional and field["type"] in _PROTO3_OMITTABLE and name not in _ALWAYS_REQUIRED:
+                optional = True
+            if optional or name in _FREE_FORM_FIELDS:
+                fields.append((name, ftype, None))
+            else:
+                fields.append((name, ftype))
+        # msgspec wants required fields before optional ones.
+        fields.sort(key=lambda f: len(f) == 3)
+        struct = msgspec.defstruct(
+            f"{self._prefix}{avro['name']}",
+            fields,
+            kw_only=True,
+            omit_defaults=True,
+        )
+        self._records[avro["name"]] = struct
+        return struct
+
+
+def _build(version_dir: str, filename: str, prefix: str) -> type[msgspec.Struct]:
+    return _Builder(prefix).type_of(avro_schema(version_dir, filename))  # type: ignore[no-any-return]
+
+
+@cache
+def samples_v2() -> type[msgspec.Struct]:
+    """The 2.x ``Samples`` wrapper (clientSamples, sfuSamples, turnSamples, controls)."""
+    return _build("v2_2_11", "Samples.avsc", "V2")
+
+
+@cache
+def client_sample_v2() -> type[msgspec.Struct]:
+    wrapper = samples_v2()
+    return _item_type(wrapper, "clientSamples")
+
+
+@cache
+def client_sample_v3() -> type[msgspec.Struct]:
+    return _build("v3_5_0", "ClientSample.avsc", "V3")
+
+
+def _item_type(struct: type[msgspec.Struct], field: str) -> type[msgspec.Struct]:
+    hints = msgspec.structs.fields(struct)
+    for f in hints:
+        if f.name == field:
+            list_type = next(a for a in f.type.__args__ if a is not type(None))
+            return list_type.__args__[0]  # type: ignore[no-any-return]
+    raise KeyError(field)
+
+
+class WireError(ValueError):
+    """Input that does not have the shape its schema requires; the message names the path."""
+
+
+def validate(obj: Any, wire_type: type[msgspec.Struct]) -> dict[str, Any]:
+    """Check ``obj`` against ``wire_type``; return it with unknown fields and nulls dropped."""
+    try:
+        typed = msgspec.convert(obj, wire_type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise WireError(str(exc)) from None
+    return msgspec.to_builtins(typed)  # type: ignore[no-any-return]
+
+
+def as_text(value: Any) -> str | None:
+    """2.x carries attachments and payloads as JSON strings; accept an object and render it as one."""
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()

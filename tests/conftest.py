@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import base64
+import gzip
+import importlib.util
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+
+from webrtc_observer.testing import RunningCollector, running_collector
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "webrtc_observer" / "schemas"
+
+COLLECTOR_YAML = """
+receivers:
+  observertc:
+    endpoint: 127.0.0.1:0
+    max_message_bytes: 64KiB
+    cors:
+      allowed_origins: ["https://app.example.com"]
+exporters:
+  recording: {}
+service:
+  pipelines:
+    samples:
+      receivers: [observertc]
+      exporters: [recording]
+"""
+
+
+@pytest.fixture
+async def collector() -> AsyncIterator[RunningCollector]:
+    """The collector built from YAML, in-process, its receiver on a free port, recording what it exports."""
+    async with running_collector(COLLECTOR_YAML) as running:
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def _compile(proto_dir: Path, proto_file: str, out: Path, module_name: str) -> Any:
+    from grpc_tools import protoc
+
+    out.mkdir(parents=True, exist_ok=True)
+    code = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", str(proto_dir / proto_file)])
+    assert code == 0, f"protoc failed on {proto_file}"
+    generated = out / (Path(proto_file).stem + "_pb2.py")
+    spec = importlib.util.spec_from_file_location(module_name, generated)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stringify_free_form(node: Any) -> Any:
+    """The 3.x protobuf carries attachments/payload as JSON strings where JSON sends objects."""
+    if isinstance(node, dict):
+        return {k: json.dumps(v) if k in ("attachments", "payload") and isinstance(v, dict) else _stringify_free_form(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_stringify_free_form(v) for v in node]
+    return node
+
+
+def _bytes_as_base64(node: dict[str, Any], descriptor: Any) -> dict[str, Any]:
+    """ParseDict takes bytes fields as base64 text; encode our UTF-8 identifiers that way."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    out = {}
+    for key, value in node.items():
+        field = descriptor.fields_by_name.get(key)
+        if field is None:
+            continue
+        if field.type == FieldDescriptor.TYPE_BYTES and isinstance(value, str):
+            value = base64.b64encode(value.encode()).decode()
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if isinstance(value, list):
+                value = [_bytes_as_base64(v, field.message_type) for v in value]
+            elif isinstance(value, dict):
+                value = _bytes_as_base64(value, field.message_type)
+        out[key] = value
+    return out
+
+
+@pytest.fixture(scope="session")
+def protobuf(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Independent encoders: the shipped .proto files compiled by protoc (grpcio-tools) at test time."""
+    from google.protobuf.json_format import ParseDict
+
+    out = tmp_path_factory.mktemp("pb")
+    v2 = _compile(SCHEMAS / "v2_2_11", "ProtobufSamples.proto", out / "v2", "_test_pb_samples_v2")
+    v3 = _compile(SCHEMAS / "v3_5_0", "ProtobufClientSampleV3.proto", out / "v3", "_test_pb_client_sample_v3")
+
+    def samples_v2(wrapper: dict[str, Any]) -> bytes:
+        return ParseDict(wrapper, v2.Samples(), ignore_unknown_fields=True).SerializeToString()
+
+    def client_sample_v3(sample: dict[str, Any], uuid_ids: bool = False) -> bytes:
+        """3.x identifiers are ``bytes`` on the wire: UTF-8 text, or 16 raw bytes for UUIDs."""
+        sample = _bytes_as_base64(_stringify_free_form(sample), v3.ClientSample.DESCRIPTOR)
+        return ParseDict(sample, v3.ClientSample(), ignore_unknown_fields=True).SerializeToString()
+
+    return SimpleNamespace(samples_v2=samples_v2, client_sample_v3=client_sample_v3)
+
+
+@pytest.fixture
+def gz() -> Callable[[bytes], bytes]:
+    return gzip.compress

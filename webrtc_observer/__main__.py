@@ -1,0 +1,5 @@
+import sys
+
+from webrtc_observer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,95 @@
+"""The component model: what receivers, processors and exporters are, and what they are given.
+
+A component type is one module that defines a config dataclass and a :class:`Factory`, registered in
+:mod:`webrtc_observer.components`. The runtime builds instances from the YAML, starts exporters first
+and receivers last, and shuts them down in the opposite order so that data in flight drains downstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
+
+from webrtc_observer.config import ComponentId
+from webrtc_observer.logs import Logger
+from webrtc_observer.model import Batch
+from webrtc_observer.telemetry import Telemetry
+
+Kind = Literal["receiver", "processor", "exporter"]
+C = TypeVar("C")
+
+
+class Consumer(Protocol):
+    """The next stage of a pipeline.
+
+    ``consume`` returns once the batch is accepted (queued or written). It raises :class:`RetryLater`
+    when the stage is full: the caller must not drop the batch silently but refuse it to its sender.
+    """
+
+    async def consume(self, batch: Batch) -> None: ...
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None:
+        """Stop and release everything; drain what was accepted. Safe to call without ``start``."""
+        ...
+
+
+class Receiver(Lifecycle, Protocol):
+    pass
+
+
+class Processor(Consumer, Lifecycle, Protocol):
+    pass
+
+
+class Exporter(Consumer, Lifecycle, Protocol):
+    pass
+
+
+class RetryLater(Exception):
+    """A stage cannot take more now (a full queue, shutting down). Receivers answer 503 and count it."""
+
+    def __init__(self, reason: str, retry_after: float = 1.0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class Host(Protocol):
+    """What the running collector offers every component."""
+
+    @property
+    def ready(self) -> bool:
+        """True once every pipeline has started and until shutdown begins."""
+        ...
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a component gets besides its own config and its neighbours."""
+
+    id: ComponentId
+    kind: Kind
+    telemetry: Telemetry
+    logger: Logger
+    host: Host
+
+
+@dataclass(frozen=True)
+class Factory(Generic[C]):
+    """Makes instances of one component type.
+
+    ``create`` takes the settings, the typed config and, for receivers and processors, the next
+    consumer; exporters get ``None`` there.
+    """
+
+    kind: Kind
+    type: str
+    config_type: type[C]
+    create: Callable[[Settings, C, Any], Any]
+    description: str = ""

@@ -1,0 +1,30 @@
+"""The registry of built-in component types. A new component is one module plus one line here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+from webrtc_observer.component import Factory
+
+
+@cache
+def builtin_factories() -> Mapping[str, Mapping[str, Factory[Any]]]:
+    """kind (``receivers``/``processors``/``exporters``) → type → factory."""
+    from webrtc_observer.exporters import debug, file
+    from webrtc_observer.receiver import observertc
+
+    factories: list[Factory[Any]] = [
+        observertc.FACTORY,
+        file.FACTORY,
+        debug.FACTORY,
+    ]
+    registry: dict[str, dict[str, Factory[Any]]] = {"receivers": {}, "processors": {}, "exporters": {}}
+    for factory in factories:
+        registry[f"{factory.kind}s"][factory.type] = factory
+    return registry
+
+
+def config_types() -> Mapping[str, Mapping[str, type]]:
+    return {kind: {t: f.config_type for t, f in by_type.items()} for kind, by_type in builtin_factories().items()}

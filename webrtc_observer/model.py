@@ -1,0 +1,197 @@
+"""The internal data model: what flows between receivers, processors and exporters.
+
+Every wire generation (PeerConnectionSample v20200114, schemas 2.x, schemas 3.x) is decoded into these
+types by the receiver, so processors never see a wire format.
+
+A client sample is flat, like the 2.x ClientSample: one list per kind of stats record, each record
+naming its peer connection. Identity (who, where, when) is typed. Measurements are kept as ``Stats`` mappings keyed by the ObserveRTC
+2.x field names (``packetsLost``, ``roundTripTime`` ...), which are also the field names of the reports
+derived from them; a mapping is both cheaper than a class per W3C stats type and what report derivation
+needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+
+Stats = dict[str, Any]
+"""One stats object with 2.x field names; values are str, int, float or bool, never None."""
+
+MediaKind = Literal["audio", "video"]
+SchemaGeneration = Literal["pcsample-v20200114", "2", "3"]
+
+
+class Origin(msgspec.Struct, frozen=True, gc=False):
+    """Where and when a sample entered the collector (set by the receiver, not by the client)."""
+
+    service_id: str
+    media_unit_id: str
+    received_at: int
+    """Epoch milliseconds of receipt."""
+    generation: SchemaGeneration
+    schema_version: str | None = None
+    """The version the client declared (``?schemaVersion=``), if any."""
+
+
+class Track(msgspec.Struct, gc=False):
+    """An inbound or outbound RTP stream of a peer connection, merged per SSRC as in the 2.x schema.
+
+    ``stats`` holds the inbound-rtp/outbound-rtp, remote-*-rtp, media-source and media-playout fields
+    of the 2.x InboundAudioTrack/InboundVideoTrack/OutboundAudioTrack/OutboundVideoTrack records.
+    """
+
+    kind: MediaKind
+    ssrc: int
+    peer_connection_id: str | None = None
+    track_id: str | None = None
+    sfu_stream_id: str | None = None
+    sfu_sink_id: str | None = None
+    remote_client_id: str | None = None
+    stats: Stats = {}
+
+
+class PeerConnection(msgspec.Struct, gc=False):
+    """What a client says about one RTCPeerConnection itself (3.x sends it; 2.x only names its id)."""
+
+    peer_connection_id: str
+    label: str | None = None
+    score: float | None = None
+    attachments: str | None = None
+
+
+class MetaItem(msgspec.Struct, gc=False):
+    """A fact about the client that changes rarely: browser, OS, devices, codecs, SDP, ICE servers...
+
+    ``type`` uses the observer's CallMetaType names (``BROWSER``, ``MEDIA_DEVICE``, ``ICE_SERVER``, ...)
+    for 2.x and legacy samples and the client's own type names for 3.x ``clientMetaItems``.
+    """
+
+    type: str
+    payload: Any = None
+    peer_connection_id: str | None = None
+    track_id: str | None = None
+    ssrc: int | None = None
+    timestamp: int | None = None
+
+
+class ClientEvent(msgspec.Struct, gc=False):
+    """Something the client says happened: a custom call event (2.x), a clientEvent (3.x)."""
+
+    name: str
+    value: str | None = None
+    message: str | None = None
+    peer_connection_id: str | None = None
+    track_id: str | None = None
+    attachments: str | None = None
+    timestamp: int | None = None
+
+
+class ClientIssue(msgspec.Struct, gc=False):
+    """Something the client detected as wrong: customObserverEvents (2.x), clientIssues (3.x)."""
+
+    name: str
+    message: str | None = None
+    track_id: str | None = None
+    attachments: str | None = None
+    timestamp: int | None = None
+
+
+class Extension(msgspec.Struct, gc=False):
+    """Application-defined stats forwarded intact (extensionStats, legacy extensions)."""
+
+    type: str
+    payload: str
+
+
+class ClientSample(msgspec.Struct, gc=False):
+    """One snapshot of one client (a browser tab or app instance) at ``timestamp``."""
+
+    origin: Origin
+    client_id: str
+    timestamp: int
+    """Client wall-clock epoch milliseconds."""
+    call_id: str | None = None
+    room_id: str | None = None
+    user_id: str | None = None
+    marker: str | None = None
+    sample_seq: int | None = None
+    time_zone_offset_hours: int | None = None
+    peer_connections: list[PeerConnection] = []
+    """Peer connections the client described; every id used below is also implied to exist."""
+    inbound_tracks: list[Track] = []
+    outbound_tracks: list[Track] = []
+    transports: list[Stats] = []
+    """2.x PeerConnectionTransport records (W3C transport + selected pair ids), with peerConnectionId."""
+    candidate_pairs: list[Stats] = []
+    local_candidates: list[Stats] = []
+    remote_candidates: list[Stats] = []
+    data_channels: list[Stats] = []
+    codecs: list[Stats] = []
+    certificates: list[Stats] = []
+    media_sources: list[Stats] = []
+    """Stats records keep their 2.x field names and carry ``peerConnectionId`` where the wire said it."""
+    meta: list[MetaItem] = []
+    events: list[ClientEvent] = []
+    issues: list[ClientIssue] = []
+    extensions: list[Extension] = []
+    score: float | None = None
+    attachments: str | None = None
+    browser_id: str | None = None
+    """Legacy samples only: the browser fingerprint that identifies a client across peer connections."""
+    closing: bool = False
+    """The client said it is leaving (2.x ``controls.close`` on its last message)."""
+
+
+class SfuSample(msgspec.Struct, gc=False):
+    """One snapshot of one SFU instance. Stats records keep the 2.x SfuSample field names."""
+
+    origin: Origin
+    sfu_id: str
+    timestamp: int
+    marker: str | None = None
+    time_zone_offset_hours: int | None = None
+    transports: list[Stats] = []
+    inbound_rtp_pads: list[Stats] = []
+    outbound_rtp_pads: list[Stats] = []
+    sctp_channels: list[Stats] = []
+    events: list[Stats] = []
+    extensions: list[Extension] = []
+
+
+class TurnSample(msgspec.Struct, gc=False):
+    """A TURN server snapshot; carried through but not correlated (the observer never did either)."""
+
+    origin: Origin
+    server_id: str
+    allocations: list[Stats] = []
+    sessions: list[Stats] = []
+
+
+Sample = Union[ClientSample, SfuSample, TurnSample]
+
+
+class Report(msgspec.Struct, gc=False):
+    """One ObserveRTC report: ``type`` is the report type (``CALL_EVENT``...), ``payload`` its record."""
+
+    type: str
+    payload: dict[str, Any]
+    schema_version: str = "2.2.11"
+
+    def envelope(self) -> dict[str, Any]:
+        return {"type": self.type, "schemaVersion": self.schema_version, "payload": self.payload}
+
+
+class Batch(msgspec.Struct, gc=False):
+    """The unit handed from one pipeline stage to the next.
+
+    A receiver puts the samples of one message in a batch; a report-deriving processor adds reports.
+    Stages must not mutate a batch they received: a fan-out hands the same batch to several pipelines.
+    """
+
+    samples: list[Sample] = []
+    reports: list[Report] = []
+
+    def __len__(self) -> int:
+        return len(self.samples) + len(self.reports)

@@ -1,0 +1,133 @@
+"""The running collector: builds the pipeline graph from a config, starts it, drains it on shutdown.
+
+Graph: each receiver is one instance shared by every pipeline that lists it and feeds all of them;
+each pipeline has its own processor instances (state is per pipeline); each exporter is one instance
+shared by the pipelines that list it. Start order is exporters, processors, receivers; shutdown is the
+reverse, so by the time an exporter stops nothing can reach it any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from webrtc_observer.component import Consumer, Factory, Lifecycle, Settings
+from webrtc_observer.config import CollectorConfig, ComponentId
+from webrtc_observer.logs import get_logger
+from webrtc_observer.model import Batch
+from webrtc_observer.telemetry import Telemetry
+
+_KIND = {"receivers": "receiver", "processors": "processor", "exporters": "exporter"}
+
+
+class FanOut:
+    """Hands one batch to several consumers; succeeds only if all of them took it."""
+
+    def __init__(self, consumers: Sequence[Consumer]) -> None:
+        self._consumers = list(consumers)
+
+    async def consume(self, batch: Batch) -> None:
+        if len(self._consumers) == 1:
+            await self._consumers[0].consume(batch)
+            return
+        results = await asyncio.gather(*(c.consume(batch) for c in self._consumers), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+class Service:
+    """A built collector. ``start``/``shutdown`` run the lifecycle; ``ready`` backs ``GET /health``."""
+
+    def __init__(self, config: CollectorConfig, factories: Mapping[str, Mapping[str, Factory[Any]]], telemetry: Telemetry | None = None) -> None:
+        self.config = config
+        self.telemetry = telemetry or Telemetry()
+        self.log = get_logger()
+        self._ready = False
+        self._started: list[tuple[str, Lifecycle]] = []
+        self.exporters: dict[ComponentId, Any] = {}
+        self.processors: list[tuple[str, ComponentId, Any]] = []
+        self.receivers: dict[ComponentId, Any] = {}
+        self._build(factories)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def _settings(self, kind: str, cid: ComponentId, pipeline: str | None = None) -> Settings:
+        fields = {"component": str(cid)}
+        if pipeline:
+            fields["pipeline"] = pipeline
+        return Settings(id=cid, kind=_KIND[kind], telemetry=self.telemetry, logger=self.log.bind(**fields), host=self)  # type: ignore[arg-type]
+
+    def _build(self, factories: Mapping[str, Mapping[str, Factory[Any]]]) -> None:
+        cfg = self.config
+        used = {kind: set() for kind in _KIND}
+        for pipeline in cfg.pipelines.values():
+            used["exporters"].update(pipeline.exporters)
+            used["receivers"].update(pipeline.receivers)
+        for cid, options in cfg.components["exporters"].items():
+            if cid in used["exporters"]:
+                self.exporters[cid] = factories["exporters"][cid.type].create(self._settings("exporters", cid), options, None)
+
+        entry_points: dict[ComponentId, list[Consumer]] = {}
+        for name, pipeline in cfg.pipelines.items():
+            consumer: Consumer = FanOut([self.exporters[e] for e in pipeline.exporters])
+            for pid in reversed(pipeline.processors):
+                options = cfg.components["processors"][pid]
+                processor = factories["processors"][pid.type].create(self._settings("processors", pid, name), options, consumer)
+                self.processors.insert(0, (name, pid, processor))
+                consumer = processor
+            for rid in pipeline.receivers:
+                entry_points.setdefault(rid, []).append(consumer)
+
+        for rid, consumers in entry_points.items():
+            options = cfg.components["receivers"][rid]
+            self.receivers[rid] = factories["receivers"][rid.type].create(self._settings("receivers", rid), options, FanOut(consumers))
+
+        unused = [f"{kind[:-1]} {cid}" for kind in _KIND for cid in cfg.components[kind] if kind != "processors" and cid not in used[kind]]
+        if unused:
+            self.log.info("defined but not in any pipeline", components=", ".join(unused))
+
+    async def start(self) -> None:
+        """Exporters first, then processors (downstream first), then receivers."""
+        order: list[tuple[str, Lifecycle]] = [(f"exporter {cid}", e) for cid, e in self.exporters.items()]
+        order += [(f"processor {pid} in {name}", p) for name, pid, p in reversed(self.processors)]
+        order += [(f"receiver {rid}", r) for rid, r in self.receivers.items()]
+        for label, component in order:
+            try:
+                await component.start()
+            except Exception:
+                self.log.error("start failed, stopping what started", component=label, exc_info=True)
+                await self.shutdown()
+                raise
+            self._started.append((label, component))
+        self._ready = True
+        self.log.info("collector started", pipelines=", ".join(self.config.pipelines), config=self.config.source)
+
+    async def shutdown(self) -> None:
+        """Receivers stop accepting, then processors flush downstream, then exporters drain."""
+        self._ready = False
+        started, self._started = self._started, []
+        for label, component in reversed(started):
+            try:
+                await component.shutdown()
+            except Exception:
+                self.log.error("shutdown failed", component=label, exc_info=True)
+        self.log.info("collector stopped")
+
+    async def run_until_signal(self) -> None:
+        """Run until SIGTERM or SIGINT, then shut down gracefully within ``shutdown_timeout``."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        self.log.info("shutting down", timeout_s=self.config.shutdown_timeout)
+        try:
+            await asyncio.wait_for(self.shutdown(), self.config.shutdown_timeout)
+        except TimeoutError:
+            self.log.error("shutdown did not finish in time; abandoning what was left", timeout_s=self.config.shutdown_timeout)

@@ -1,0 +1,101 @@
+"""The collector's own telemetry: one registry of counters and gauges that every component writes to.
+
+Components count what they accept, refuse, send and fail; the Prometheus and OTLP exporters publish
+the registry. Names have no prefix and no unit suffix here (``samples_received``); publishers add their
+conventions (``observertc_samples_received_total``). Label sets are bounded by ``max_series`` per
+metric: past it, new label sets are folded into one series labelled ``_other`` (and counted), so a
+client inventing service ids cannot grow memory without bound.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+MetricKind = Literal["counter", "gauge"]
+LabelValues = tuple[str, ...]
+OTHER = "_other"
+
+
+@dataclass
+class Metric:
+    name: str
+    kind: MetricKind
+    description: str
+    labels: tuple[str, ...]
+    unit: str = ""
+    max_series: int = 1000
+    _values: dict[LabelValues, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _callback: Callable[[], dict[LabelValues, float]] | None = None
+
+    def _key(self, labels: LabelValues) -> LabelValues:
+        if len(labels) != len(self.labels):
+            raise ValueError(f"{self.name} takes labels {self.labels}, got {labels}")
+        if labels in self._values or len(self._values) < self.max_series:
+            return labels
+        return (OTHER,) * len(labels)
+
+    def add(self, amount: float = 1.0, *labels: str) -> None:
+        with self._lock:
+            key = self._key(labels)
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def set(self, value: float, *labels: str) -> None:
+        with self._lock:
+            self._values[self._key(labels)] = value
+
+    def value(self, *labels: str) -> float:
+        return self.samples().get(labels, 0.0)
+
+    def samples(self) -> dict[LabelValues, float]:
+        if self._callback is not None:
+            return self._callback()
+        with self._lock:
+            return dict(self._values)
+
+    def total(self) -> float:
+        return sum(self.samples().values())
+
+
+class Telemetry:
+    """A registry of :class:`Metric`. Asking twice for one name returns the same metric."""
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, Metric] = {}
+        self._lock = threading.Lock()
+
+    def counter(self, name: str, description: str, labels: tuple[str, ...] = (), unit: str = "") -> Metric:
+        return self._get(name, "counter", description, labels, unit)
+
+    def gauge(
+        self,
+        name: str,
+        description: str,
+        labels: tuple[str, ...] = (),
+        unit: str = "",
+        callback: Callable[[], dict[LabelValues, float]] | None = None,
+    ) -> Metric:
+        """A gauge set by the owner, or read from ``callback`` whenever it is published."""
+        metric = self._get(name, "gauge", description, labels, unit)
+        if callback is not None:
+            metric._callback = callback
+        return metric
+
+    def _get(self, name: str, kind: MetricKind, description: str, labels: tuple[str, ...], unit: str) -> Metric:
+        with self._lock:
+            metric = self._metrics.get(name)
+            if metric is None:
+                metric = self._metrics[name] = Metric(name, kind, description, labels, unit)
+            elif metric.kind != kind or metric.labels != labels:
+                raise ValueError(f"metric {name} already registered as {metric.kind}{metric.labels}")
+            return metric
+
+    def get(self, name: str) -> Metric | None:
+        return self._metrics.get(name)
+
+    def __iter__(self) -> Iterator[Metric]:
+        with self._lock:
+            return iter(list(self._metrics.values()))
