@@ -115,8 +115,10 @@ def load_text(
             issues.append(ConfigIssue(str(key), f"unknown top-level section (valid: {', '.join((*KINDS, 'service'))})"))
 
     components: dict[str, dict[ComponentId, Any]] = {}
+    defined: dict[str, set[ComponentId]] = {}
     for kind in KINDS:
-        components[kind] = _components(kind, document.get(kind), config_types.get(kind, {}), issues)
+        defined[kind] = set()
+        components[kind] = _components(kind, document.get(kind), config_types.get(kind, {}), issues, defined[kind])
 
     service = decode(document.get("service"), _ServiceOptions, "service", issues)
     pipelines: dict[str, PipelineConfig] = {}
@@ -124,7 +126,7 @@ def load_text(
         if not service.pipelines:
             issues.append(ConfigIssue("service.pipelines", "at least one pipeline is required"))
         for name, options in service.pipelines.items():
-            pipelines[name] = _pipeline(name, options, components, issues)
+            pipelines[name] = _pipeline(name, options, defined, issues)
 
     if issues:
         raise ConfigError(issues)
@@ -132,7 +134,10 @@ def load_text(
     return CollectorConfig(components, pipelines, service.telemetry, float(service.shutdown_timeout), source)
 
 
-def _components(kind: str, section: Any, known: Mapping[str, type], issues: list[ConfigIssue]) -> dict[ComponentId, Any]:
+def _components(
+    kind: str, section: Any, known: Mapping[str, type], issues: list[ConfigIssue], defined: set[ComponentId]
+) -> dict[ComponentId, Any]:
+    """Typed configs of the valid components; ``defined`` gets every well-formed id, valid or not."""
     if section is None:
         return {}
     if not isinstance(section, dict):
@@ -146,6 +151,7 @@ def _components(kind: str, section: Any, known: Mapping[str, type], issues: list
         except ValueError as exc:
             issues.append(ConfigIssue(path, str(exc)))
             continue
+        defined.add(cid)
         config_type = known.get(cid.type)
         if config_type is None:
             known_names = ", ".join(sorted(known)) or "none"
@@ -157,7 +163,7 @@ def _components(kind: str, section: Any, known: Mapping[str, type], issues: list
     return out
 
 
-def _pipeline(name: str, options: _PipelineOptions, components: dict[str, dict[ComponentId, Any]], issues: list[ConfigIssue]) -> PipelineConfig:
+def _pipeline(name: str, options: _PipelineOptions, defined: dict[str, set[ComponentId]], issues: list[ConfigIssue]) -> PipelineConfig:
     base = join("service.pipelines", name)
     resolved: dict[str, list[ComponentId]] = {}
     for kind in KINDS:
@@ -171,7 +177,7 @@ def _pipeline(name: str, options: _PipelineOptions, components: dict[str, dict[C
                 continue
             if cid in ids:
                 issues.append(ConfigIssue(path, f"{kind[:-1]} '{cid}' is listed twice"))
-            elif cid not in components[kind]:
+            elif cid not in defined[kind]:
                 issues.append(ConfigIssue(path, f"{kind[:-1]} '{cid}' is not defined under {kind}"))
             ids.append(cid)
         resolved[kind] = ids

@@ -116,16 +116,23 @@ def _dataclass(value: Any, cls: type, path: str, issues: list[ConfigIssue]) -> A
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             issues.append(ConfigIssue(join(path, name), "required option is missing"))
             ok = False
-    if not ok:
+    required_missing = any(
+        f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in kwargs for n, f in fields.items()
+    )
+    if required_missing:
         return _MISSING
+    # Cross-field checks run even when some options were wrong (those keep their defaults here), so one
+    # pass reports everything; a check on an option that already failed is not repeated.
     instance = cls(**kwargs)
     validate = getattr(instance, "validate", None)
     if validate is not None:
+        reported = {i.path for i in issues}
         found = [ConfigIssue(join(path, sub) if sub else path, msg) for sub, msg in validate()]
+        found = [i for i in found if i.path not in reported]
         if found:
             issues.extend(found)
-            return _MISSING
-    return instance
+            ok = False
+    return instance if ok else _MISSING
 
 
 def _type_name(tp: Any) -> str:

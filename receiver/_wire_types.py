@@ -34,12 +34,17 @@ _ALWAYS_REQUIRED = frozenset({"ssrc", "timestamp"})
 
 
 class _Builder:
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, raw_stats: bool = False) -> None:
         self._prefix = prefix
+        self._raw_stats = raw_stats
         self._records: dict[str, type[msgspec.Struct]] = {}
 
     def type_of(self, avro: Any) -> Any:
         if isinstance(avro, str):
+            if self._raw_stats and avro in ("int", "long"):
+                # 3.x carries getStats() values as the browser reports them: a W3C timestamp or
+                # counter the schema calls long may arrive fractional. The mapping rounds it.
+                return int | float
             if avro in _PRIMITIVES:
                 return _PRIMITIVES[avro]
             return self._records[avro]  # a named record defined earlier in the file
@@ -65,7 +70,7 @@ class _Builder:
             name = field["name"]
             ftype = self.type_of(field["type"])
             if name in _FREE_FORM_FIELDS:
-                ftype = str | dict[str, Any] | None
+                ftype = Any  # a JSON string, an object, or (client-monitor-js 4.x) a bare value
             optional = isinstance(field["type"], list) and "null" in field["type"]
             # proto3 leaves zero numbers and false out of the wire: only identities stay required.
             if not optional and field["type"] in _PROTO3_OMITTABLE and name not in _ALWAYS_REQUIRED:
@@ -86,8 +91,8 @@ class _Builder:
         return struct
 
 
-def _build(version_dir: str, filename: str, prefix: str) -> type[msgspec.Struct]:
-    return _Builder(prefix).type_of(avro_schema(version_dir, filename))  # type: ignore[no-any-return]
+def _build(version_dir: str, filename: str, prefix: str, raw_stats: bool = False) -> type[msgspec.Struct]:
+    return _Builder(prefix, raw_stats).type_of(avro_schema(version_dir, filename))  # type: ignore[no-any-return]
 
 
 @cache
@@ -104,7 +109,7 @@ def client_sample_v2() -> type[msgspec.Struct]:
 
 @cache
 def client_sample_v3() -> type[msgspec.Struct]:
-    return _build("v3_5_0", "ClientSample.avsc", "V3")
+    return _build("v3_5_0", "ClientSample.avsc", "V3", raw_stats=True)
 
 
 def _item_type(struct: type[msgspec.Struct], field: str) -> type[msgspec.Struct]:
