@@ -23,7 +23,7 @@ MediaKind = Literal["audio", "video"]
 SchemaGeneration = Literal["pcsample-v20200114", "2", "3"]
 
 
-class Origin(msgspec.Struct, frozen=True, gc=False):
+class Origin(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """Where and when a sample entered the collector (set by the receiver, not by the client)."""
 
     service_id: str
@@ -35,7 +35,7 @@ class Origin(msgspec.Struct, frozen=True, gc=False):
     """The version the client declared (``?schemaVersion=``), if any."""
 
 
-class Track(msgspec.Struct, gc=False):
+class Track(msgspec.Struct, gc=False, omit_defaults=True):
     """An inbound or outbound RTP stream of a peer connection, merged per SSRC as in the 2.x schema.
 
     ``stats`` holds the inbound-rtp/outbound-rtp, remote-*-rtp, media-source and media-playout fields
@@ -52,7 +52,7 @@ class Track(msgspec.Struct, gc=False):
     stats: Stats = {}
 
 
-class PeerConnection(msgspec.Struct, gc=False):
+class PeerConnection(msgspec.Struct, gc=False, omit_defaults=True):
     """What a client says about one RTCPeerConnection itself (3.x sends it; 2.x only names its id)."""
 
     peer_connection_id: str
@@ -61,7 +61,7 @@ class PeerConnection(msgspec.Struct, gc=False):
     attachments: str | None = None
 
 
-class MetaItem(msgspec.Struct, gc=False):
+class MetaItem(msgspec.Struct, gc=False, omit_defaults=True):
     """A fact about the client that changes rarely: browser, OS, devices, codecs, SDP, ICE servers...
 
     ``type`` uses the observer's CallMetaType names (``BROWSER``, ``MEDIA_DEVICE``, ``ICE_SERVER``, ...)
@@ -76,7 +76,7 @@ class MetaItem(msgspec.Struct, gc=False):
     timestamp: int | None = None
 
 
-class ClientEvent(msgspec.Struct, gc=False):
+class ClientEvent(msgspec.Struct, gc=False, omit_defaults=True):
     """Something the client says happened: a custom call event (2.x), a clientEvent (3.x)."""
 
     name: str
@@ -88,7 +88,7 @@ class ClientEvent(msgspec.Struct, gc=False):
     timestamp: int | None = None
 
 
-class ClientIssue(msgspec.Struct, gc=False):
+class ClientIssue(msgspec.Struct, gc=False, omit_defaults=True):
     """Something the client detected as wrong: customObserverEvents (2.x), clientIssues (3.x)."""
 
     name: str
@@ -98,14 +98,14 @@ class ClientIssue(msgspec.Struct, gc=False):
     timestamp: int | None = None
 
 
-class Extension(msgspec.Struct, gc=False):
+class Extension(msgspec.Struct, gc=False, omit_defaults=True):
     """Application-defined stats forwarded intact (extensionStats, legacy extensions)."""
 
     type: str
     payload: str
 
 
-class ClientSample(msgspec.Struct, gc=False):
+class ClientSample(msgspec.Struct, gc=False, omit_defaults=True):
     """One snapshot of one client (a browser tab or app instance) at ``timestamp``."""
 
     origin: Origin
@@ -144,7 +144,7 @@ class ClientSample(msgspec.Struct, gc=False):
     """The client said it is leaving (2.x ``controls.close`` on its last message)."""
 
 
-class SfuSample(msgspec.Struct, gc=False):
+class SfuSample(msgspec.Struct, gc=False, omit_defaults=True):
     """One snapshot of one SFU instance. Stats records keep the 2.x SfuSample field names."""
 
     origin: Origin
@@ -160,7 +160,7 @@ class SfuSample(msgspec.Struct, gc=False):
     extensions: list[Extension] = []
 
 
-class TurnSample(msgspec.Struct, gc=False):
+class TurnSample(msgspec.Struct, gc=False, omit_defaults=True):
     """A TURN server snapshot; carried through but not correlated (the observer never did either)."""
 
     origin: Origin
@@ -172,7 +172,7 @@ class TurnSample(msgspec.Struct, gc=False):
 Sample = Union[ClientSample, SfuSample, TurnSample]
 
 
-class Report(msgspec.Struct, gc=False):
+class Report(msgspec.Struct, gc=False, omit_defaults=True):
     """One ObserveRTC report: ``type`` is the report type (``CALL_EVENT``...), ``payload`` its record."""
 
     type: str
@@ -183,7 +183,7 @@ class Report(msgspec.Struct, gc=False):
         return {"type": self.type, "schemaVersion": self.schema_version, "payload": self.payload}
 
 
-class Batch(msgspec.Struct, gc=False):
+class Batch(msgspec.Struct, gc=False, omit_defaults=True):
     """The unit handed from one pipeline stage to the next.
 
     A receiver puts the samples of one message in a batch; a report-deriving processor adds reports.
