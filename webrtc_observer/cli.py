@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,11 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:  # e.g. the port is taken
         print(f"webrtc-observer: cannot start: {exc}", file=sys.stderr)
         return 1
+    finally:
+        # The drain is done: a repeated Ctrl-C or SIGTERM during interpreter exit must not turn a
+        # clean stop into a kill.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return 0
 
 

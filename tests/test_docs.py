@@ -1,0 +1,42 @@
+"""The README's configuration reference stays in step with the code."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from pathlib import Path
+
+import pytest
+
+from webrtc_observer.components import builtin_factories
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def _option_paths(cls: type, prefix: str = "") -> list[str]:
+    paths = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        tp = hints[field.name]
+        if dataclasses.is_dataclass(tp):
+            paths += _option_paths(tp, f"{prefix}{field.name}.")
+        else:
+            paths.append(prefix + field.name)
+    return paths
+
+
+def _section(kind: str, type_name: str) -> str:
+    match = re.search(rf"^### {kind} `{type_name}`\n(.*?)(?=^### |^## )", README, re.S | re.M)
+    assert match, f"README has no section '### {kind} `{type_name}`'"
+    return match.group(1)
+
+
+CASES = [(kind, t, f) for kind, by_type in builtin_factories().items() for t, f in by_type.items()]
+
+
+@pytest.mark.parametrize(("kind", "type_name", "factory"), CASES, ids=[f"{k}/{t}" for k, t, _ in CASES])
+def test_every_option_is_documented(kind, type_name, factory):
+    section = _section(kind[:-1].capitalize(), type_name)
+    for path in _option_paths(factory.config_type):
+        assert f"| `{path}` |" in section, f"README does not document {kind}.{type_name}.{path}"
