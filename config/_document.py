@@ -82,7 +82,9 @@ class CollectorConfig:
     source: str = "<memory>"
 
 
-def load_file(path: str | Path, config_types: Mapping[str, Mapping[str, type]], env: Mapping[str, str] | None = None) -> CollectorConfig:
+def load_file(
+    path: str | Path, config_types: Mapping[str, Mapping[str, type]], env: Mapping[str, str] | None = None
+) -> CollectorConfig:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -163,7 +165,9 @@ def _components(
     return out
 
 
-def _pipeline(name: str, options: _PipelineOptions, defined: dict[str, set[ComponentId]], issues: list[ConfigIssue]) -> PipelineConfig:
+def _pipeline(
+    name: str, options: _PipelineOptions, defined: dict[str, set[ComponentId]], issues: list[ConfigIssue]
+) -> PipelineConfig:
     base = join("service.pipelines", name)
     resolved: dict[str, list[ComponentId]] = {}
     for kind in KINDS:

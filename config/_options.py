@@ -117,7 +117,8 @@ def _dataclass(value: Any, cls: type, path: str, issues: list[ConfigIssue]) -> A
             issues.append(ConfigIssue(join(path, name), "required option is missing"))
             ok = False
     required_missing = any(
-        f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in kwargs for n, f in fields.items()
+        f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in kwargs
+        for n, f in fields.items()
     )
     if required_missing:
         return _MISSING

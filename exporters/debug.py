@@ -11,8 +11,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from webrtc_observer.component import Factory, Settings
 from webrtc_observer.config import Duration
+
+from webrtc_observer.component import Factory, Settings
 from webrtc_observer.model import Batch
 from webrtc_observer.records import json_records, record_types
 
@@ -65,4 +66,6 @@ def _create(settings: Settings, config: DebugExporterConfig, _next: None) -> Deb
     return DebugExporter(settings, config)
 
 
-FACTORY = Factory(kind="exporter", type="debug", config_type=DebugExporterConfig, create=_create, description="log a summary of records")
+FACTORY = Factory(
+    kind="exporter", type="debug", config_type=DebugExporterConfig, create=_create, description="log a summary of records"
+)

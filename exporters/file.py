@@ -13,8 +13,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webrtc_observer.component import Factory, RetryLater, Settings
 from webrtc_observer.config import Duration
+
+from webrtc_observer.component import Factory, RetryLater, Settings
 from webrtc_observer.model import Batch
 from webrtc_observer.records import json_records
 
@@ -165,4 +166,6 @@ def _create(settings: Settings, config: FileExporterConfig, _next: None) -> File
     return FileExporter(settings, config)
 
 
-FACTORY = Factory(kind="exporter", type="file", config_type=FileExporterConfig, create=_create, description="JSON lines to a local file")
+FACTORY = Factory(
+    kind="exporter", type="file", config_type=FileExporterConfig, create=_create, description="JSON lines to a local file"
+)

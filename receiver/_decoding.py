@@ -110,8 +110,7 @@ def decode_object(obj: dict[str, Any], origin: Origin, route: Route) -> Decoded:
         return Decoded([_legacy.decode_pc_sample(obj, _with(origin, "pcsample-v20200114"))], False)
     raise RefusedInput(
         "unknown_schema",
-        "not a Samples wrapper, a ClientSample (schema 2.x or 3.x) or a PeerConnectionSample; "
-        f"top-level keys: {sorted(obj)[:8]}",
+        f"not a Samples wrapper, a ClientSample (schema 2.x or 3.x) or a PeerConnectionSample; top-level keys: {sorted(obj)[:8]}",
     )
 
 

@@ -455,9 +455,7 @@ def _coerce(value: Any, target: Any) -> Any:
     return None
 
 
-def _put(
-    stats: Stats, source: Mapping[str, Any] | None, field_map: Mapping[str, str], allowed: Mapping[str, Any]
-) -> None:
+def _put(stats: Stats, source: Mapping[str, Any] | None, field_map: Mapping[str, str], allowed: Mapping[str, Any]) -> None:
     """Copy ``source``'s mapped fields into ``stats`` where the 2.x record has them; earlier sources win."""
     if not source:
         return
@@ -541,8 +539,7 @@ def decode_pc_sample(obj: Any, origin: Origin) -> ClientSample:
     sample.inbound_tracks = _inbound_tracks(pc_id, receiver, sender, tracks)
     sample.outbound_tracks = _outbound_tracks(pc_id, receiver, sender, tracks, media_sources)
     sample.media_sources = [
-        _record("MediaSourceStat", [(src, _MEDIA_SOURCE_STAT)], peerConnectionId=pc_id)
-        for src in media_sources.values()
+        _record("MediaSourceStat", [(src, _MEDIA_SOURCE_STAT)], peerConnectionId=pc_id) for src in media_sources.values()
     ]
     ice = s.get("iceStats") or {}
     sample.candidate_pairs = [

@@ -401,8 +401,7 @@ def parse_proto(text: str) -> dict[str, MessageSchema]:
     p.parse()
     prefix = p.package + "." if p.package else ""
     schemas = {
-        full: MessageSchema(full_name=full, name=full[len(prefix):] if full.startswith(prefix) else full)
-        for full in p.messages
+        full: MessageSchema(full_name=full, name=full[len(prefix) :] if full.startswith(prefix) else full) for full in p.messages
     }
     for full, raw_fields in p.messages.items():
         schema = schemas[full]
@@ -584,9 +583,7 @@ def _decode_message(buf: bytes, pos: int, end: int, schema: MessageSchema, depth
                     n, pos = _varint(buf, pos - 1, end)
             stop = pos + n
             if stop > end:
-                raise ProtobufError(
-                    f"truncated field {tag >> 3} of {schema.name}: length {n} at byte {pos} runs past byte {end}"
-                )
+                raise ProtobufError(f"truncated field {tag >> 3} of {schema.name}: length {n} at byte {pos} runs past byte {end}")
             if kind == 0:
                 try:
                     value: Any = buf[pos:stop].decode("utf-8")
@@ -659,17 +656,13 @@ def _decode_message(buf: bytes, pos: int, end: int, schema: MessageSchema, depth
     return out
 
 
-def _decode_packed(
-    buf: bytes, pos: int, end: int, spec: tuple[int, Any], tag: int, schema: MessageSchema
-) -> list[Any]:
+def _decode_packed(buf: bytes, pos: int, end: int, spec: tuple[int, Any], tag: int, schema: MessageSchema) -> list[Any]:
     """Decode a packed run of numeric values (the default encoding of repeated scalars in proto3)."""
     kind, extra = spec
     if kind in (_K_F64, _K_F32):
         size = 8 if kind == _K_F64 else 4
         if (end - pos) % size:
-            raise ProtobufError(
-                f"field {tag >> 3} of {schema.name}: packed length {end - pos} is not a multiple of {size}"
-            )
+            raise ProtobufError(f"field {tag >> 3} of {schema.name}: packed length {end - pos} is not a multiple of {size}")
         return [extra(buf, p)[0] for p in range(pos, end, size)]
     values: list[Any] = []
     append = values.append

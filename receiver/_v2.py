@@ -81,8 +81,7 @@ def client_sample(c: dict[str, Any], origin: Origin, closing: bool) -> ClientSam
         sample_seq=c.get("sampleSeq"),
         time_zone_offset_hours=c.get("timeZoneOffsetInHours"),
         inbound_tracks=_tracks(c.get("inboundAudioTracks", []), "audio") + _tracks(c.get("inboundVideoTracks", []), "video"),
-        outbound_tracks=_tracks(c.get("outboundAudioTracks", []), "audio")
-        + _tracks(c.get("outboundVideoTracks", []), "video"),
+        outbound_tracks=_tracks(c.get("outboundAudioTracks", []), "audio") + _tracks(c.get("outboundVideoTracks", []), "video"),
         transports=c.get("pcTransports", []),
         candidate_pairs=c.get("iceCandidatePairs", []),
         local_candidates=c.get("iceLocalCandidates", []),
@@ -138,6 +137,6 @@ def _sfu_sample(s: dict[str, Any], origin: Origin) -> SfuSample:
 def _turn_sample(t: dict[str, Any], origin: Origin) -> TurnSample:
     if "serverId" not in t:
         raise WireError("Object missing required field `serverId` - at `$.turnSamples[...]`")
-    return TurnSample(origin=origin, server_id=t["serverId"], allocations=t.get("allocations", []), sessions=t.get("sessions", []))
-
-
+    return TurnSample(
+        origin=origin, server_id=t["serverId"], allocations=t.get("allocations", []), sessions=t.get("sessions", [])
+    )

@@ -21,8 +21,9 @@ Mapping a record is then one pass over the fields it carries plus a check of the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
+from webrtc_observer.config import ByteSize, Duration
 
 from webrtc_observer.component import Consumer, Factory, RetryLater, Settings
-from webrtc_observer.config import ByteSize, Duration
 from webrtc_observer.model import Batch, Origin
 
 from ._decoding import Encoding, RefusedInput, Route, decode
@@ -82,7 +82,9 @@ class ObservertcReceiver:
         t = settings.telemetry
         self._accepted = t.counter("receiver_accepted_samples", "Samples accepted into the pipelines", ("receiver", "transport"))
         self._refused = t.counter("receiver_refused_messages", "Messages refused, by reason", ("receiver", "transport", "reason"))
-        self._received = t.counter("samples_received", "Samples received, by service and media unit", ("service_id", "media_unit_id"))
+        self._received = t.counter(
+            "samples_received", "Samples received, by service and media unit", ("service_id", "media_unit_id")
+        )
         self._refused_samples = t.counter("samples_refused", "Samples or messages refused, by reason", ("reason",))
         self._ws_open = t.gauge("receiver_websockets_open", "Open WebSocket connections", ("receiver",))
         self._label = receiver
@@ -131,7 +133,9 @@ class ObservertcReceiver:
                 body = await self._read_body(request)
                 encoding = self._encoding(request)
                 gzipped = self._gzipped(request)
-                decoded = decode(body, origin, route=route, encoding=encoding, gzipped=gzipped, limit=self._config.max_message_bytes)
+                decoded = decode(
+                    body, origin, route=route, encoding=encoding, gzipped=gzipped, limit=self._config.max_message_bytes
+                )
                 await self._deliver(decoded.samples, origin, "http")
             except RefusedInput as exc:
                 self._refuse("http", exc.reason)

@@ -65,7 +65,10 @@ def _compile(proto_dir: Path, proto_file: str, out: Path, module_name: str) -> A
 def _stringify_free_form(node: Any) -> Any:
     """The 3.x protobuf carries attachments/payload as JSON strings where JSON sends objects."""
     if isinstance(node, dict):
-        return {k: json.dumps(v) if k in ("attachments", "payload") and isinstance(v, dict) else _stringify_free_form(v) for k, v in node.items()}
+        return {
+            k: json.dumps(v) if k in ("attachments", "payload") and isinstance(v, dict) else _stringify_free_form(v)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_stringify_free_form(v) for v in node]
     return node

@@ -34,7 +34,11 @@ class Collector:
         self.log = tmp_path / "collector.log"
         self._log_file = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "webrtc_observer", "run", "--config", config], cwd=REPO, env=env, stdout=self._log_file, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "webrtc_observer", "run", "--config", config],
+            cwd=REPO,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
         )
 
     def url(self, path: str, scheme: str = "http") -> str:
@@ -119,7 +123,9 @@ async def test_websocket_samples_reach_the_file_and_the_debug_summary(process, h
 
 async def test_health_and_a_legacy_client(process, http):
     await process.wait_ready(http)
-    async with http.post(process.url("/pcsamples/6a1e0d1b-5d3c-4c8b-9a59-8d5d2f8c1a11/mu"), json=_samples.pc_sample_legacy()) as resp:
+    async with http.post(
+        process.url("/pcsamples/6a1e0d1b-5d3c-4c8b-9a59-8d5d2f8c1a11/mu"), json=_samples.pc_sample_legacy()
+    ) as resp:
         assert resp.status == 202
     assert process.stop() == 0
     (record,) = process.records()
@@ -132,6 +138,8 @@ def test_a_taken_port_is_a_clear_error(tmp_path):
         s.listen()
         port = s.getsockname()[1]
         env = {**os.environ, "OBSERVER_ENDPOINT": f"127.0.0.1:{port}", "OBSERVER_FILE": str(tmp_path / "x.jsonl")}
-        result = subprocess.run([sys.executable, "-m", "webrtc_observer", "run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [sys.executable, "-m", "webrtc_observer", "run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30
+        )
     assert result.returncode == 1
     assert "address already in use" in result.stderr.lower() or "cannot start" in result.stderr

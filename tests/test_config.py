@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from webrtc_observer.config import ComponentId, ConfigError, load_text
 
 from webrtc_observer.components import config_types
-from webrtc_observer.config import ComponentId, ConfigError, load_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,10 @@ service: {pipelines: {p: {receivers: [observertc], exporters: [file]}}}
         ("receivers: [a, b]", "receivers: expected a mapping"),
         ("key: [unclosed", "is not valid YAML at line 1"),
         ("- just a list", "the top level must be a mapping"),
-        ("service: {pipelines: {p: {receivers: [observertc, observertc], exporters: [debug]}}}\nreceivers: {observertc: {}}\nexporters: {debug: {}}", "listed twice"),
+        (
+            "service: {pipelines: {p: {receivers: [observertc, observertc], exporters: [debug]}}}\nreceivers: {observertc: {}}\nexporters: {debug: {}}",
+            "listed twice",
+        ),
     ],
 )
 def test_structural_errors(text, message):

@@ -10,10 +10,10 @@ from typing import Any
 
 import fastavro
 import pytest
-
-from webrtc_observer.model import ClientSample, Origin, PeerConnection, Track
 from webrtc_observer.receiver._v3 import decode_client_sample_v3, v2_record_fields
 from webrtc_observer.receiver._wire_types import WireError
+
+from webrtc_observer.model import ClientSample, Origin, PeerConnection, Track
 from webrtc_observer.schemas import avro_schema
 
 # The schemas' golden 3.5.0 stream (ObserveRTC/schemas, Apache-2.0); the repo keeps a copy in fixtures/.
@@ -138,9 +138,7 @@ def enriched0() -> dict[str, Any]:
             "totalSamplesCount": 148800,
         }
     ]
-    pc["codecs"].append(
-        {"id": "COT01_96", "timestamp": TS, "mimeType": "video/H264", "clockRate": 90000, "payloadType": 96}
-    )
+    pc["codecs"].append({"id": "COT01_96", "timestamp": TS, "mimeType": "video/H264", "clockRate": 90000, "payloadType": 96})
     pc["iceCandidates"] = [
         {
             "id": "LC01",
@@ -240,9 +238,7 @@ def test_identity_and_scores() -> None:
     assert s.attachments == '{"app":"observertc-tests","build":"deterministic"}'
     assert (s.room_id, s.user_id, s.marker) == (None, None, None)  # not in these attachments
     assert s.peer_connections == [
-        PeerConnection(
-            peer_connection_id="pc-01", score=4.188, attachments='{"role":"publisher","region":"eu-north-1"}'
-        )
+        PeerConnection(peer_connection_id="pc-01", score=4.188, attachments='{"role":"publisher","region":"eu-north-1"}')
     ]
 
 
@@ -552,7 +548,7 @@ def test_every_stats_record_type_checks_as_2x() -> None:
 def test_remote_outbound_matched_by_remote_id_then_ssrc() -> None:
     s = golden0()
     pc = s["peerConnections"][0]
-    audio, video = pc["inboundRtps"]
+    audio, _video = pc["inboundRtps"]
     audio["remoteId"] = "RO-A"
     pc["remoteOutboundRtps"] = [
         {"id": "RO-A", "timestamp": TS, "ssrc": 111, "kind": "audio", "packetsSent": 1},  # by remoteId, other ssrc
@@ -579,7 +575,7 @@ def test_candidate_pair_state_spellings_normalised() -> None:
     s = golden0()
     pairs = s["peerConnections"][0]["iceCandidatePairs"]
     pairs.extend(copy.deepcopy(pairs[0]) for _ in range(3))
-    for pair, state in zip(pairs, ("inProgress", "SUCCEEDED", "in-progress", "something-new")):
+    for pair, state in zip(pairs, ("inProgress", "SUCCEEDED", "in-progress", "something-new"), strict=False):
         pair["state"] = state
     states = [p["state"] for p in decode(s).candidate_pairs]
     assert states == ["in-progress", "succeeded", "in-progress", "something-new"]

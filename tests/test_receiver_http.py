@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from typing import Any
 
 import pytest
@@ -30,7 +29,11 @@ def _body(kind: str, protobuf: Any) -> tuple[str, bytes, dict[str, str]]:
     if kind == "v2-wrapper-protobuf":
         return "/rest/samples/svc/mu", protobuf.samples_v2(_samples.samples_v2()), PROTOBUF
     if kind == "v2-wrapper-protobuf-query":
-        return "/rest/samples/svc/mu?format=protobuf", protobuf.samples_v2(_samples.samples_v2()), {"Content-Type": "application/octet-stream"}
+        return (
+            "/rest/samples/svc/mu?format=protobuf",
+            protobuf.samples_v2(_samples.samples_v2()),
+            {"Content-Type": "application/octet-stream"},
+        )
     if kind == "v3-client-protobuf":
         return "/rest/samples/svc/mu?schemaVersion=3.5.0", protobuf.client_sample_v3(_samples.client_sample_v3()), PROTOBUF
     raise AssertionError(kind)
@@ -68,7 +71,15 @@ def _check_samples(kind: str, samples: list[Any]) -> None:
         assert any(t.ssrc == 8888 for t in client.outbound_tracks)
 
 
-KINDS = ["v2-wrapper", "v2-client", "v3-client", "legacy", "v2-wrapper-protobuf", "v2-wrapper-protobuf-query", "v3-client-protobuf"]
+KINDS = [
+    "v2-wrapper",
+    "v2-client",
+    "v3-client",
+    "legacy",
+    "v2-wrapper-protobuf",
+    "v2-wrapper-protobuf-query",
+    "v3-client-protobuf",
+]
 
 
 @pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzip"])
@@ -88,9 +99,15 @@ async def test_accepts_every_generation_and_encoding(collector, http, protobuf, 
 
 async def test_sniffs_the_encoding_when_the_content_type_does_not_say(collector, http, protobuf):
     body = protobuf.samples_v2(_samples.samples_v2())
-    async with http.post(collector.url("/rest/samples/svc/mu"), data=body, headers={"Content-Type": "application/octet-stream"}) as resp:
+    async with http.post(
+        collector.url("/rest/samples/svc/mu"), data=body, headers={"Content-Type": "application/octet-stream"}
+    ) as resp:
         assert resp.status == 202
-    async with http.post(collector.url("/rest/samples/svc/mu"), data=json.dumps(_samples.client_sample_v2()), headers={"Content-Type": "text/plain"}) as resp:
+    async with http.post(
+        collector.url("/rest/samples/svc/mu"),
+        data=json.dumps(_samples.client_sample_v2()),
+        headers={"Content-Type": "text/plain"},
+    ) as resp:
         assert resp.status == 202
     assert len(collector.exporter().client_samples) == 2
 
@@ -106,23 +123,81 @@ BAD_INPUTS = [
     ("not-json", "/rest/samples/svc/mu", b"{not json", JSON, 400, "bad_json", "not JSON"),
     ("json-array", "/rest/samples/svc/mu", b"[1,2]", JSON, 400, "invalid_sample", "JSON object"),
     ("unknown-shape", "/rest/samples/svc/mu", b'{"hello": "world"}', JSON, 400, "unknown_schema", "hello"),
-    ("wrong-type", "/rest/samples/svc/mu", _wrong_type(), JSON, 400, "invalid_sample", "$.clientSamples[0].inboundAudioTracks[0].ssrc"),
-    ("missing-client-id", "/rest/samples/svc/mu", b'{"clientSamples": [{"timestamp": 1}]}', JSON, 400, "invalid_sample", "clientId"),
-    ("v3-without-client-id", "/rest/samples/svc/mu", b'{"timestamp": 1, "peerConnections": []}', JSON, 400, "invalid_sample", "clientId"),
-    ("legacy-without-pc-id", "/pcsamples/s/mu", b'{"browserId": "b", "timestamp": 1}', JSON, 400, "invalid_sample", "peerConnectionId"),
+    (
+        "wrong-type",
+        "/rest/samples/svc/mu",
+        _wrong_type(),
+        JSON,
+        400,
+        "invalid_sample",
+        "$.clientSamples[0].inboundAudioTracks[0].ssrc",
+    ),
+    (
+        "missing-client-id",
+        "/rest/samples/svc/mu",
+        b'{"clientSamples": [{"timestamp": 1}]}',
+        JSON,
+        400,
+        "invalid_sample",
+        "clientId",
+    ),
+    (
+        "v3-without-client-id",
+        "/rest/samples/svc/mu",
+        b'{"timestamp": 1, "peerConnections": []}',
+        JSON,
+        400,
+        "invalid_sample",
+        "clientId",
+    ),
+    (
+        "legacy-without-pc-id",
+        "/pcsamples/s/mu",
+        b'{"browserId": "b", "timestamp": 1}',
+        JSON,
+        400,
+        "invalid_sample",
+        "peerConnectionId",
+    ),
     ("empty", "/rest/samples/svc/mu", b"", JSON, 400, "empty", "empty"),
     ("bad-gzip", "/rest/samples/svc/mu", b"this is not gzip", {**JSON, "Content-Encoding": "gzip"}, 400, "bad_gzip", "gzip"),
-    ("truncated-gzip", "/rest/samples/svc/mu", gzip.compress(b'{"clientSamples": []}' * 50)[:-12], {**JSON, "Content-Encoding": "gzip"}, 400, "bad_gzip", "truncated"),
-    ("unsupported-content-encoding", "/rest/samples/svc/mu", b"{}", {**JSON, "Content-Encoding": "br"}, 415, "unsupported_encoding", "br"),
+    (
+        "truncated-gzip",
+        "/rest/samples/svc/mu",
+        gzip.compress(b'{"clientSamples": []}' * 50)[:-12],
+        {**JSON, "Content-Encoding": "gzip"},
+        400,
+        "bad_gzip",
+        "truncated",
+    ),
+    (
+        "unsupported-content-encoding",
+        "/rest/samples/svc/mu",
+        b"{}",
+        {**JSON, "Content-Encoding": "br"},
+        415,
+        "unsupported_encoding",
+        "br",
+    ),
     ("unsupported-format", "/rest/samples/svc/mu?format=xml", b"{}", JSON, 415, "unsupported_encoding", "xml"),
     ("bad-protobuf", "/rest/samples/svc/mu", b"\x0a\xff\xff\xff\xff\x0f", PROTOBUF, 400, "bad_protobuf", ""),
     ("legacy-protobuf", "/pcsamples/s/mu?format=protobuf", b"\x0a\x00", JSON, 415, "unsupported_encoding", "JSON only"),
     ("too-large", "/rest/samples/svc/mu", b" " * (64 * 1024 + 1), JSON, 413, "too_large", "exceeds"),
-    ("gzip-bomb", "/rest/samples/svc/mu", gzip.compress(b" " * (2 * 1024 * 1024)), {**JSON, "Content-Encoding": "gzip"}, 413, "too_large", "inflated"),
+    (
+        "gzip-bomb",
+        "/rest/samples/svc/mu",
+        gzip.compress(b" " * (2 * 1024 * 1024)),
+        {**JSON, "Content-Encoding": "gzip"},
+        413,
+        "too_large",
+        "inflated",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("path", "body", "headers", "status", "reason", "detail"), [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "reason", "detail"), [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS]
+)
 async def test_refuses_bad_input_with_a_reason(collector, http, path, body, headers, status, reason, detail):
     async with http.post(collector.url(path), data=body, headers=headers) as resp:
         assert resp.status == status
@@ -156,7 +231,11 @@ async def test_health_reports_started_pipelines(collector, http):
 
 async def test_cors_preflight_and_response_headers(collector, http):
     origin = {"Origin": "https://app.example.com"}
-    preflight = {**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type,content-encoding"}
+    preflight = {
+        **origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,content-encoding",
+    }
     async with http.options(collector.url("/rest/samples/svc/mu"), headers=preflight) as resp:
         assert resp.status == 204
         assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
@@ -166,10 +245,14 @@ async def test_cors_preflight_and_response_headers(collector, http):
     async with http.post(collector.url("/rest/samples/svc/mu"), json=_samples.samples_v2(), headers=origin) as resp:
         assert resp.status == 202
         assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
-    async with http.options(collector.url("/rest/samples/svc/mu"), headers={**preflight, "Origin": "https://evil.example.net"}) as resp:
+    async with http.options(
+        collector.url("/rest/samples/svc/mu"), headers={**preflight, "Origin": "https://evil.example.net"}
+    ) as resp:
         assert resp.status == 403
         assert "Access-Control-Allow-Origin" not in resp.headers
-    async with http.post(collector.url("/rest/samples/svc/mu"), json=_samples.samples_v2(), headers={"Origin": "https://evil.example.net"}) as resp:
+    async with http.post(
+        collector.url("/rest/samples/svc/mu"), json=_samples.samples_v2(), headers={"Origin": "https://evil.example.net"}
+    ) as resp:
         assert "Access-Control-Allow-Origin" not in resp.headers
 
 
@@ -209,5 +292,3 @@ async def test_counts_samples_by_service_and_media_unit(collector, http):
     received = collector.telemetry.get("samples_received")
     assert received.value("svc-a", "eu-1") == 6  # 3 x (1 client + 1 SFU sample)
     assert collector.telemetry.get("receiver_accepted_samples").value("observertc", "http") == 6
-
-

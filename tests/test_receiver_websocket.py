@@ -6,7 +6,6 @@ import gzip
 import json
 
 import aiohttp
-import pytest
 
 from tests import _samples
 from webrtc_observer.model import ClientSample
@@ -97,10 +96,9 @@ receivers: {observertc: {endpoint: "127.0.0.1:0"}}
 exporters: {recording: {refuse: true}}
 service: {pipelines: {samples: {receivers: [observertc], exporters: [recording]}}}
 """
-    async with running_collector(yaml_text) as c:
-        async with http.ws_connect(c.url("/samples/svc/mu", scheme="ws")) as ws:
-            await ws.send_str(json.dumps(_samples.client_sample_v2()))
-            answer = json.loads((await ws.receive()).data)
+    async with running_collector(yaml_text) as c, http.ws_connect(c.url("/samples/svc/mu", scheme="ws")) as ws:
+        await ws.send_str(json.dumps(_samples.client_sample_v2()))
+        answer = json.loads((await ws.receive()).data)
     assert answer["error"] == "pipeline_full" and answer["retryAfter"] == 2
 
 

@@ -20,7 +20,7 @@ _ROOT = "webrtc_observer"
 class Logger:
     """A thin structured front for :mod:`logging`, bound to a set of fields (e.g. the component id)."""
 
-    __slots__ = ("_logger", "_bound")
+    __slots__ = ("_bound", "_logger")
 
     def __init__(self, name: str = _ROOT, **bound: Any) -> None:
         self._logger = logging.getLogger(name)

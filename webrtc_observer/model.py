@@ -12,7 +12,7 @@ needs.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import msgspec
 
@@ -169,7 +169,7 @@ class TurnSample(msgspec.Struct, gc=False, omit_defaults=True):
     sessions: list[Stats] = []
 
 
-Sample = Union[ClientSample, SfuSample, TurnSample]
+Sample = ClientSample | SfuSample | TurnSample
 
 
 class Report(msgspec.Struct, gc=False, omit_defaults=True):

@@ -41,7 +41,9 @@ class FanOut:
 class Service:
     """A built collector. ``start``/``shutdown`` run the lifecycle; ``ready`` backs ``GET /health``."""
 
-    def __init__(self, config: CollectorConfig, factories: Mapping[str, Mapping[str, Factory[Any]]], telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self, config: CollectorConfig, factories: Mapping[str, Mapping[str, Factory[Any]]], telemetry: Telemetry | None = None
+    ) -> None:
         self.config = config
         self.telemetry = telemetry or Telemetry()
         self.log = get_logger()
@@ -85,9 +87,16 @@ class Service:
 
         for rid, consumers in entry_points.items():
             options = cfg.components["receivers"][rid]
-            self.receivers[rid] = factories["receivers"][rid.type].create(self._settings("receivers", rid), options, FanOut(consumers))
+            self.receivers[rid] = factories["receivers"][rid.type].create(
+                self._settings("receivers", rid), options, FanOut(consumers)
+            )
 
-        unused = [f"{kind[:-1]} {cid}" for kind in _KIND for cid in cfg.components[kind] if kind != "processors" and cid not in used[kind]]
+        unused = [
+            f"{kind[:-1]} {cid}"
+            for kind in _KIND
+            for cid in cfg.components[kind]
+            if kind != "processors" and cid not in used[kind]
+        ]
         if unused:
             self.log.info("defined but not in any pipeline", components=", ".join(unused))
 
