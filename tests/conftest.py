@@ -34,6 +34,57 @@ service:
 """
 
 
+# Every report any test produces is checked against its Avro schema (the contract with consumers).
+REPORT_SCHEMA_FILES = {
+    "CALL_EVENT": "CallEventReport",
+    "CALL_META_DATA": "CallMetaReport",
+    "CLIENT_EXTENSION_DATA": "ClientExtensionReport",
+    "PEER_CONNECTION_TRANSPORT": "PeerConnectionTransportReport",
+    "ICE_CANDIDATE_PAIR": "IceCandidatePairReport",
+    "PEER_CONNECTION_DATA_CHANNEL": "ClientDataChannelReport",
+    "INBOUND_AUDIO_TRACK": "InboundAudioTrackReport",
+    "INBOUND_VIDEO_TRACK": "InboundVideoTrackReport",
+    "OUTBOUND_AUDIO_TRACK": "OutboundAudioTrackReport",
+    "OUTBOUND_VIDEO_TRACK": "OutboundVideoTrackReport",
+    "OBSERVER_EVENT": "ObserverEventReport",
+    "SFU_EVENT": "SfuEventReport",
+    "SFU_META_DATA": "SfuMetaReport",
+    "SFU_EXTENSION_DATA": "SfuExtensionReport",
+    "SFU_TRANSPORT": "SFUTransportReport",
+    "SFU_INBOUND_RTP_PAD": "SfuInboundRtpPadReport",
+    "SFU_OUTBOUND_RTP_PAD": "SfuOutboundRtpPadReport",
+    "SFU_SCTP_STREAM": "SfuSctpStreamReport",
+}
+_parsed_schemas: dict[str, Any] = {}
+
+
+def assert_valid_report(report_type: str, payload: dict[str, Any]) -> None:
+    """Raise unless ``payload`` validates against the 2.2.11 Avro schema of ``report_type`` (strictly)."""
+    import fastavro
+    from fastavro.validation import validate
+
+    assert report_type in REPORT_SCHEMA_FILES, f"unknown report type {report_type}"
+    if report_type not in _parsed_schemas:
+        text = (SCHEMAS / "v2_2_11" / f"{REPORT_SCHEMA_FILES[report_type]}.avsc").read_text()
+        _parsed_schemas[report_type] = fastavro.parse_schema(json.loads(text))
+    validate(payload, _parsed_schemas[report_type], raise_errors=True, strict=True)
+
+
+@pytest.fixture(autouse=True)
+def _every_recorded_report_is_schema_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    from webrtc_observer.testing import RecordingExporter
+
+    original = RecordingExporter.consume
+
+    async def consume(self: RecordingExporter, batch: Any) -> None:
+        for report in batch.reports:
+            assert_valid_report(report.type, report.payload)
+            assert report.schema_version == "2.2.11"
+        await original(self, batch)
+
+    monkeypatch.setattr(RecordingExporter, "consume", consume)
+
+
 @pytest.fixture
 async def collector() -> AsyncIterator[RunningCollector]:
     """The collector built from YAML, in-process, its receiver on a free port, recording what it exports."""

@@ -13,10 +13,14 @@ from webrtc_observer.component import Factory
 def builtin_factories() -> Mapping[str, Mapping[str, Factory[Any]]]:
     """kind (``receivers``/``processors``/``exporters``) → type → factory."""
     from webrtc_observer.exporters import debug, file
+    from webrtc_observer.processors import correlation, obfuscation, reports
     from webrtc_observer.receiver import observertc
 
     factories: list[Factory[Any]] = [
         observertc.FACTORY,
+        obfuscation.FACTORY,
+        correlation.FACTORY,
+        reports.FACTORY,
         file.FACTORY,
         debug.FACTORY,
     ]

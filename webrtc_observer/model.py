@@ -49,6 +49,10 @@ class Track(msgspec.Struct, gc=False, omit_defaults=True):
     sfu_stream_id: str | None = None
     sfu_sink_id: str | None = None
     remote_client_id: str | None = None
+    remote_user_id: str | None = None
+    remote_peer_connection_id: str | None = None
+    remote_track_id: str | None = None
+    """``remote_*``: for inbound tracks, the sender, as found by the correlation processor."""
     stats: Stats = {}
 
 
@@ -142,6 +146,21 @@ class ClientSample(msgspec.Struct, gc=False, omit_defaults=True):
     """Legacy samples only: the browser fingerprint that identifies a client across peer connections."""
     closing: bool = False
     """The client said it is leaving (2.x ``controls.close`` on its last message)."""
+    correlated: bool = False
+    """Set by the correlation processor once ``call_id`` and ``sample_seq`` are settled."""
+
+
+class PadLink(msgspec.Struct, gc=False, omit_defaults=True):
+    """What the correlation processor found about one SFU RTP pad: the call and client it serves."""
+
+    call_id: str | None = None
+    room_id: str | None = None
+    client_id: str | None = None
+    track_id: str | None = None
+    remote_sfu_id: str | None = None
+    remote_transport_id: str | None = None
+    remote_sink_id: str | None = None
+    remote_rtp_pad_id: str | None = None
 
 
 class SfuSample(msgspec.Struct, gc=False, omit_defaults=True):
@@ -158,6 +177,8 @@ class SfuSample(msgspec.Struct, gc=False, omit_defaults=True):
     sctp_channels: list[Stats] = []
     events: list[Stats] = []
     extensions: list[Extension] = []
+    pad_links: dict[str, PadLink] = {}
+    """padId → link, filled by the correlation processor."""
 
 
 class TurnSample(msgspec.Struct, gc=False, omit_defaults=True):

@@ -1,0 +1,756 @@
+"""Processor ``correlation``: which clients, peer connections and tracks form a call, and when it all ends.
+
+For every client sample it settles the call (``call_id_mode``), tracks the entities of the call
+(call → clients → peer connections → tracks; SFUs → transports → RTP pads → SCTP channels), emits each
+lifecycle event exactly once as a ``CALL_EVENT``/``SFU_EVENT`` report, and tells inbound tracks which
+client sends them (by SFU stream/sink ids, else by SSRC among the clients of the call).
+
+Endings: a client leaves when it says so (a ``CLIENT_LEFT`` event or ``controls.close``) or after
+``client_idle_timeout`` without samples; peer connections and tracks when they disappear from the
+client's samples or idle out; a call ends ``call_empty_timeout`` after its last client left. End events
+carry the time of the last sample seen.
+
+State is bounded by ``max_calls`` and ``max_clients``: samples that would need a new call or client past
+the limit are passed on uncorrelated (no reports) and counted; existing calls are never evicted, since
+ending them early would report calls that did not end. The state lives in this process: with several
+collectors, route all samples of a call to the same one (Kafka partitions keyed by call, or the
+``workers`` option).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+import orjson
+from webrtc_observer.config import Duration
+
+from webrtc_observer.component import Consumer, Factory, RetryLater, Settings
+from webrtc_observer.model import Batch, ClientSample, PadLink, Report, SfuSample, Track
+
+CallIdMode = Literal["auto", "room", "client"]
+_LIFECYCLE = frozenset(
+    {
+        "CALL_STARTED",
+        "CALL_ENDED",
+        "CLIENT_JOINED",
+        "CLIENT_LEFT",
+        "PEER_CONNECTION_OPENED",
+        "PEER_CONNECTION_CLOSED",
+        "MEDIA_TRACK_ADDED",
+        "MEDIA_TRACK_REMOVED",
+    }
+)
+
+
+@dataclass
+class CorrelationConfig:
+    call_id_mode: CallIdMode = "auto"
+    """auto: the client's callId, else one call per (serviceId, roomId), else SSRC overlap (legacy P2P);
+    room: always one generated call per (serviceId, roomId); client: the client's callId is required."""
+    client_idle_timeout: Duration = Duration(60)
+    """A client that sends nothing for this long has left."""
+    media_idle_timeout: Duration = Duration(60)
+    """A peer connection or track missing from a live client's samples for this long is gone."""
+    call_empty_timeout: Duration = Duration(60)
+    """A call ends this long after its last client left, unless someone joins again."""
+    sfu_idle_timeout: Duration = Duration(60)
+    """An SFU, transport, pad or SCTP channel not reported for this long is gone."""
+    max_calls: int = 100_000
+    max_clients: int = 1_000_000
+    sweep_interval: Duration = Duration(1)
+    """How often idle entities are looked for."""
+
+    def validate(self) -> list[tuple[str, str]]:
+        issues = []
+        for name in ("max_calls", "max_clients"):
+            if getattr(self, name) < 1:
+                issues.append((name, "must be at least 1"))
+        if self.sweep_interval <= 0:
+            issues.append(("sweep_interval", "must be more than 0"))
+        return issues
+
+
+# -- state -----------------------------------------------------------------------------------------
+
+
+class _Track:
+    __slots__ = ("direction", "key", "kind", "last_seen", "last_ts", "sfu_sink_id", "sfu_stream_id", "ssrcs", "track_id")
+
+    def __init__(self, key: Any, direction: str, track: Track, ts: int, now: float) -> None:
+        self.key = key
+        self.direction = direction
+        self.kind = track.kind
+        self.track_id = track.track_id
+        self.ssrcs: set[int] = set()
+        self.sfu_stream_id = track.sfu_stream_id
+        self.sfu_sink_id = track.sfu_sink_id
+        self.last_ts = ts
+        self.last_seen = now
+
+
+class _PeerConnection:
+    __slots__ = ("label", "last_seen", "last_ts", "pc_id", "tracks")
+
+    def __init__(self, pc_id: str, ts: int, now: float) -> None:
+        self.pc_id = pc_id
+        self.label: str | None = None
+        self.last_ts = ts
+        self.last_seen = now
+        self.tracks: dict[Any, _Track] = {}
+
+
+class _Client:
+    __slots__ = ("call", "client_id", "last_seen", "last_ts", "marker", "media_unit_id", "pcs", "seq", "user_id")
+
+    def __init__(self, client_id: str, call: _Call, sample: ClientSample, now: float) -> None:
+        self.client_id = client_id
+        self.call = call
+        self.media_unit_id = sample.origin.media_unit_id
+        self.user_id = sample.user_id
+        self.marker = sample.marker
+        self.last_ts = sample.timestamp
+        self.last_seen = now
+        self.pcs: dict[str, _PeerConnection] = {}
+        self.seq = 0
+
+
+class _Call:
+    __slots__ = ("call_id", "clients", "last_ts", "marker", "media_unit_id", "outbound_by_ssrc", "room_id", "service_id", "started_ts")
+
+    def __init__(self, service_id: str, call_id: str, room_id: str | None, sample: ClientSample) -> None:
+        self.service_id = service_id
+        self.call_id = call_id
+        self.room_id = room_id
+        self.media_unit_id = sample.origin.media_unit_id
+        self.marker = sample.marker
+        self.started_ts = sample.timestamp
+        self.last_ts = sample.timestamp
+        self.clients: dict[str, _Client] = {}
+        self.outbound_by_ssrc: dict[int, tuple[_Client, str, _Track]] = {}
+
+
+class _SfuEntity:
+    __slots__ = ("fields", "index_keys", "last_seen", "last_ts")
+
+    def __init__(self, fields: dict[str, Any], ts: int, now: float) -> None:
+        self.fields = fields
+        self.last_ts = ts
+        self.last_seen = now
+        self.index_keys: list[tuple[Any, ...]] = []
+        """Keys this entity put into the processor's SFU indexes, removed with it."""
+
+
+class _Sfu:
+    __slots__ = ("entities", "last_seen", "last_ts", "marker", "media_unit_id", "service_id", "sfu_id")
+
+    def __init__(self, sample: SfuSample, now: float) -> None:
+        self.sfu_id = sample.sfu_id
+        self.service_id = sample.origin.service_id
+        self.media_unit_id = sample.origin.media_unit_id
+        self.marker = sample.marker
+        self.last_ts = sample.timestamp
+        self.last_seen = now
+        # kind ("transport", "inbound", "outbound", "sctp") → entity key → entity
+        self.entities: dict[str, dict[Any, _SfuEntity]] = {"transport": {}, "inbound": {}, "outbound": {}, "sctp": {}}
+
+
+@dataclass(frozen=True, slots=True)
+class _Publisher:
+    call_id: str
+    client_id: str
+    user_id: str | None
+    pc_id: str
+    track_id: str | None
+
+
+# -- the processor ---------------------------------------------------------------------------------
+
+
+class CorrelationProcessor:
+    def __init__(self, settings: Settings, config: CorrelationConfig, next_consumer: Consumer) -> None:
+        self._config = config
+        self._next = next_consumer
+        self._log = settings.logger
+        self._calls: dict[tuple[str, str], _Call] = {}
+        self._rooms: dict[tuple[str, str], str] = {}
+        # Ordered by last sample (oldest first), so the idle sweep stops at the first live one.
+        self._clients: OrderedDict[tuple[str, str], _Client] = OrderedDict()
+        self._empty_calls: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._ssrc_calls: dict[tuple[str, int], str] = {}
+        self._streams: dict[tuple[str, str], _Publisher] = {}
+        self._sinks: dict[tuple[str, str], _Publisher] = {}
+        self._sink_streams: dict[tuple[str, str], str] = {}
+        self._sfu_outbound: dict[tuple[str, str, int], tuple[str, str | None, str | None, str | None]] = {}
+        self._sfus: OrderedDict[tuple[str, str], _Sfu] = OrderedDict()
+        self._undelivered: list[Report] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        label = str(settings.id)
+        t = settings.telemetry
+        self._refused = t.counter("correlation_refused_samples", "Client samples left uncorrelated, by reason", ("processor", "reason"))
+        self._events = t.counter("call_events", "Lifecycle events emitted", ("processor", "name"))
+        self._dropped = t.counter("correlation_dropped_events", "Lifecycle events that could not be delivered", ("processor",))
+        t.gauge("calls_active", "Calls in progress", (), callback=lambda: {(): float(len(self._calls))})
+        t.gauge("clients_active", "Clients in calls", (), callback=lambda: {(): float(len(self._clients))})
+        t.gauge("peer_connections_active", "Open peer connections", (), callback=lambda: {(): float(self._count_pcs())})
+        t.gauge("sfus_active", "SFUs reporting", (), callback=lambda: {(): float(len(self._sfus))})
+        self._label = label
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name=f"correlation-sweep-{self._label}")
+
+    async def shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+        if self._undelivered:
+            await self._deliver([])
+        if self._calls or self._sfus:
+            # A restart is not the end of the calls: their end is not reported, only logged.
+            self._log.info("stopping with calls in progress", calls=len(self._calls), clients=len(self._clients), sfus=len(self._sfus))
+
+    def state_sizes(self) -> dict[str, int]:
+        """Entries in every table, for tests and diagnostics: all zero when no call is in progress."""
+        return {
+            "calls": len(self._calls),
+            "rooms": len(self._rooms),
+            "clients": len(self._clients),
+            "empty_calls": len(self._empty_calls),
+            "ssrc_index": len(self._ssrc_calls),
+            "sfu_streams": len(self._streams),
+            "sfu_sinks": len(self._sinks),
+            "sink_streams": len(self._sink_streams),
+            "sfu_outbound_pads": len(self._sfu_outbound),
+            "sfus": len(self._sfus),
+            "undelivered_events": len(self._undelivered),
+        }
+
+    def _count_pcs(self) -> int:
+        return sum(len(c.pcs) for c in self._clients.values())
+
+    # -- consume ------------------------------------------------------------------------------------
+    async def consume(self, batch: Batch) -> None:
+        events: list[Report] = []
+        samples: list[Any] = []
+        now = time.monotonic()
+        async with self._lock:  # the sweeper and this path touch the same tables
+            for sample in batch.samples:
+                if isinstance(sample, ClientSample):
+                    samples.append(self._client_sample(sample, now, events))
+                elif isinstance(sample, SfuSample):
+                    samples.append(self._sfu_sample(sample, now, events))
+                else:
+                    samples.append(sample)
+            pending, self._undelivered = self._undelivered, []
+        try:
+            await self._next.consume(Batch(samples=samples, reports=[*pending, *batch.reports, *events]))
+        except RetryLater:
+            # The samples go back to their sender, but the state already moved on: keep its events,
+            # so a join or leave is reported once the pipeline has room again.
+            self._undelivered = [*pending, *events, *self._undelivered]
+            raise
+
+    # -- clients ------------------------------------------------------------------------------------
+    def _settle_call_id(self, sample: ClientSample, known: _Client | None) -> tuple[str | None, str | None]:
+        """(call id, refusal reason)."""
+        service = sample.origin.service_id
+        mode = self._config.call_id_mode
+        if mode == "client":
+            return (sample.call_id, None) if sample.call_id else (None, "missing_call_id")
+        if mode == "room":
+            if not sample.room_id:
+                return None, "missing_room_id"
+            return self._room_call(service, sample.room_id), None
+        if sample.call_id:
+            if sample.room_id:
+                self._rooms[(service, sample.room_id)] = sample.call_id  # the latest call of the room
+            return sample.call_id, None
+        if sample.room_id:
+            return self._room_call(service, sample.room_id), None
+        if known is not None:
+            return known.call.call_id, None
+        for ssrc in _ssrcs(sample):  # a P2P peer already in a call shares our SSRCs
+            call_id = self._ssrc_calls.get((service, ssrc))
+            if call_id is not None:
+                return call_id, None
+        if any(True for _ in _ssrcs(sample)):
+            return str(uuid.uuid4()), None
+        return None, "no_call_yet"  # no id and no media yet: wait for SSRCs
+
+    def _room_call(self, service: str, room_id: str) -> str:
+        key = (service, room_id)
+        call_id = self._rooms.get(key)
+        if call_id is None:
+            call_id = self._rooms[key] = str(uuid.uuid4())
+        return call_id
+
+    def _client_sample(self, sample: ClientSample, now: float, events: list[Report]) -> ClientSample:
+        service = sample.origin.service_id
+        client_key = (service, sample.client_id)
+        client = self._clients.get(client_key)
+        call_id, reason = self._settle_call_id(sample, client)
+        if call_id is None:
+            self._refused.add(1, self._label, reason or "unknown")
+            return sample
+        if client is not None and client.call.call_id != call_id:
+            self._remove_client(client, events)  # the client moved to another call
+            client = None
+        call = self._calls.get((service, call_id))
+        if call is None:
+            if len(self._calls) >= self._config.max_calls:
+                self._refused.add(1, self._label, "max_calls")
+                return sample
+            call = self._calls[(service, call_id)] = _Call(service, call_id, sample.room_id, sample)
+            events.append(self._call_event("CALL_STARTED", call, None, sample.timestamp))
+        self._empty_calls.pop((service, call_id), None)
+        if client is None:
+            if len(self._clients) >= self._config.max_clients:
+                self._refused.add(1, self._label, "max_clients")
+                self._end_call_if_empty(call, now)
+                return sample
+            client = self._clients[client_key] = _Client(sample.client_id, call, sample, now)
+            call.clients[sample.client_id] = client
+            events.append(self._call_event("CLIENT_JOINED", call, client, sample.timestamp))
+        else:
+            self._clients.move_to_end(client_key)
+        client.last_seen = now
+        client.last_ts = max(client.last_ts, sample.timestamp)
+        call.last_ts = max(call.last_ts, sample.timestamp)
+        if sample.user_id:
+            client.user_id = sample.user_id
+        if sample.sample_seq is not None:
+            client.seq = sample.sample_seq
+        else:
+            client.seq += 1
+
+        inbound = self._update_media(client, sample, now, events)
+        leaving = sample.closing or any(_normalise(e.name) == "CLIENT_LEFT" for e in sample.events)
+        kept_events = [e for e in sample.events if _normalise(e.name) not in _LIFECYCLE]
+        out = msgspec.structs.replace(
+            sample,
+            call_id=call_id,
+            room_id=sample.room_id or call.room_id,
+            user_id=sample.user_id or client.user_id,
+            sample_seq=client.seq,
+            correlated=True,
+            inbound_tracks=inbound,
+            events=kept_events if len(kept_events) != len(sample.events) else sample.events,
+        )
+        if leaving:
+            self._remove_client(client, events)
+        return out
+
+    def _update_media(self, client: _Client, sample: ClientSample, now: float, events: list[Report]) -> list[Track]:
+        """Open/close peer connections and tracks; return the inbound tracks with their senders."""
+        call = client.call
+        service = call.service_id
+        ts = sample.timestamp
+        seen_pcs: set[str] = set()
+        pcs_with_tracks: set[str] = set()
+        seen_tracks: set[tuple[str, Any]] = set()
+
+        def pc_of(pc_id: str | None) -> _PeerConnection | None:
+            if pc_id is None:
+                return None
+            pc = client.pcs.get(pc_id)
+            if pc is None:
+                pc = client.pcs[pc_id] = _PeerConnection(pc_id, ts, now)
+                events.append(self._call_event("PEER_CONNECTION_OPENED", call, client, ts, pc_id=pc_id))
+            pc.last_seen = now
+            pc.last_ts = ts
+            seen_pcs.add(pc_id)
+            return pc
+
+        for info in sample.peer_connections:
+            pc = pc_of(info.peer_connection_id)
+            if pc is not None and info.label:
+                pc.label = info.label
+        for records in (sample.transports, sample.candidate_pairs, sample.data_channels):
+            for rec in records:
+                pc_of(rec.get("peerConnectionId"))
+
+        for direction, tracks in (("out", sample.outbound_tracks), ("in", sample.inbound_tracks)):
+            for track in tracks:
+                pc = pc_of(track.peer_connection_id)
+                if pc is None:
+                    continue
+                pcs_with_tracks.add(pc.pc_id)
+                key = (direction, track.track_id or track.ssrc)
+                seen_tracks.add((pc.pc_id, key))
+                state = pc.tracks.get(key)
+                if state is None:
+                    state = pc.tracks[key] = _Track(key, direction, track, ts, now)
+                    events.append(self._track_event("MEDIA_TRACK_ADDED", call, client, pc.pc_id, state, track.ssrc, ts))
+                state.last_seen = now
+                state.last_ts = ts
+                if track.ssrc not in state.ssrcs:
+                    state.ssrcs.add(track.ssrc)
+                    self._ssrc_calls[(service, track.ssrc)] = call.call_id
+                    if direction == "out":
+                        call.outbound_by_ssrc[track.ssrc] = (client, pc.pc_id, state)
+                if direction == "out" and track.sfu_stream_id:
+                    state.sfu_stream_id = track.sfu_stream_id
+                    self._streams[(service, track.sfu_stream_id)] = _Publisher(
+                        call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id
+                    )
+                elif direction == "in" and track.sfu_sink_id:
+                    state.sfu_sink_id = track.sfu_sink_id
+                    self._sinks[(service, track.sfu_sink_id)] = _Publisher(
+                        call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id
+                    )
+
+        # What disappeared: peer connections absent from a sample that describes peer connections;
+        # tracks absent from their peer connection's tracks in this sample; anything idle too long.
+        # A legacy sample describes a single peer connection, so it says nothing about the others.
+        idle_limit = now - self._config.media_idle_timeout
+        describes_all = bool(seen_pcs) and sample.origin.generation != "pcsample-v20200114"
+        for pc_id, pc in list(client.pcs.items()):
+            if (describes_all and pc_id not in seen_pcs) or pc.last_seen < idle_limit:
+                self._close_pc(client, pc, events)
+                continue
+            for key, state in list(pc.tracks.items()):
+                if (pc_id in pcs_with_tracks and (pc_id, key) not in seen_tracks) or state.last_seen < idle_limit:
+                    self._remove_track(client, pc, state, events)
+
+        return [self._match(call, client, t) for t in sample.inbound_tracks]
+
+    def _match(self, call: _Call, client: _Client, track: Track) -> Track:
+        """Name the sender of an inbound track: by SFU sink/stream ids, else by SSRC within the call."""
+        service = call.service_id
+        sender: _Publisher | None = None
+        if track.sfu_sink_id:
+            stream_id = self._sink_streams.get((service, track.sfu_sink_id))
+            if stream_id is not None:
+                sender = self._streams.get((service, stream_id))
+        if sender is None and track.sfu_stream_id:
+            sender = self._streams.get((service, track.sfu_stream_id))
+        if sender is None:
+            found = call.outbound_by_ssrc.get(track.ssrc)
+            if found is not None and found[0] is not client:
+                owner, pc_id, state = found
+                sender = _Publisher(call.call_id, owner.client_id, owner.user_id, pc_id, state.track_id)
+        if sender is None or sender.client_id == client.client_id:
+            return track
+        return msgspec.structs.replace(
+            track,
+            remote_client_id=sender.client_id,
+            remote_user_id=sender.user_id,
+            remote_peer_connection_id=sender.pc_id,
+            remote_track_id=sender.track_id,
+        )
+
+    # -- removals -----------------------------------------------------------------------------------
+    def _remove_track(self, client: _Client, pc: _PeerConnection, state: _Track, events: list[Report]) -> None:
+        call = client.call
+        service = call.service_id
+        del pc.tracks[state.key]
+        for ssrc in state.ssrcs:
+            if self._ssrc_calls.get((service, ssrc)) == call.call_id:
+                del self._ssrc_calls[(service, ssrc)]
+            owner = call.outbound_by_ssrc.get(ssrc)
+            if owner is not None and owner[2] is state:
+                del call.outbound_by_ssrc[ssrc]
+        if state.sfu_stream_id:
+            pub = self._streams.get((service, state.sfu_stream_id))
+            if pub is not None and pub.client_id == client.client_id:
+                del self._streams[(service, state.sfu_stream_id)]
+        if state.sfu_sink_id:
+            sub = self._sinks.get((service, state.sfu_sink_id))
+            if sub is not None and sub.client_id == client.client_id:
+                del self._sinks[(service, state.sfu_sink_id)]
+        first_ssrc = min(state.ssrcs) if state.ssrcs else None
+        events.append(self._track_event("MEDIA_TRACK_REMOVED", call, client, pc.pc_id, state, first_ssrc, state.last_ts))
+
+    def _close_pc(self, client: _Client, pc: _PeerConnection, events: list[Report]) -> None:
+        for state in list(pc.tracks.values()):
+            self._remove_track(client, pc, state, events)
+        del client.pcs[pc.pc_id]
+        events.append(self._call_event("PEER_CONNECTION_CLOSED", client.call, client, pc.last_ts, pc_id=pc.pc_id))
+
+    def _remove_client(self, client: _Client, events: list[Report], now: float | None = None) -> None:
+        call = client.call
+        for pc in list(client.pcs.values()):
+            self._close_pc(client, pc, events)
+        self._clients.pop((call.service_id, client.client_id), None)
+        call.clients.pop(client.client_id, None)
+        events.append(self._call_event("CLIENT_LEFT", call, client, client.last_ts))
+        self._end_call_if_empty(call, time.monotonic() if now is None else now)
+
+    def _end_call_if_empty(self, call: _Call, now: float) -> None:
+        if not call.clients:
+            self._empty_calls[(call.service_id, call.call_id)] = now
+            self._empty_calls.move_to_end((call.service_id, call.call_id))
+
+    def _end_call(self, call: _Call, events: list[Report]) -> None:
+        key = (call.service_id, call.call_id)
+        self._calls.pop(key, None)
+        self._empty_calls.pop(key, None)
+        if call.room_id and self._rooms.get((call.service_id, call.room_id)) == call.call_id:
+            del self._rooms[(call.service_id, call.room_id)]
+        events.append(self._call_event("CALL_ENDED", call, None, call.last_ts))
+
+    # -- SFUs ---------------------------------------------------------------------------------------
+    def _sfu_sample(self, sample: SfuSample, now: float, events: list[Report]) -> SfuSample:
+        service = sample.origin.service_id
+        key = (service, sample.sfu_id)
+        sfu = self._sfus.get(key)
+        ts = sample.timestamp
+        if sfu is None:
+            sfu = self._sfus[key] = _Sfu(sample, now)
+            events.append(self._sfu_event("SFU_JOINED", sfu, ts))
+        else:
+            self._sfus.move_to_end(key)
+        sfu.last_seen = now
+        sfu.last_ts = max(sfu.last_ts, ts)
+
+        def touch(kind: str, entity_key: Any, fields: dict[str, Any], added: str) -> _SfuEntity:
+            table = sfu.entities[kind]
+            entity = table.get(entity_key)
+            if entity is None:
+                entity = table[entity_key] = _SfuEntity(fields, ts, now)
+                events.append(self._sfu_event(added, sfu, ts, **fields))
+            entity.last_seen = now
+            entity.last_ts = ts
+            return entity
+
+        for transport in sample.transports:
+            touch("transport", transport["transportId"], {"transportId": transport["transportId"]}, "SFU_TRANSPORT_OPENED")
+        for pad in sample.outbound_rtp_pads:
+            entity = touch("outbound", pad["padId"], _pad_fields(pad), "SFU_RTP_PAD_ADDED")
+            if not entity.index_keys and pad.get("streamId"):
+                # sink → stream lets a subscriber's inbound track find its publisher; stream+SSRC lets
+                # a cascaded SFU's inbound pad find this outbound pad.
+                if pad.get("sinkId"):
+                    self._sink_streams[(service, pad["sinkId"])] = pad["streamId"]
+                    entity.index_keys.append((service, pad["sinkId"]))
+                if "ssrc" in pad:
+                    key3 = (service, pad["streamId"], pad["ssrc"])
+                    self._sfu_outbound[key3] = (sample.sfu_id, pad.get("transportId"), pad.get("sinkId"), pad.get("padId"))
+                    entity.index_keys.append(key3)
+        for pad in sample.inbound_rtp_pads:
+            touch("inbound", pad["padId"], _pad_fields(pad), "SFU_RTP_PAD_ADDED")
+        for channel in sample.sctp_channels:
+            channel_key = (channel.get("transportId"), channel.get("streamId"), channel.get("channelId"))
+            fields = {"transportId": channel.get("transportId"), "sctpStreamId": channel.get("streamId")}
+            touch("sctp", channel_key, fields, "SFU_SCTP_STREAM_ADDED")
+
+        self._expire_sfu_entities(sfu, now - self._config.sfu_idle_timeout, events)
+        links = self._pad_links(service, sample)
+        return msgspec.structs.replace(sample, pad_links=links) if links else sample
+
+    def _pad_links(self, service: str, sample: SfuSample) -> dict[str, PadLink]:
+        links: dict[str, PadLink] = {}
+        for pad in sample.inbound_rtp_pads:
+            publisher = self._streams.get((service, pad.get("streamId", "")))
+            remote = None
+            if pad.get("internal"):  # cascaded SFUs: the pad receives another SFU's outbound pad
+                remote = self._sfu_outbound.get((service, pad.get("streamId", ""), pad.get("ssrc", -1)))
+            if publisher is None and remote is None:
+                continue
+            links[pad["padId"]] = PadLink(
+                call_id=publisher.call_id if publisher else None,
+                room_id=self._room_of(service, publisher.call_id) if publisher else None,
+                client_id=publisher.client_id if publisher else None,
+                track_id=publisher.track_id if publisher else None,
+                remote_sfu_id=remote[0] if remote else None,
+                remote_transport_id=remote[1] if remote else None,
+                remote_sink_id=remote[2] if remote else None,
+                remote_rtp_pad_id=remote[3] if remote else None,
+            )
+        for pad in sample.outbound_rtp_pads:
+            subscriber = self._sinks.get((service, pad.get("sinkId", "")))
+            call_id = pad.get("callId") or (subscriber.call_id if subscriber else None)
+            if call_id is None:
+                continue
+            links[pad["padId"]] = PadLink(
+                call_id=call_id,
+                room_id=self._room_of(service, call_id),
+                client_id=pad.get("clientId") or (subscriber.client_id if subscriber else None),
+                track_id=pad.get("trackId") or (subscriber.track_id if subscriber else None),
+            )
+        return links
+
+    def _room_of(self, service: str, call_id: str) -> str | None:
+        call = self._calls.get((service, call_id))
+        return call.room_id if call else None
+
+    def _expire_sfu_entities(self, sfu: _Sfu, limit: float, events: list[Report]) -> None:
+        removed = {"transport": "SFU_TRANSPORT_CLOSED", "inbound": "SFU_RTP_PAD_REMOVED", "outbound": "SFU_RTP_PAD_REMOVED"}
+        removed["sctp"] = "SFU_SCTP_STREAM_REMOVED"
+        for kind in ("sctp", "inbound", "outbound", "transport"):
+            table = sfu.entities[kind]
+            for entity_key, entity in list(table.items()):
+                if entity.last_seen < limit:
+                    del table[entity_key]
+                    self._forget_pad(sfu, kind, entity)
+                    events.append(self._sfu_event(removed[kind], sfu, entity.last_ts, **entity.fields))
+
+    def _forget_pad(self, sfu: _Sfu, kind: str, entity: _SfuEntity) -> None:
+        stream = entity.fields.get("mediaStreamId")
+        pad_id = entity.fields.get("rtpPadId")
+        for key in entity.index_keys:
+            if len(key) == 2:
+                if self._sink_streams.get(key) == stream:  # type: ignore[arg-type]
+                    del self._sink_streams[key]  # type: ignore[arg-type]
+            else:
+                found = self._sfu_outbound.get(key)  # type: ignore[arg-type]
+                if found is not None and found[0] == sfu.sfu_id and found[3] == pad_id:
+                    del self._sfu_outbound[key]  # type: ignore[arg-type]
+
+    def _remove_sfu(self, sfu: _Sfu, events: list[Report]) -> None:
+        self._expire_sfu_entities(sfu, float("inf"), events)
+        self._sfus.pop((sfu.service_id, sfu.sfu_id), None)
+        events.append(self._sfu_event("SFU_LEFT", sfu, sfu.last_ts))
+
+    # -- idle sweep ---------------------------------------------------------------------------------
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.sweep_interval)
+            try:
+                async with self._lock:
+                    events = self.sweep(time.monotonic())
+                await self._deliver(events)
+            except Exception:  # the sweeper must outlive a bad day downstream
+                self._log.error("idle sweep failed", exc_info=True)
+
+    def sweep(self, now: float) -> list[Report]:
+        """End what idled out by ``now`` (monotonic seconds); return the events."""
+        events: list[Report] = []
+        client_limit = now - self._config.client_idle_timeout
+        while self._clients:
+            client = next(iter(self._clients.values()))
+            if client.last_seen >= client_limit:
+                break
+            self._remove_client(client, events, now)
+        call_limit = now - self._config.call_empty_timeout
+        while self._empty_calls:
+            key, since = next(iter(self._empty_calls.items()))
+            if since >= call_limit:
+                break
+            call = self._calls.get(key)
+            if call is None or call.clients:
+                self._empty_calls.pop(key)
+                continue
+            self._end_call(call, events)
+        sfu_limit = now - self._config.sfu_idle_timeout
+        while self._sfus:
+            sfu = next(iter(self._sfus.values()))
+            if sfu.last_seen >= sfu_limit:
+                break
+            self._remove_sfu(sfu, events)
+        return events
+
+    async def _deliver(self, events: list[Report]) -> None:
+        """Hand timer-driven events downstream; keep them for later if the pipeline is full."""
+        pending, self._undelivered = [*self._undelivered, *events], []
+        if not pending:
+            return
+        try:
+            await self._next.consume(Batch(reports=pending))
+        except RetryLater:
+            kept = [*pending, *self._undelivered]
+            limit = 100_000  # events of ~100k entities; past that, count what is dropped
+            if len(kept) > limit:
+                self._dropped.add(len(kept) - limit, self._label)
+                self._log.error("lifecycle events dropped: the pipeline refused them too long", dropped=len(kept) - limit)
+                kept = kept[:limit]
+            self._undelivered = kept
+
+    # -- reports ------------------------------------------------------------------------------------
+    def _call_event(self, name: str, call: _Call, client: _Client | None, ts: int, pc_id: str | None = None, **extra: Any) -> Report:
+        self._events.add(1, self._label, name)
+        payload: dict[str, Any] = {
+            "serviceId": call.service_id,
+            "mediaUnitId": client.media_unit_id if client else call.media_unit_id,
+            "timestamp": ts,
+            "callId": call.call_id,
+            "name": name,
+        }
+        if call.room_id:
+            payload["roomId"] = call.room_id
+        marker = client.marker if client else call.marker
+        if marker:
+            payload["marker"] = marker
+        if client is not None:
+            payload["clientId"] = client.client_id
+            if client.user_id:
+                payload["userId"] = client.user_id
+            payload["sampleSeq"] = client.seq
+            payload["sampleTimestamp"] = client.last_ts
+        if pc_id:
+            payload["peerConnectionId"] = pc_id
+        payload.update({k: v for k, v in extra.items() if v is not None})
+        return Report(type="CALL_EVENT", payload=payload)
+
+    def _track_event(self, name: str, call: _Call, client: _Client, pc_id: str, state: _Track, ssrc: int | None, ts: int) -> Report:
+        attachments = {"direction": "inbound" if state.direction == "in" else "outbound", "kind": state.kind}
+        if state.sfu_stream_id:
+            attachments["sfuStreamId"] = state.sfu_stream_id
+        if state.sfu_sink_id:
+            attachments["sfuSinkId"] = state.sfu_sink_id
+        return self._call_event(
+            name,
+            call,
+            client,
+            ts,
+            pc_id=pc_id,
+            mediaTrackId=state.track_id,
+            SSRC=ssrc,
+            attachments=orjson.dumps(attachments).decode(),
+        )
+
+    def _sfu_event(self, name: str, sfu: _Sfu, ts: int, **fields: Any) -> Report:
+        self._events.add(1, self._label, name)
+        payload: dict[str, Any] = {"serviceId": sfu.service_id, "mediaUnitId": sfu.media_unit_id, "timestamp": ts, "sfuId": sfu.sfu_id, "name": name}
+        if sfu.marker:
+            payload["marker"] = sfu.marker
+        payload.update({k: v for k, v in fields.items() if v is not None})
+        return Report(type="SFU_EVENT", payload=payload)
+
+
+def _pad_fields(pad: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "transportId": pad.get("transportId"),
+        "rtpPadId": pad.get("padId"),
+        "mediaStreamId": pad.get("streamId"),
+        "mediaSinkId": pad.get("sinkId"),
+    }
+
+
+def _ssrcs(sample: ClientSample) -> Iterable[int]:
+    for track in sample.outbound_tracks:
+        yield track.ssrc
+    for track in sample.inbound_tracks:
+        yield track.ssrc
+
+
+def _normalise(name: str) -> str:
+    """``client-left``, ``clientLeft`` and ``CLIENT_LEFT`` are one event name."""
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and name[i - 1].islower():
+            out.append("_")
+        out.append("_" if ch in "- " else ch)
+    return "".join(out).upper()
+
+
+def _create(settings: Settings, config: CorrelationConfig, next_consumer: Consumer) -> CorrelationProcessor:
+    return CorrelationProcessor(settings, config, next_consumer)
+
+
+FACTORY = Factory(
+    kind="processor",
+    type="correlation",
+    config_type=CorrelationConfig,
+    create=_create,
+    description="calls, clients, peer connections and tracks; lifecycle events; track matching",
+)

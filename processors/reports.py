@@ -1,0 +1,491 @@
+"""Processor ``reports``: derives the ObserveRTC 2.2.11 reports (the observer 1.0 ``ReportType``s) from samples.
+
+Per correlated ``ClientSample``: one track report per inbound/outbound track, one report per transport,
+candidate pair and data channel, ``CALL_META_DATA`` for meta items and for codec, certificate, ICE
+candidate and media source records (only when they changed), ``CLIENT_EXTENSION_DATA``, ``CALL_EVENT``
+per client event and ``OBSERVER_EVENT`` per client issue. Per ``SfuSample``: transport, RTP pad, SCTP
+stream, extension and event reports, with the call found by the correlation processor (``pad_links``).
+Client samples the correlation processor has not settled (``correlated=False``) give no reports;
+TURN samples never do. Reports already in the batch (lifecycle events from upstream) pass through.
+
+Every payload is built by :func:`_report_schemas.build`, so it validates against its Avro schema; one
+that cannot (a required field missing) is dropped and counted.
+
+The meta cache remembers, per (serviceId, clientId), fingerprints of the meta reports already sent, so
+that a meta item the client repeats unchanged is not reported again. It is bounded (clients, LRU; items
+per client, oldest first), forgets a client on its ``CLIENT_LEFT`` event, and is only updated once the
+next stage has accepted the batch: a batch refused with ``RetryLater`` is resent by the client and must
+then carry its meta reports again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from webrtc_observer.component import Consumer, Factory, Settings
+from webrtc_observer.model import Batch, ClientSample, PadLink, Report, SfuSample, Stats
+
+from ._report_schemas import REPORT_TYPES, SCHEMA_VERSION, build, required_of
+
+
+@dataclass
+class ReportsConfig:
+    include: list[str] = field(default_factory=list)
+    """Report types to emit; empty means all 18."""
+    exclude: list[str] = field(default_factory=list)
+    """Report types not to emit (applied after ``include``)."""
+    forward_samples: bool = False
+    """Keep the samples in the outgoing batch, next to the reports."""
+    max_clients: int = 100_000
+    """Clients whose already-sent meta items are remembered (least recently used are forgotten)."""
+    max_meta_items_per_client: int = 1000
+    """Meta item fingerprints remembered per client (oldest are forgotten)."""
+
+    def validate(self) -> list[tuple[str, str]]:
+        issues = []
+        valid = ", ".join(REPORT_TYPES)
+        for option, names in (("include", self.include), ("exclude", self.exclude)):
+            for i, name in enumerate(names):
+                if name not in REPORT_TYPES:
+                    issues.append((f"{option}[{i}]", f"unknown report type {name!r} (valid: {valid})"))
+        if self.max_clients < 1:
+            issues.append(("max_clients", "must be at least 1"))
+        if self.max_meta_items_per_client < 1:
+            issues.append(("max_meta_items_per_client", "must be at least 1"))
+        return issues
+
+    def enabled_types(self) -> frozenset[str]:
+        chosen = set(self.include) if self.include else set(REPORT_TYPES)
+        return frozenset(t for t in chosen - set(self.exclude) if t in REPORT_TYPES)
+
+
+_TRACK_TYPES = (
+    ("inbound_tracks", "audio", "INBOUND_AUDIO_TRACK"),
+    ("inbound_tracks", "video", "INBOUND_VIDEO_TRACK"),
+    ("outbound_tracks", "audio", "OUTBOUND_AUDIO_TRACK"),
+    ("outbound_tracks", "video", "OUTBOUND_VIDEO_TRACK"),
+)
+# ClientSample stats lists reported as CALL_META_DATA, with the observer's CallMetaType of each.
+_META_RECORDS = (
+    ("codecs", "CODEC"),
+    ("certificates", "CERTIFICATE"),
+    ("local_candidates", "ICE_LOCAL_CANDIDATE"),
+    ("remote_candidates", "ICE_REMOTE_CANDIDATE"),
+    ("media_sources", "MEDIA_SOURCE"),
+)
+# PadLink attribute -> SFU RTP pad report field (fields a pad report lacks are dropped by build()).
+_PAD_LINK_FIELDS = (
+    ("call_id", "callId"),
+    ("client_id", "clientId"),
+    ("track_id", "trackId"),
+    ("remote_sfu_id", "remoteSfuId"),
+    ("remote_transport_id", "remoteTransportId"),
+    ("remote_sink_id", "remoteSinkId"),
+    ("remote_rtp_pad_id", "remoteRtpPadId"),
+)
+
+ClientKey = tuple[str, str]
+
+
+def _json_text(payload: Any) -> str | None:
+    """A meta payload as compact JSON text with sorted keys (stable, so equal content fingerprints equal)."""
+    if payload is None or isinstance(payload, str):
+        return payload
+    try:
+        return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).decode()
+    except (orjson.JSONEncodeError, TypeError):  # e.g. an integer beyond 64 bits, non-str keys
+        import json
+
+        return json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str)
+
+
+class _MetaCache:
+    """Fingerprints of the meta reports sent, per client, bounded on both levels."""
+
+    def __init__(self, max_clients: int, max_items: int) -> None:
+        self._clients: OrderedDict[ClientKey, dict[int, None]] = OrderedDict()
+        self._max_clients = max_clients
+        self._max_items = max_items
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def known(self, key: ClientKey) -> dict[int, None] | None:
+        """The client's fingerprints (marks the client recently used), or None."""
+        known = self._clients.get(key)
+        if known is not None:
+            self._clients.move_to_end(key)
+        return known
+
+    def commit(self, staged: dict[ClientKey, dict[int, None]]) -> None:
+        clients = self._clients
+        for key, fingerprints in staged.items():
+            known = clients.get(key)
+            if known is None:
+                known = clients[key] = {}
+                if len(clients) > self._max_clients:
+                    clients.popitem(last=False)
+            else:
+                clients.move_to_end(key)
+            known.update(fingerprints)
+            excess = len(known) - self._max_items
+            if excess > 0:
+                for fp in list(_first(known, excess)):
+                    del known[fp]
+
+    def forget(self, keys: Iterable[ClientKey]) -> None:
+        for key in keys:
+            self._clients.pop(key, None)
+
+
+def _first(d: dict[int, None], n: int) -> Iterator[int]:
+    it = iter(d)
+    for _ in range(n):
+        yield next(it)
+
+
+class _Derivation:
+    """What one batch produces: the reports, counts per type, meta fingerprints to remember."""
+
+    __slots__ = ("counts", "forget", "reports", "staged")
+
+    def __init__(self) -> None:
+        self.reports: list[Report] = []
+        self.counts: dict[str, int] = {}
+        self.staged: dict[ClientKey, dict[int, None]] = {}
+        self.forget: list[ClientKey] = []
+
+
+class ReportsProcessor:
+    def __init__(self, settings: Settings, config: ReportsConfig, next_consumer: Consumer) -> None:
+        self._next = next_consumer
+        self._log = settings.logger
+        self._label = str(settings.id)
+        self._forward_samples = config.forward_samples
+        self._enabled = config.enabled_types()
+        self._track_types = {(attr, kind): t for attr, kind, t in _TRACK_TYPES if t in self._enabled}
+        self._meta = _MetaCache(config.max_clients, config.max_meta_items_per_client)
+        t = settings.telemetry
+        self._reports = t.counter("reports", "Reports emitted, by report type", ("type",))
+        self._uncorrelated = t.counter(
+            "reports_uncorrelated_samples", "Client samples without a settled call, so without reports", ("processor",)
+        )
+        self._invalid = t.counter(
+            "reports_dropped_invalid", "Reports dropped because a required field was missing or invalid", ("processor", "type")
+        )
+        self._meta_clients = t.gauge("reports_meta_cache_clients", "Clients in the meta-report cache", ("processor",))
+        self._meta_clients.set(0, self._label)
+
+    async def start(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        """Nothing is buffered: every batch is handed on within ``consume``."""
+
+    async def consume(self, batch: Batch) -> None:
+        d = self.derive(batch)
+        if not d.reports and not (self._forward_samples and batch.samples):
+            self._commit(d)
+            return
+        out = Batch(samples=batch.samples if self._forward_samples else [], reports=d.reports)
+        await self._next.consume(out)  # RetryLater propagates: the sender resends, the cache stays as it was
+        self._commit(d)
+
+    def _commit(self, d: _Derivation) -> None:
+        if d.staged:
+            self._meta.commit(d.staged)
+        if d.forget:
+            self._meta.forget(d.forget)
+        if d.staged or d.forget:
+            self._meta_clients.set(len(self._meta), self._label)
+        for report_type, n in d.counts.items():
+            self._reports.add(n, report_type)
+
+    # -- derivation ---------------------------------------------------------------------------------
+    def derive(self, batch: Batch) -> _Derivation:
+        """The reports of one batch (pure apart from counting uncorrelated/invalid ones)."""
+        d = _Derivation()
+        enabled = self._enabled
+        for report in batch.reports:
+            if report.type == "CALL_EVENT" and report.payload.get("name") == "CLIENT_LEFT":
+                service_id, client_id = report.payload.get("serviceId"), report.payload.get("clientId")
+                if service_id is not None and client_id is not None:
+                    d.forget.append((service_id, client_id))
+            if report.type in enabled:
+                d.reports.append(report)
+                d.counts[report.type] = d.counts.get(report.type, 0) + 1
+        for sample in batch.samples:
+            if isinstance(sample, ClientSample):
+                if sample.correlated:
+                    self._client(sample, d)
+                else:
+                    self._uncorrelated.add(1, self._label)
+            elif isinstance(sample, SfuSample):
+                self._sfu(sample, d)
+        return d
+
+    def _emit(self, d: _Derivation, report_type: str, fields: dict[str, Any]) -> None:
+        payload = build(report_type, fields)
+        if payload is None:
+            self._invalid.add(1, self._label, report_type)
+            self._log.debug(
+                "report dropped: required fields missing or invalid",
+                type=report_type,
+                missing=",".join(sorted(f for f in required_of(report_type) if fields.get(f) is None)) or "-",
+            )
+            return
+        d.reports.append(Report(type=report_type, payload=payload, schema_version=SCHEMA_VERSION))
+        d.counts[report_type] = d.counts.get(report_type, 0) + 1
+
+    def _client(self, s: ClientSample, d: _Derivation) -> None:
+        enabled = self._enabled
+        origin = s.origin
+        base: dict[str, Any] = {
+            "serviceId": origin.service_id,
+            "mediaUnitId": origin.media_unit_id,
+            "marker": s.marker,
+            "timestamp": s.timestamp,
+            "callId": s.call_id,
+            "roomId": s.room_id,
+            "clientId": s.client_id,
+            "userId": s.user_id,
+            "sampleSeq": s.sample_seq,
+        }
+        labels = {pc.peer_connection_id: pc.label for pc in s.peer_connections if pc.label is not None}
+
+        for (attr, kind), report_type in self._track_types.items():
+            for track in getattr(s, attr):
+                if track.kind != kind:
+                    continue
+                pc_id = track.peer_connection_id
+                self._emit(
+                    d,
+                    report_type,
+                    {
+                        **track.stats,
+                        **base,
+                        "peerConnectionId": pc_id,
+                        "label": labels.get(pc_id) if labels else None,  # type: ignore[arg-type]
+                        "trackId": track.track_id,
+                        "sfuStreamId": track.sfu_stream_id,
+                        "sfuSinkId": track.sfu_sink_id,
+                        "remoteTrackId": track.remote_track_id,
+                        "remoteUserId": track.remote_user_id,
+                        "remoteClientId": track.remote_client_id,
+                        "remotePeerConnectionId": track.remote_peer_connection_id,
+                        "ssrc": track.ssrc,
+                    },
+                )
+
+        for report_type, records in (
+            ("PEER_CONNECTION_TRANSPORT", s.transports),
+            ("ICE_CANDIDATE_PAIR", s.candidate_pairs),
+        ):
+            if records and report_type in enabled:
+                for rec in records:
+                    self._emit(d, report_type, {**rec, **base, "label": labels.get(rec.get("peerConnectionId"))})
+
+        if s.data_channels and "PEER_CONNECTION_DATA_CHANNEL" in enabled:
+            for rec in s.data_channels:
+                fields = {**rec, **base, "peerConnectionLabel": labels.get(rec.get("peerConnectionId"))}
+                if "messageSent" in rec:
+                    fields["messagesSent"] = rec["messageSent"]
+                if "messageReceived" in rec:
+                    fields["messagesReceived"] = rec["messageReceived"]
+                self._emit(d, "PEER_CONNECTION_DATA_CHANNEL", fields)
+
+        if "CALL_META_DATA" in enabled:
+            self._client_meta(s, base, d)
+
+        if s.extensions and "CLIENT_EXTENSION_DATA" in enabled:
+            for ext in s.extensions:
+                self._emit(d, "CLIENT_EXTENSION_DATA", {**base, "extensionType": ext.type, "payload": ext.payload})
+
+        if s.events and "CALL_EVENT" in enabled:
+            for ev in s.events:
+                fields = {
+                    **base,
+                    "name": ev.name,
+                    "value": ev.value,
+                    "message": ev.message,
+                    "peerConnectionId": ev.peer_connection_id,
+                    "mediaTrackId": ev.track_id,
+                    "attachments": ev.attachments,
+                    "sampleTimestamp": s.timestamp,
+                }
+                if ev.timestamp is not None:
+                    fields["timestamp"] = ev.timestamp
+                self._emit(d, "CALL_EVENT", fields)
+
+        if s.issues and "OBSERVER_EVENT" in enabled:
+            for issue in s.issues:
+                fields = {
+                    **base,
+                    "name": issue.name,
+                    "message": issue.message,
+                    "attachments": issue.attachments,
+                    "sampleTimestamp": s.timestamp,
+                }
+                if issue.timestamp is not None:
+                    fields["timestamp"] = issue.timestamp
+                self._emit(d, "OBSERVER_EVENT", fields)
+
+    def _meta_items(self, s: ClientSample) -> Iterator[tuple[str, str | None, Any, int | None]]:
+        """(type, peerConnectionId, payload, timestamp) of every meta item and meta-like stats record."""
+        for item in s.meta:
+            yield item.type, item.peer_connection_id, item.payload, item.timestamp
+        for attr, meta_type in _META_RECORDS:
+            records: list[Stats] = getattr(s, attr)
+            for rec in records:
+                yield meta_type, rec.get("peerConnectionId"), rec, None
+
+    def _client_meta(self, s: ClientSample, base: dict[str, Any], d: _Derivation) -> None:
+        if not (s.meta or s.codecs or s.certificates or s.local_candidates or s.remote_candidates or s.media_sources):
+            return
+        key = (s.origin.service_id, s.client_id)
+        known = self._meta.known(key)
+        staged = d.staged.get(key)
+        for meta_type, pc_id, payload, timestamp in self._meta_items(s):
+            text = _json_text(payload)
+            fp = hash((meta_type, pc_id, text))
+            if known is not None and fp in known:
+                del known[fp]  # seen again: keep it among the newest, last to be forgotten
+                known[fp] = None
+                continue
+            if staged is None:
+                staged = d.staged[key] = {}
+            elif fp in staged:
+                continue
+            staged[fp] = None
+            fields = {
+                **base,
+                "peerConnectionId": pc_id,
+                "type": meta_type,
+                "payload": text,
+                "sampleTimestamp": s.timestamp,
+            }
+            if timestamp is not None:
+                fields["timestamp"] = timestamp
+            self._emit(d, "CALL_META_DATA", fields)
+
+    def _sfu(self, s: SfuSample, d: _Derivation) -> None:
+        enabled = self._enabled
+        origin = s.origin
+        base: dict[str, Any] = {
+            "serviceId": origin.service_id,
+            "mediaUnitId": origin.media_unit_id,
+            "sfuId": s.sfu_id,
+            "marker": s.marker,
+            "timestamp": s.timestamp,
+        }
+        links = s.pad_links
+        by_transport = _links_by_transport(s) if links else {}
+
+        if s.transports and "SFU_TRANSPORT" in enabled:
+            for rec in s.transports:
+                if rec.get("noReport"):
+                    continue
+                fields = {**rec, **base}
+                _add_call(fields, by_transport.get(rec.get("transportId")))  # type: ignore[arg-type]
+                self._emit(d, "SFU_TRANSPORT", fields)
+
+        if s.inbound_rtp_pads and "SFU_INBOUND_RTP_PAD" in enabled:
+            for rec in s.inbound_rtp_pads:
+                if rec.get("noReport"):
+                    continue
+                fields = {**rec, **base, "sfuStreamId": rec.get("streamId"), "rtpPadId": rec.get("padId")}
+                if links:
+                    _add_pad_link(fields, links.get(rec.get("padId")))  # type: ignore[arg-type]
+                self._emit(d, "SFU_INBOUND_RTP_PAD", fields)
+
+        if s.outbound_rtp_pads and "SFU_OUTBOUND_RTP_PAD" in enabled:
+            for rec in s.outbound_rtp_pads:
+                if rec.get("noReport"):
+                    continue
+                fields = {
+                    **rec,
+                    **base,
+                    "sfuStreamId": rec.get("streamId"),
+                    "sfuSinkId": rec.get("sinkId"),
+                    "rtpPadId": rec.get("padId"),
+                }
+                if links:
+                    _add_pad_link(fields, links.get(rec.get("padId")))  # type: ignore[arg-type]
+                self._emit(d, "SFU_OUTBOUND_RTP_PAD", fields)
+
+        if s.sctp_channels and "SFU_SCTP_STREAM" in enabled:
+            for rec in s.sctp_channels:
+                if rec.get("noReport"):
+                    continue
+                fields = {**rec, **base}
+                _add_call(fields, by_transport.get(rec.get("transportId")))  # type: ignore[arg-type]
+                self._emit(d, "SFU_SCTP_STREAM", fields)
+
+        if s.extensions and "SFU_EXTENSION_DATA" in enabled:
+            for ext in s.extensions:
+                self._emit(d, "SFU_EXTENSION_DATA", {**base, "extensionType": ext.type, "payload": ext.payload})
+
+        if s.events and "SFU_EVENT" in enabled:
+            for ev in s.events:
+                fields = {
+                    **ev,
+                    **base,
+                    # 2.x CustomSfuEvent says sfuStreamId/sfuSinkId where the report says mediaStreamId/mediaSinkId.
+                    "mediaStreamId": ev.get("mediaStreamId", ev.get("sfuStreamId")),
+                    "mediaSinkId": ev.get("mediaSinkId", ev.get("sfuSinkId")),
+                }
+                if ev.get("timestamp") is not None:
+                    fields["timestamp"] = ev["timestamp"]
+                if ev.get("callId") is None and links:
+                    link = links.get(ev.get("rtpPadId")) or by_transport.get(ev.get("transportId"))  # type: ignore[arg-type]
+                    if link is not None:
+                        fields["callId"] = link.call_id
+                self._emit(d, "SFU_EVENT", fields)
+
+
+def _links_by_transport(s: SfuSample) -> dict[str, PadLink]:
+    """transportId -> the link of one of its pads that names a call."""
+    out: dict[str, PadLink] = {}
+    links = s.pad_links
+    for pads in (s.inbound_rtp_pads, s.outbound_rtp_pads):
+        for pad in pads:
+            transport_id = pad.get("transportId")
+            if transport_id is None or transport_id in out:
+                continue
+            link = links.get(pad.get("padId"))  # type: ignore[arg-type]
+            if link is not None and link.call_id is not None:
+                out[transport_id] = link
+    return out
+
+
+def _add_call(fields: dict[str, Any], link: PadLink | None) -> None:
+    if link is not None:
+        fields["callId"] = link.call_id
+        if link.room_id is not None:
+            fields["roomId"] = link.room_id
+
+
+def _add_pad_link(fields: dict[str, Any], link: PadLink | None) -> None:
+    if link is not None:
+        for attr, name in _PAD_LINK_FIELDS:
+            value = getattr(link, attr)
+            if value is not None:
+                fields[name] = value
+
+
+def _create(settings: Settings, config: ReportsConfig, next_consumer: Consumer) -> ReportsProcessor:
+    return ReportsProcessor(settings, config, next_consumer)
+
+
+FACTORY = Factory(
+    kind="processor",
+    type="reports",
+    config_type=ReportsConfig,
+    create=_create,
+    description="derives the ObserveRTC 2.2.11 reports from correlated samples",
+)
