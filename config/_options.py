@@ -86,6 +86,8 @@ def _convert(value: Any, tp: Any, path: str, issues: list[ConfigIssue]) -> Any:
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # `salt: 12345678` or a digits-only ${env:...} is text where text is expected
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     issues.append(ConfigIssue(path, f"expected {_type_name(tp)}, got {_kind(value)} {value!r}"))

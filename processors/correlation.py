@@ -122,7 +122,17 @@ class _Client:
 
 
 class _Call:
-    __slots__ = ("call_id", "clients", "last_ts", "marker", "media_unit_id", "outbound_by_ssrc", "room_id", "service_id", "started_ts")
+    __slots__ = (
+        "call_id",
+        "clients",
+        "last_ts",
+        "marker",
+        "media_unit_id",
+        "outbound_by_ssrc",
+        "room_id",
+        "service_id",
+        "started_ts",
+    )
 
     def __init__(self, service_id: str, call_id: str, room_id: str | None, sample: ClientSample) -> None:
         self.service_id = service_id
@@ -194,7 +204,9 @@ class CorrelationProcessor:
         self._lock = asyncio.Lock()
         label = str(settings.id)
         t = settings.telemetry
-        self._refused = t.counter("correlation_refused_samples", "Client samples left uncorrelated, by reason", ("processor", "reason"))
+        self._refused = t.counter(
+            "correlation_refused_samples", "Client samples left uncorrelated, by reason", ("processor", "reason")
+        )
         self._events = t.counter("call_events", "Lifecycle events emitted", ("processor", "name"))
         self._dropped = t.counter("correlation_dropped_events", "Lifecycle events that could not be delivered", ("processor",))
         t.gauge("calls_active", "Calls in progress", (), callback=lambda: {(): float(len(self._calls))})
@@ -216,7 +228,9 @@ class CorrelationProcessor:
             await self._deliver([])
         if self._calls or self._sfus:
             # A restart is not the end of the calls: their end is not reported, only logged.
-            self._log.info("stopping with calls in progress", calls=len(self._calls), clients=len(self._clients), sfus=len(self._sfus))
+            self._log.info(
+                "stopping with calls in progress", calls=len(self._calls), clients=len(self._clients), sfus=len(self._sfus)
+            )
 
     def state_sizes(self) -> dict[str, int]:
         """Entries in every table, for tests and diagnostics: all zero when no call is in progress."""
@@ -666,7 +680,9 @@ class CorrelationProcessor:
             self._undelivered = kept
 
     # -- reports ------------------------------------------------------------------------------------
-    def _call_event(self, name: str, call: _Call, client: _Client | None, ts: int, pc_id: str | None = None, **extra: Any) -> Report:
+    def _call_event(
+        self, name: str, call: _Call, client: _Client | None, ts: int, pc_id: str | None = None, **extra: Any
+    ) -> Report:
         self._events.add(1, self._label, name)
         payload: dict[str, Any] = {
             "serviceId": call.service_id,
@@ -691,7 +707,9 @@ class CorrelationProcessor:
         payload.update({k: v for k, v in extra.items() if v is not None})
         return Report(type="CALL_EVENT", payload=payload)
 
-    def _track_event(self, name: str, call: _Call, client: _Client, pc_id: str, state: _Track, ssrc: int | None, ts: int) -> Report:
+    def _track_event(
+        self, name: str, call: _Call, client: _Client, pc_id: str, state: _Track, ssrc: int | None, ts: int
+    ) -> Report:
         attachments = {"direction": "inbound" if state.direction == "in" else "outbound", "kind": state.kind}
         if state.sfu_stream_id:
             attachments["sfuStreamId"] = state.sfu_stream_id
@@ -710,7 +728,13 @@ class CorrelationProcessor:
 
     def _sfu_event(self, name: str, sfu: _Sfu, ts: int, **fields: Any) -> Report:
         self._events.add(1, self._label, name)
-        payload: dict[str, Any] = {"serviceId": sfu.service_id, "mediaUnitId": sfu.media_unit_id, "timestamp": ts, "sfuId": sfu.sfu_id, "name": name}
+        payload: dict[str, Any] = {
+            "serviceId": sfu.service_id,
+            "mediaUnitId": sfu.media_unit_id,
+            "timestamp": ts,
+            "sfuId": sfu.sfu_id,
+            "name": name,
+        }
         if sfu.marker:
             payload["marker"] = sfu.marker
         payload.update({k: v for k, v in fields.items() if v is not None})

@@ -51,11 +51,23 @@ def client(
     if room_id:
         sample["roomId"] = room_id
     sample["outboundAudioTracks"] = [
-        {"peerConnectionId": pc, "trackId": f"{client_id}-out-{s}", "ssrc": s, "packetsSent": 100, **({"sfuStreamId": stream[s]} if stream and s in stream else {})}
+        {
+            "peerConnectionId": pc,
+            "trackId": f"{client_id}-out-{s}",
+            "ssrc": s,
+            "packetsSent": 100,
+            **({"sfuStreamId": stream[s]} if stream and s in stream else {}),
+        }
         for s in out
     ]
     sample["inboundAudioTracks"] = [
-        {"peerConnectionId": pc, "trackId": f"{client_id}-in-{s}", "ssrc": s, "packetsLost": 1, **({"sfuSinkId": sink[s]} if sink and s in sink else {})}
+        {
+            "peerConnectionId": pc,
+            "trackId": f"{client_id}-in-{s}",
+            "ssrc": s,
+            "packetsLost": 1,
+            **({"sfuSinkId": sink[s]} if sink and s in sink else {}),
+        }
         for s in inb
     ]
     if events:
@@ -63,7 +75,14 @@ def client(
     return sample
 
 
-async def post(c, http, *client_samples: dict[str, Any], sfu: tuple[dict[str, Any], ...] = (), close: bool = False, path: str = "/rest/samples/svc/web") -> None:
+async def post(
+    c,
+    http,
+    *client_samples: dict[str, Any],
+    sfu: tuple[dict[str, Any], ...] = (),
+    close: bool = False,
+    path: str = "/rest/samples/svc/web",
+) -> None:
     body: dict[str, Any] = {"clientSamples": list(client_samples)}
     if sfu:
         body["sfuSamples"] = list(sfu)
@@ -101,7 +120,12 @@ async def test_p2p_call_lifecycle_and_ssrc_matching(http):
     async with running_collector(pipeline()) as c:
         for tick in range(3):  # repeated samples must not repeat events
             ts = T0 + tick * 1000
-            await post(c, http, client("alice", call_id="call-p2p", out=(100,), inb=(200,), ts=ts), client("bob", call_id="call-p2p", out=(200,), inb=(100,), ts=ts))
+            await post(
+                c,
+                http,
+                client("alice", call_id="call-p2p", out=(100,), inb=(200,), ts=ts),
+                client("bob", call_id="call-p2p", out=(200,), inb=(100,), ts=ts),
+            )
         assert names(c) == {"CALL_STARTED": 1, "CLIENT_JOINED": 2, "PEER_CONNECTION_OPENED": 2, "MEDIA_TRACK_ADDED": 4}
         (started,) = events(c, "CALL_STARTED")
         assert started["callId"] == "call-p2p" and started["timestamp"] == T0 and started["serviceId"] == "svc"
@@ -109,7 +133,12 @@ async def test_p2p_call_lifecycle_and_ssrc_matching(http):
         assert added[("alice", 100)] == {"direction": "outbound", "kind": "audio"}
         # The first sample of each cannot know the other yet; from the second on, both are matched.
         alice_in = correlated(c, "alice")[-1].inbound_tracks[0]
-        assert (alice_in.remote_client_id, alice_in.remote_user_id, alice_in.remote_peer_connection_id, alice_in.remote_track_id) == (
+        assert (
+            alice_in.remote_client_id,
+            alice_in.remote_user_id,
+            alice_in.remote_peer_connection_id,
+            alice_in.remote_track_id,
+        ) == (
             "bob",
             "user-bob",
             "pc-bob",
@@ -152,7 +181,9 @@ async def test_three_party_mesh_matches_each_inbound_track_to_its_sender(http):
                 if other == me:
                     continue
                 pc = f"pc-{me}-{other}"
-                sample["outboundAudioTracks"].append({"peerConnectionId": pc, "trackId": f"{me}-mic", "ssrc": 10 * idx[me] + idx[other]})
+                sample["outboundAudioTracks"].append(
+                    {"peerConnectionId": pc, "trackId": f"{me}-mic", "ssrc": 10 * idx[me] + idx[other]}
+                )
                 sample["inboundAudioTracks"].append({"peerConnectionId": pc, "ssrc": 10 * idx[other] + idx[me]})
             return sample
 
@@ -172,11 +203,31 @@ async def test_three_party_mesh_matches_each_inbound_track_to_its_sender(http):
 
 def sfu_sample(ts: int, pads: list[tuple[str, str, str | None, int]]) -> dict[str, Any]:
     """pads: (direction, stream id, sink id or None, ssrc)."""
-    inbound = [{"transportId": "t-in", "streamId": st, "padId": f"in-{st}", "ssrc": ssrc, "mediaType": "audio", "packetsReceived": 10} for d, st, _, ssrc in pads if d == "in"]
-    outbound = [
-        {"transportId": "t-out", "streamId": st, "sinkId": sk, "padId": f"out-{sk}", "ssrc": ssrc, "mediaType": "audio", "packetsSent": 10} for d, st, sk, ssrc in pads if d == "out"
+    inbound = [
+        {"transportId": "t-in", "streamId": st, "padId": f"in-{st}", "ssrc": ssrc, "mediaType": "audio", "packetsReceived": 10}
+        for d, st, _, ssrc in pads
+        if d == "in"
     ]
-    return {"sfuId": "sfu-1", "timestamp": ts, "transports": [{"transportId": "t-in"}, {"transportId": "t-out"}], "inboundRtpPads": inbound, "outboundRtpPads": outbound}
+    outbound = [
+        {
+            "transportId": "t-out",
+            "streamId": st,
+            "sinkId": sk,
+            "padId": f"out-{sk}",
+            "ssrc": ssrc,
+            "mediaType": "audio",
+            "packetsSent": 10,
+        }
+        for d, st, sk, ssrc in pads
+        if d == "out"
+    ]
+    return {
+        "sfuId": "sfu-1",
+        "timestamp": ts,
+        "transports": [{"transportId": "t-in"}, {"transportId": "t-out"}],
+        "inboundRtpPads": inbound,
+        "outboundRtpPads": outbound,
+    }
 
 
 async def test_sfu_call_links_pads_and_tracks_by_stream_and_sink_ids(http):
@@ -196,7 +247,11 @@ async def test_sfu_call_links_pads_and_tracks_by_stream_and_sink_ids(http):
             )
         for who in ("bob", "carol"):
             track = correlated(c, who)[-1].inbound_tracks[0]
-            assert (track.remote_client_id, track.remote_track_id, track.remote_peer_connection_id) == ("alice", "alice-out-1000", "pc-alice")
+            assert (track.remote_client_id, track.remote_track_id, track.remote_peer_connection_id) == (
+                "alice",
+                "alice-out-1000",
+                "pc-alice",
+            )
         sfu = [s for s in c.exporter().samples if getattr(s, "sfu_id", None) == "sfu-1"][-1]
         assert sfu.pad_links["in-s-a"].client_id == "alice" and sfu.pad_links["in-s-a"].call_id == "sfu-call"
         assert sfu.pad_links["out-k-bob"].client_id == "bob"
@@ -240,7 +295,12 @@ async def test_legacy_peer_connections_without_call_id_join_by_ssrc_overlap(http
 
 async def test_a_room_whose_call_id_changes(http):
     async with running_collector(pipeline()) as c:
-        await post(c, http, client("alice", call_id="first", room_id="r", out=(1,)), client("bob", call_id="first", room_id="r", out=(2,)))
+        await post(
+            c,
+            http,
+            client("alice", call_id="first", room_id="r", out=(1,)),
+            client("bob", call_id="first", room_id="r", out=(2,)),
+        )
         # The application starts a new call in the same room: clients move over one by one.
         await post(c, http, client("alice", call_id="second", room_id="r", out=(1,), ts=T0 + 1000))
         assert [(e["clientId"], e["callId"]) for e in events(c, "CLIENT_LEFT")] == [("alice", "first")]
@@ -274,7 +334,12 @@ async def test_peer_connections_and_tracks_that_disappear_are_closed(http):
         assert [e["peerConnectionId"] for e in events(c, "PEER_CONNECTION_CLOSED")] == ["pc-old"]
         assert sorted(e["SSRC"] for e in events(c, "MEDIA_TRACK_REMOVED")) == [1, 2]
         assert [e["peerConnectionId"] for e in events(c, "PEER_CONNECTION_OPENED")] == ["pc-old", "pc-new"]
-        await post(c, http, client("alice", call_id="c1", pc="pc-new", out=(), ts=T0 + 2000), client("alice", call_id="c1", pc="pc-new", out=(1,), ts=T0 + 3000))
+        await post(
+            c,
+            http,
+            client("alice", call_id="c1", pc="pc-new", out=(), ts=T0 + 2000),
+            client("alice", call_id="c1", pc="pc-new", out=(1,), ts=T0 + 3000),
+        )
         assert names(c)["CLIENT_LEFT"] == 0
 
 
@@ -284,7 +349,12 @@ async def test_a_client_restart_mid_call(http):
         # Bob reloads the page: a new client id, new SSRCs; the old Bob idles out, the call goes on.
         for tick in range(1, 8):
             ts = T0 + tick * 100
-            await post(c, http, client("alice", call_id="c1", out=(1,), inb=(3,), ts=ts), client("bob-2", call_id="c1", out=(3,), inb=(1,), ts=ts))
+            await post(
+                c,
+                http,
+                client("alice", call_id="c1", out=(1,), inb=(3,), ts=ts),
+                client("bob-2", call_id="c1", out=(3,), inb=(1,), ts=ts),
+            )
             await asyncio.sleep(0.1)
         assert [e["clientId"] for e in events(c, "CLIENT_LEFT")] == ["bob"]
         assert names(c)["CALL_ENDED"] == 0 and names(c)["CALL_STARTED"] == 1
@@ -293,7 +363,12 @@ async def test_a_client_restart_mid_call(http):
 
 async def test_room_mode_generates_call_ids_and_ignores_the_clients(http):
     async with running_collector(pipeline(call_id_mode="room")) as c:
-        await post(c, http, client("alice", call_id="mine", room_id="r1", out=(1,)), client("bob", call_id="theirs", room_id="r1", out=(2,)))
+        await post(
+            c,
+            http,
+            client("alice", call_id="mine", room_id="r1", out=(1,)),
+            client("bob", call_id="theirs", room_id="r1", out=(2,)),
+        )
         await post(c, http, client("carol", call_id="x", out=(3,)))  # no room: refused in room mode
         call_ids = {e["callId"] for e in events(c, "CLIENT_JOINED")}
         assert len(call_ids) == 1 and call_ids.isdisjoint({"mine", "theirs"})
@@ -314,7 +389,9 @@ async def test_every_sample_generation_is_correlated(http):
     async with running_collector(pipeline()) as c:
         async with http.post(c.url("/rest/samples/svc/mu"), json=_samples.client_sample_v3("v3-client", "call-v3")) as resp:
             assert resp.status == 202
-        async with http.post(c.url("/pcsamples/6a1e0d1b-5d3c-4c8b-9a59-8d5d2f8c1a11/mu"), json=_samples.pc_sample_legacy()) as resp:
+        async with http.post(
+            c.url("/pcsamples/6a1e0d1b-5d3c-4c8b-9a59-8d5d2f8c1a11/mu"), json=_samples.pc_sample_legacy()
+        ) as resp:
             assert resp.status == 202
         joined = {e["clientId"]: e["callId"] for e in events(c, "CLIENT_JOINED")}
         assert joined == {"v3-client": "call-v3", "browser-fp-1": "standup"}
@@ -324,7 +401,9 @@ async def test_every_sample_generation_is_correlated(http):
 
 async def test_state_is_bounded(http):
     async with running_collector(pipeline(max_calls=2, max_clients=3, client_idle_timeout="10s")) as c:
-        await post(c, http, client("a", call_id="c1", out=(1,)), client("b", call_id="c2", out=(2,)), client("x", call_id="c3", out=(3,)))
+        await post(
+            c, http, client("a", call_id="c1", out=(1,)), client("b", call_id="c2", out=(2,)), client("x", call_id="c3", out=(3,))
+        )
         assert c.telemetry.get("correlation_refused_samples").value("correlation", "max_calls") == 1
         await post(c, http, client("c", call_id="c1", out=(4,)), client("d", call_id="c1", out=(5,)))
         assert c.telemetry.get("correlation_refused_samples").value("correlation", "max_clients") == 1
@@ -340,8 +419,15 @@ async def test_many_calls_leave_no_state_and_no_memory_behind(http):
             for n in range(first, first + count):
                 a, b = f"a{n}", f"b{n}"
                 ssrc = 10 * n
-                await post(c, http, client(a, room_id=f"room-{n}", out=(ssrc,), inb=(ssrc + 1,)), client(b, room_id=f"room-{n}", out=(ssrc + 1,), inb=(ssrc,)))
-                await post(c, http, client(a, room_id=f"room-{n}", ts=T0 + 1), client(b, room_id=f"room-{n}", ts=T0 + 1), close=True)
+                await post(
+                    c,
+                    http,
+                    client(a, room_id=f"room-{n}", out=(ssrc,), inb=(ssrc + 1,)),
+                    client(b, room_id=f"room-{n}", out=(ssrc + 1,), inb=(ssrc,)),
+                )
+                await post(
+                    c, http, client(a, room_id=f"room-{n}", ts=T0 + 1), client(b, room_id=f"room-{n}", ts=T0 + 1), close=True
+                )
 
         await run_calls(0, 30)  # warm up caches and code paths
         await wait_until(lambda: proc.state_sizes()["calls"] == 0)
