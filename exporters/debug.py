@@ -11,9 +11,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from webrtc_observer.config import Duration
-
 from webrtc_observer.component import Factory, Settings
+from webrtc_observer.config import Duration
 from webrtc_observer.model import Batch
 from webrtc_observer.records import json_records, record_types
 

@@ -13,9 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webrtc_observer.config import Duration
-
 from webrtc_observer.component import Factory, RetryLater, Settings
+from webrtc_observer.config import Duration
 from webrtc_observer.model import Batch
 from webrtc_observer.records import json_records
 

@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 import msgspec
 import orjson
-from webrtc_observer.config import Duration
 
 from webrtc_observer.component import Consumer, Factory, RetryLater, Settings
+from webrtc_observer.config import Duration
 from webrtc_observer.model import Batch, ClientSample, PadLink, Report, SfuSample, Track
 
 CallIdMode = Literal["auto", "room", "client"]

@@ -21,9 +21,9 @@ from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
-from webrtc_observer.config import ByteSize, Duration
 
 from webrtc_observer.component import Consumer, Factory, RetryLater, Settings
+from webrtc_observer.config import ByteSize, Duration
 from webrtc_observer.model import Batch, Origin
 
 from ._decoding import Encoding, RefusedInput, Route, decode

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from webrtc_observer.config import ComponentId, ConfigError, load_text
 
 from webrtc_observer.components import config_types
+from webrtc_observer.config import ComponentId, ConfigError, load_text
 
 REPO = Path(__file__).resolve().parents[1]
 

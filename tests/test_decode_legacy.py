@@ -6,10 +6,10 @@ import copy
 from typing import Any
 
 import pytest
-from webrtc_observer.receiver._legacy import decode_pc_sample
-from webrtc_observer.receiver._wire_types import WireError
 
 from webrtc_observer.model import ClientSample, Origin, Track
+from webrtc_observer.receiver._legacy import decode_pc_sample
+from webrtc_observer.receiver._wire_types import WireError
 from webrtc_observer.schemas import avro_schema
 
 PC_ID = "6b6b4cf0-55a5-4c4e-9a2f-1a0dbbd3c2a1"
@@ -507,6 +507,7 @@ def test_stats_fit_the_2x_records(decoded: ClientSample) -> None:
 def test_field_maps_name_real_fields() -> None:
     """Guard against typos: every source name is a legacy wire field, every target a 2.x field."""
     import msgspec
+
     from webrtc_observer.receiver import _legacy as L
 
     records = {r["name"]: {f["name"] for f in r["fields"]} for r in _avro_records()}

@@ -10,10 +10,10 @@ from typing import Any
 
 import fastavro
 import pytest
-from webrtc_observer.receiver._v3 import decode_client_sample_v3, v2_record_fields
-from webrtc_observer.receiver._wire_types import WireError
 
 from webrtc_observer.model import ClientSample, Origin, PeerConnection, Track
+from webrtc_observer.receiver._v3 import decode_client_sample_v3, v2_record_fields
+from webrtc_observer.receiver._wire_types import WireError
 from webrtc_observer.schemas import avro_schema
 
 # The schemas' golden 3.5.0 stream (ObserveRTC/schemas, Apache-2.0); the repo keeps a copy in fixtures/.

@@ -6,10 +6,10 @@ import asyncio
 import json
 
 import pytest
-from webrtc_observer.config import ComponentId
 
 from tests import _samples
 from webrtc_observer.component import RetryLater
+from webrtc_observer.config import ComponentId
 from webrtc_observer.model import Batch, Report
 from webrtc_observer.testing import running_collector
 

@@ -13,12 +13,12 @@ import json
 from typing import Any
 
 import pytest
-from webrtc_observer.config import ConfigError, load_text
-from webrtc_observer.processors.obfuscation import FACTORY, ObfuscationConfig, _BoundedCache
 
 from tests import _samples
 from webrtc_observer.components import config_types
+from webrtc_observer.config import ConfigError, load_text
 from webrtc_observer.model import Batch, ClientSample, MetaItem, Origin, Report, SfuSample, TurnSample
+from webrtc_observer.processors.obfuscation import FACTORY, ObfuscationConfig, _BoundedCache
 from webrtc_observer.testing import running_collector, settings_for_tests
 
 SALT = "a-test-salt-of-some-length"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from webrtc_observer.receiver._protobuf import (
     MessageSchema,
     ProtobufError,
@@ -25,7 +26,6 @@ from webrtc_observer.receiver._protobuf import (
     parse_proto,
     top_level_field_numbers,
 )
-
 from webrtc_observer.schemas import schema_text
 
 PKG = "org.observertc.schemas.protobuf"
