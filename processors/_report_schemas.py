@@ -23,9 +23,12 @@ API::
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from webrtc_observer.schemas import REPORTS_VERSION, avro_schema
 
@@ -65,10 +68,11 @@ REPORT_TYPES: Mapping[str, str] = {
 }
 """Report type (the observer's ``ReportType``) -> its Avro schema file in ``schemas/v2_2_11``."""
 
-# Field kinds of a plan. Small ints so that build() dispatches with a few comparisons, not calls.
+# Field kinds of a plan. Small ints so that the fallback dispatches with a few comparisons, not calls.
 _STRING, _INTEGER, _DOUBLE, _BOOLEAN, _ENUM, _BYTES = range(6)
 _INT_RANGE = (-(2**31), 2**31 - 1)
 _LONG_RANGE = (-(2**63), 2**63 - 1)
+_DOUBLE_MAX = sys.float_info.max
 _PRIMITIVES: dict[str, tuple[int, Any]] = {
     "string": (_STRING, None),
     "int": (_INTEGER, _INT_RANGE),
@@ -84,12 +88,15 @@ _Field = tuple[int, bool, Any]
 
 
 class _Plan:
-    __slots__ = ("fields", "names", "required")
+    """What build() needs of one report type, computed once."""
 
-    def __init__(self, fields: dict[str, _Field], names: tuple[str, ...], required: frozenset[str]) -> None:
-        self.fields = fields
-        self.names = names
-        self.required = required
+    __slots__ = ("fields", "names", "required", "struct")
+
+    def __init__(self, report_type: str, doc: Mapping[str, Any]) -> None:
+        self.fields: dict[str, _Field] = {f["name"]: _field_plan(report_type, f) for f in doc["fields"]}
+        self.names = tuple(self.fields)
+        self.required = frozenset(name for name, (_, optional, _) in self.fields.items() if not optional)
+        self.struct = _fast_struct(doc["name"], self.fields)
 
 
 def _field_plan(report_type: str, field: Mapping[str, Any]) -> _Field:
@@ -111,13 +118,32 @@ def _field_plan(report_type: str, field: Mapping[str, Any]) -> _Field:
     return primitive[0], optional, primitive[1]
 
 
+def _fast_struct(name: str, fields: Mapping[str, _Field]) -> type[msgspec.Struct] | None:
+    """A msgspec Struct that accepts exactly the values build() keeps unchanged (or int -> float).
+
+    ``msgspec.convert`` checks and picks a whole payload in C; anything it refuses (a float for an int,
+    a bool for a number, a number for a string, a missing required field...) falls back to the
+    field-by-field coercion, which decides. Enums and bytes always take the fallback.
+    """
+    spec: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for field_name, (kind, optional, detail) in fields.items():
+        if kind == _STRING:
+            tp: Any = str
+        elif kind == _INTEGER:
+            tp = Annotated[int, msgspec.Meta(ge=detail[0], le=detail[1])]
+        elif kind == _DOUBLE:  # the bounds refuse NaN and infinities
+            tp = Annotated[float, msgspec.Meta(ge=-_DOUBLE_MAX, le=_DOUBLE_MAX)]
+        elif kind == _BOOLEAN:
+            tp = bool
+        else:
+            return None
+        spec.append((field_name, tp | None, None) if optional else (field_name, tp))
+    return msgspec.defstruct(f"_Fast{name}", spec, kw_only=True, omit_defaults=True)
+
+
 @cache
 def _plan(report_type: str) -> _Plan:
-    doc = schema(report_type)
-    fields = {f["name"]: _field_plan(report_type, f) for f in doc["fields"]}
-    names = tuple(fields)
-    required = frozenset(name for name, (_, optional, _) in fields.items() if not optional)
-    return _Plan(fields, names, required)
+    return _Plan(report_type, schema(report_type))
 
 
 def _known(report_type: str) -> str:
@@ -167,6 +193,16 @@ def build(report_type: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
     Raises ``KeyError`` for an unknown report type.
     """
     plan = _plan(report_type)
+    if plan.struct is not None:
+        try:
+            return msgspec.to_builtins(msgspec.convert(fields, plan.struct))  # type: ignore[no-any-return]
+        except msgspec.ValidationError:
+            pass
+    return _coerced(plan, fields)
+
+
+def _coerced(plan: _Plan, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+    """build() field by field: the rules in full, for payloads the fast path refused."""
     spec = plan.fields
     out: dict[str, Any] = {}
     for name, value in fields.items():
@@ -188,13 +224,7 @@ def build(report_type: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
                 if not low <= value <= high:
                     value = None
         elif kind == _DOUBLE:
-            if vtype is float:
-                if not math.isfinite(value):
-                    value = None
-            elif vtype is int:
-                value = float(value)
-            else:
-                value = _to_float(value)
+            value = _to_float(value)
         elif kind == _BOOLEAN:
             if vtype is not bool:
                 value = None
@@ -208,10 +238,9 @@ def build(report_type: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
                 return None
             continue
         out[name] = value
-    required = plan.required
-    if required and not required.issubset(out.keys()):
+    if plan.required and not plan.required.issubset(out.keys()):
         return None
-    return out
+    return {name: out[name] for name in plan.names if name in out}  # schema order, as the fast path gives
 
 
 def _to_str(value: Any) -> str | None:
@@ -237,12 +266,13 @@ def _to_int(value: Any) -> int | None:
 
 
 def _to_float(value: Any) -> float | None:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if isinstance(value, (int, float)):
+    try:
         result = float(value)
-        return result if math.isfinite(result) else None
-    return None
+    except OverflowError:  # an int beyond the double range
+        return None
+    return result if math.isfinite(result) else None
 
 
 def _to_bytes(value: Any) -> bytes | None:

@@ -318,6 +318,9 @@ class CorrelationProcessor:
         if client is not None and client.call.call_id != call_id:
             self._remove_client(client, events)  # the client moved to another call
             client = None
+        if client is None and len(self._clients) >= self._config.max_clients:
+            self._refused.add(1, self._label, "max_clients")
+            return sample
         call = self._calls.get((service, call_id))
         if call is None:
             if len(self._calls) >= self._config.max_calls:
@@ -326,14 +329,10 @@ class CorrelationProcessor:
             call = self._calls[(service, call_id)] = _Call(service, call_id, sample.room_id, sample)
             events.append(self._call_event("CALL_STARTED", call, None, sample.timestamp))
         self._empty_calls.pop((service, call_id), None)
+        joined = client is None
         if client is None:
-            if len(self._clients) >= self._config.max_clients:
-                self._refused.add(1, self._label, "max_clients")
-                self._end_call_if_empty(call, now)
-                return sample
             client = self._clients[client_key] = _Client(sample.client_id, call, sample, now)
             call.clients[sample.client_id] = client
-            events.append(self._call_event("CLIENT_JOINED", call, client, sample.timestamp))
         else:
             self._clients.move_to_end(client_key)
         client.last_seen = now
@@ -341,10 +340,9 @@ class CorrelationProcessor:
         call.last_ts = max(call.last_ts, sample.timestamp)
         if sample.user_id:
             client.user_id = sample.user_id
-        if sample.sample_seq is not None:
-            client.seq = sample.sample_seq
-        else:
-            client.seq += 1
+        client.seq = sample.sample_seq if sample.sample_seq is not None else client.seq + 1
+        if joined:
+            events.append(self._call_event("CLIENT_JOINED", call, client, sample.timestamp))
 
         inbound = self._update_media(client, sample, now, events)
         leaving = sample.closing or any(_normalise(e.name) == "CLIENT_LEFT" for e in sample.events)

@@ -150,13 +150,19 @@ def _first(d: dict[int, None], n: int) -> Iterator[int]:
 
 
 class _Derivation:
-    """What one batch produces: the reports, counts per type, meta fingerprints to remember."""
+    """What one batch produces: the reports, what to count, meta fingerprints to remember or forget.
 
-    __slots__ = ("counts", "forget", "reports", "staged")
+    Counting and remembering wait until the next stage took the batch (``_commit``): a refused batch is
+    sent again by the client and must then give the same reports, and be counted once.
+    """
+
+    __slots__ = ("counts", "forget", "invalid", "reports", "staged", "uncorrelated")
 
     def __init__(self) -> None:
         self.reports: list[Report] = []
         self.counts: dict[str, int] = {}
+        self.invalid: dict[str, int] = {}
+        self.uncorrelated = 0
         self.staged: dict[ClientKey, dict[int, None]] = {}
         self.forget: list[ClientKey] = []
 
@@ -205,10 +211,14 @@ class ReportsProcessor:
             self._meta_clients.set(len(self._meta), self._label)
         for report_type, n in d.counts.items():
             self._reports.add(n, report_type)
+        for report_type, n in d.invalid.items():
+            self._invalid.add(n, self._label, report_type)
+        if d.uncorrelated:
+            self._uncorrelated.add(d.uncorrelated, self._label)
 
     # -- derivation ---------------------------------------------------------------------------------
     def derive(self, batch: Batch) -> _Derivation:
-        """The reports of one batch (pure apart from counting uncorrelated/invalid ones)."""
+        """The reports of one batch; nothing is remembered or counted until ``_commit``."""
         d = _Derivation()
         enabled = self._enabled
         for report in batch.reports:
@@ -224,7 +234,7 @@ class ReportsProcessor:
                 if sample.correlated:
                     self._client(sample, d)
                 else:
-                    self._uncorrelated.add(1, self._label)
+                    d.uncorrelated += 1
             elif isinstance(sample, SfuSample):
                 self._sfu(sample, d)
         return d
@@ -232,7 +242,7 @@ class ReportsProcessor:
     def _emit(self, d: _Derivation, report_type: str, fields: dict[str, Any]) -> None:
         payload = build(report_type, fields)
         if payload is None:
-            self._invalid.add(1, self._label, report_type)
+            d.invalid[report_type] = d.invalid.get(report_type, 0) + 1
             self._log.debug(
                 "report dropped: required fields missing or invalid",
                 type=report_type,
@@ -256,7 +266,7 @@ class ReportsProcessor:
             "userId": s.user_id,
             "sampleSeq": s.sample_seq,
         }
-        labels = {pc.peer_connection_id: pc.label for pc in s.peer_connections if pc.label is not None}
+        labels = _pc_labels(s)
 
         for (attr, kind), report_type in self._track_types.items():
             for track in getattr(s, attr):
@@ -288,11 +298,15 @@ class ReportsProcessor:
         ):
             if records and report_type in enabled:
                 for rec in records:
-                    self._emit(d, report_type, {**rec, **base, "label": labels.get(rec.get("peerConnectionId"))})
+                    fields = {**rec, **base}
+                    label = labels.get(rec.get("peerConnectionId")) if labels else None  # type: ignore[arg-type]
+                    if label is not None:
+                        fields["label"] = label
+                    self._emit(d, report_type, fields)
 
         if s.data_channels and "PEER_CONNECTION_DATA_CHANNEL" in enabled:
             for rec in s.data_channels:
-                fields = {**rec, **base, "peerConnectionLabel": labels.get(rec.get("peerConnectionId"))}
+                fields = {**rec, **base, "peerConnectionLabel": labels.get(rec.get("peerConnectionId")) if labels else None}  # type: ignore[arg-type]
                 if "messageSent" in rec:
                     fields["messagesSent"] = rec["messageSent"]
                 if "messageReceived" in rec:
@@ -446,6 +460,18 @@ class ReportsProcessor:
                     if link is not None:
                         fields["callId"] = link.call_id
                 self._emit(d, "SFU_EVENT", fields)
+
+
+def _pc_labels(s: ClientSample) -> dict[str, str]:
+    """peerConnectionId -> label: what the client says of the peer connection, else the label a 2.x
+    transport or candidate pair record of it carries."""
+    labels = {pc.peer_connection_id: pc.label for pc in s.peer_connections if pc.label is not None}
+    for records in (s.transports, s.candidate_pairs):
+        for rec in records:
+            label = rec.get("label")
+            if label is not None:
+                labels.setdefault(rec.get("peerConnectionId"), label)  # type: ignore[arg-type]
+    return labels
 
 
 def _links_by_transport(s: SfuSample) -> dict[str, PadLink]:

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests import _samples
+from tests.conftest import assert_valid_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,15 @@ class Collector:
         return code
 
     def records(self) -> list[dict]:
-        return [json.loads(line) for line in self.out.read_text().splitlines()]
+        """Every line of the output file; each must be a report envelope valid against its schema."""
+        records = [json.loads(line) for line in self.out.read_text().splitlines()]
+        for record in records:
+            assert record["schemaVersion"] == "2.2.11"
+            assert_valid_report(record["type"], record["payload"])
+        return records
+
+    def of_type(self, report_type: str) -> list[dict]:
+        return [r["payload"] for r in self.records() if r["type"] == report_type]
 
 
 @pytest.fixture
@@ -101,9 +110,12 @@ async def test_a_signal_mid_stream_loses_nothing_that_was_accepted(tmp_path, htt
         if c.proc.poll() is None:
             c.proc.kill()
     assert code == 0, c.log.read_text()
-    records = c.records()
-    assert 50 <= accepted == len(records)
-    assert {r["type"] for r in records} == {"ClientSample"}
+    # Each accepted sample has one inbound audio track: its report is there, exactly once.
+    inbound = c.of_type("INBOUND_AUDIO_TRACK")
+    assert 50 <= accepted == len(inbound)
+    assert len({r["clientId"] for r in inbound}) == accepted
+    joined = [e["clientId"] for e in c.of_type("CALL_EVENT") if e["name"] == "CLIENT_JOINED"]
+    assert sorted(joined) == sorted(r["clientId"] for r in inbound)
     log = c.log.read_text()
     assert "collector started" in log and "shutting down" in log and "collector stopped" in log
 
@@ -114,11 +126,11 @@ async def test_websocket_samples_reach_the_file_and_the_debug_summary(process, h
         for i in range(30):
             await ws.send_str(json.dumps(_samples.client_sample_v2(f"ws-{i}")))
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (not process.out.exists() or len(process.out.read_text().splitlines()) < 30):
+        while time.monotonic() < deadline and (not process.out.exists() or b"ws-29" not in process.out.read_bytes()):
             await asyncio.sleep(0.02)
     assert process.stop() == 0
-    assert [r["payload"]["client_id"] for r in process.records()] == [f"ws-{i}" for i in range(30)]
-    assert "ClientSample=30" in process.log.read_text()  # the debug exporter's summary
+    assert [r["clientId"] for r in process.of_type("INBOUND_AUDIO_TRACK")] == [f"ws-{i}" for i in range(30)]
+    assert "INBOUND_AUDIO_TRACK=30" in process.log.read_text()  # the debug exporter's summary
 
 
 async def test_health_and_a_legacy_client(process, http):
@@ -128,8 +140,9 @@ async def test_health_and_a_legacy_client(process, http):
     ) as resp:
         assert resp.status == 202
     assert process.stop() == 0
-    (record,) = process.records()
-    assert record["payload"]["origin"]["generation"] == "pcsample-v20200114"
+    (joined,) = [e for e in process.of_type("CALL_EVENT") if e["name"] == "CLIENT_JOINED"]
+    assert joined["callId"] == "standup" and joined["clientId"] == "browser-fp-1"
+    assert process.of_type("OUTBOUND_VIDEO_TRACK")[0]["ssrc"] == 8888
 
 
 def test_a_taken_port_is_a_clear_error(tmp_path):

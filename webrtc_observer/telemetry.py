@@ -1,4 +1,4 @@
-"""The collector's own telemetry: one registry of counters and gauges that every component writes to.
+"""The collector's own telemetry: one registry of counters, gauges and histograms for every component.
 
 Components count what they accept, refuse, send and fail; the Prometheus and OTLP exporters publish
 the registry. Names have no prefix and no unit suffix here (``samples_received``); publishers add their
@@ -10,11 +10,12 @@ client inventing service ids cannot grow memory without bound.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-MetricKind = Literal["counter", "gauge"]
+MetricKind = Literal["counter", "gauge", "histogram"]
 LabelValues = tuple[str, ...]
 OTHER = "_other"
 
@@ -60,6 +61,59 @@ class Metric:
         return sum(self.samples().values())
 
 
+@dataclass
+class HistogramValue:
+    """Cumulative bucket counts (one per upper bound, then +Inf), sum and count of one series."""
+
+    counts: list[int]
+    sum: float = 0.0
+    count: int = 0
+
+
+@dataclass
+class Histogram(Metric):
+    """Observations counted into fixed buckets (upper bounds, ``le``), as Prometheus and OTLP need.
+
+    Listeners (e.g. an OTLP exporter's SDK instrument) also get every observation as it happens.
+    """
+
+    buckets: tuple[float, ...] = ()
+    _series: dict[LabelValues, HistogramValue] = field(default_factory=dict)
+    _listeners: list[Callable[[float, LabelValues], None]] = field(default_factory=list)
+
+    def observe(self, value: float, *labels: str) -> None:
+        with self._lock:
+            key = self._key_for(labels)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = HistogramValue(counts=[0] * (len(self.buckets) + 1))
+            i = bisect_left(self.buckets, value)
+            series.counts[i] += 1
+            series.sum += value
+            series.count += 1
+        for listener in self._listeners:
+            listener(value, key)
+
+    def _key_for(self, labels: LabelValues) -> LabelValues:
+        if len(labels) != len(self.labels):
+            raise ValueError(f"{self.name} takes labels {self.labels}, got {labels}")
+        if labels in self._series or len(self._series) < self.max_series:
+            return labels
+        return (OTHER,) * len(labels)
+
+    def series(self) -> dict[LabelValues, HistogramValue]:
+        """A copy of every series; bucket counts are per bucket (not cumulative)."""
+        with self._lock:
+            return {k: HistogramValue(list(v.counts), v.sum, v.count) for k, v in self._series.items()}
+
+    def add_listener(self, listener: Callable[[float, LabelValues], None]) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[float, LabelValues], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+
 class Telemetry:
     """A registry of :class:`Metric`. Asking twice for one name returns the same metric."""
 
@@ -83,6 +137,20 @@ class Telemetry:
         if callback is not None:
             metric._callback = callback
         return metric
+
+    def histogram(
+        self, name: str, description: str, labels: tuple[str, ...], buckets: tuple[float, ...], unit: str = ""
+    ) -> Histogram:
+        """``unit`` is a base unit (``seconds``, ``bytes``, ``ratio``...) or empty."""
+        with self._lock:
+            metric = self._metrics.get(name)
+            if metric is None:
+                metric = self._metrics[name] = Histogram(
+                    name, "histogram", description, labels, unit, buckets=tuple(sorted(buckets))
+                )
+            elif not isinstance(metric, Histogram) or metric.labels != labels:
+                raise ValueError(f"metric {name} already registered as {metric.kind}{metric.labels}")
+            return metric
 
     def _get(self, name: str, kind: MetricKind, description: str, labels: tuple[str, ...], unit: str) -> Metric:
         with self._lock:
