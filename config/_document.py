@@ -63,9 +63,16 @@ class _PipelineOptions:
 
 
 @dataclass
+class HealthConfig:
+    exporter_failure_threshold: Duration = Duration(60.0)
+    """``GET /health`` turns unhealthy when an exporter has been failing for longer than this."""
+
+
+@dataclass
 class _ServiceOptions:
     pipelines: dict[str, _PipelineOptions] = field(default_factory=dict)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     shutdown_timeout: Duration = Duration(30.0)
     """How long draining may take on SIGTERM before the rest is abandoned (and counted)."""
 
@@ -80,6 +87,7 @@ class CollectorConfig:
     telemetry: TelemetryConfig
     shutdown_timeout: float
     source: str = "<memory>"
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 def load_file(
@@ -133,7 +141,7 @@ def load_text(
     if issues:
         raise ConfigError(issues)
     assert service is not None
-    return CollectorConfig(components, pipelines, service.telemetry, float(service.shutdown_timeout), source)
+    return CollectorConfig(components, pipelines, service.telemetry, float(service.shutdown_timeout), source, service.health)
 
 
 def _components(

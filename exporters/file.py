@@ -9,7 +9,9 @@ with backoff; on shutdown the queue is drained and flushed before the file close
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,8 @@ class FileExporterConfig:
     queue_size: int = 1000
     """Batches that may wait for the disk; when full, the pipeline is asked to retry later."""
     retry_max_interval: Duration = Duration(30)
+    drain_timeout: Duration = Duration(10)
+    """On shutdown, how long queued records may take to reach the disk before they are counted as failed."""
 
     def validate(self) -> list[tuple[str, str]]:
         issues = []
@@ -63,6 +67,8 @@ class FileExporter:
         self._file: object | None = None
         self._size = 0
         self._closing = False
+        self._failing_since: float | None = None
+        self._inflight = 0
         label = str(settings.id)
         t = settings.telemetry
         self._sent = t.counter("exporter_sent_records", "Records written or delivered", ("exporter",))
@@ -73,9 +79,13 @@ class FileExporter:
         t.gauge("exporter_queue_capacity", "Capacity of the exporter queue", ("exporter",)).set(config.queue_size, label)
         self._label = label
 
+    def failing_since(self) -> float | None:
+        """When the current streak of failed writes began (``/health`` turns unhealthy after a while)."""
+        return self._failing_since
+
     async def start(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = await asyncio.to_thread(open, self._path, "ab")
+        self._file = await asyncio.to_thread(open, self._path, "ab", 0)
         self._size = self._path.stat().st_size
         self._writer = asyncio.create_task(self._drain(), name=f"file-exporter-{self._label}")
         self._log.info("writing records", path=str(self._path))
@@ -96,7 +106,9 @@ class FileExporter:
             while not self._queue.empty() and len(batches) < 256:  # write what is waiting in one go
                 batches.append(self._queue.get_nowait())
             lines = [line for b in batches for line in json_records(b)]
+            self._inflight = len(lines)
             await self._write_with_retry(lines)
+            self._inflight = 0
             for _ in batches:
                 self._queue.task_done()
             self._queue_gauge.set(self._queue.qsize(), self._label)
@@ -108,8 +120,11 @@ class FileExporter:
             try:
                 await asyncio.to_thread(self._write, data)
                 self._sent.add(len(lines), self._label)
+                self._failing_since = None
                 return
             except OSError as exc:
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
                 self._write_errors.add(1, self._label)
                 self._log.error("write failed, will retry", path=str(self._path), error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
@@ -117,12 +132,14 @@ class FileExporter:
 
     def _write(self, data: bytes) -> None:
         """Runs on a worker thread: rotate if needed, append, flush to the OS."""
-        if self._max_bytes and self._size and self._size + len(data) > self._max_bytes:
+        if self._max_bytes and self._size and self._size + len(data) > self._max_bytes and self._path.is_file():
             self._rotate()
-        f = self._file
-        f.write(data)  # type: ignore[attr-defined]
-        f.flush()  # type: ignore[attr-defined]
-        self._size += len(data)
+        # Unbuffered: a failed write leaves nothing in a buffer to be written twice on retry.
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view)  # type: ignore[attr-defined]
+            self._size += written
+            view = view[written:]
 
     def _rotate(self) -> None:
         self._file.close()  # type: ignore[attr-defined]
@@ -137,7 +154,7 @@ class FileExporter:
                 if src.exists():
                     os.replace(src, self._path.with_name(f"{self._path.name}.{i + 1}"))
             os.replace(self._path, self._path.with_name(f"{self._path.name}.1"))
-        self._file = open(self._path, "ab")
+        self._file = open(self._path, "ab", buffering=0)
         self._size = 0
         self._log.info("rotated", path=str(self._path))
 
@@ -145,7 +162,12 @@ class FileExporter:
         """Write everything already accepted, then close the file."""
         self._closing = True
         if self._writer is not None:
-            await self._queue.join()
+            try:
+                await asyncio.wait_for(self._queue.join(), self._config.drain_timeout)
+            except TimeoutError:
+                lost = self._inflight + sum(len(b) for b in _drain_nowait(self._queue))
+                self._failed.add(lost, self._label)
+                self._log.error("records not written before the drain timeout", records=lost, path=str(self._path))
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
@@ -155,9 +177,18 @@ class FileExporter:
             self._log.info("file closed", path=str(self._path), records=int(self._sent.value(self._label)))
 
 
+def _drain_nowait(queue: asyncio.Queue[Batch]) -> list[Batch]:
+    batches = []
+    while not queue.empty():
+        batches.append(queue.get_nowait())
+        queue.task_done()
+    return batches
+
+
 def _sync_close(f: object) -> None:
-    f.flush()  # type: ignore[attr-defined]
-    os.fsync(f.fileno())  # type: ignore[attr-defined]
+    # Not a regular file (/dev/stdout), or the disk failed: that was counted when the write failed.
+    with contextlib.suppress(OSError):
+        os.fsync(f.fileno())  # type: ignore[attr-defined]
     f.close()  # type: ignore[attr-defined]
 
 

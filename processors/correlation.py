@@ -49,6 +49,10 @@ _LIFECYCLE = frozenset(
 )
 
 
+_DURATION_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0)
+_PARTICIPANT_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 20.0, 50.0, 100.0, 500.0)
+
+
 @dataclass
 class CorrelationConfig:
     call_id_mode: CallIdMode = "auto"
@@ -129,6 +133,7 @@ class _Call:
         "marker",
         "media_unit_id",
         "outbound_by_ssrc",
+        "peak_clients",
         "room_id",
         "service_id",
         "started_ts",
@@ -143,6 +148,7 @@ class _Call:
         self.started_ts = sample.timestamp
         self.last_ts = sample.timestamp
         self.clients: dict[str, _Client] = {}
+        self.peak_clients = 0
         self.outbound_by_ssrc: dict[int, tuple[_Client, str, _Track]] = {}
 
 
@@ -209,6 +215,12 @@ class CorrelationProcessor:
         )
         self._events = t.counter("call_events", "Lifecycle events emitted", ("processor", "name"))
         self._dropped = t.counter("correlation_dropped_events", "Lifecycle events that could not be delivered", ("processor",))
+        self._durations = t.histogram(
+            "call_duration", "Duration of ended calls, first to last sample", ("service_id",), _DURATION_BUCKETS, unit="seconds"
+        )
+        self._participants = t.histogram(
+            "call_participants", "Most clients at once in ended calls", ("service_id",), _PARTICIPANT_BUCKETS
+        )
         t.gauge("calls_active", "Calls in progress", (), callback=lambda: {(): float(len(self._calls))})
         t.gauge("clients_active", "Clients in calls", (), callback=lambda: {(): float(len(self._clients))})
         t.gauge("peer_connections_active", "Open peer connections", (), callback=lambda: {(): float(self._count_pcs())})
@@ -333,6 +345,7 @@ class CorrelationProcessor:
         if client is None:
             client = self._clients[client_key] = _Client(sample.client_id, call, sample, now)
             call.clients[sample.client_id] = client
+            call.peak_clients = max(call.peak_clients, len(call.clients))
         else:
             self._clients.move_to_end(client_key)
         client.last_seen = now
@@ -509,6 +522,8 @@ class CorrelationProcessor:
         if call.room_id and self._rooms.get((call.service_id, call.room_id)) == call.call_id:
             del self._rooms[(call.service_id, call.room_id)]
         events.append(self._call_event("CALL_ENDED", call, None, call.last_ts))
+        self._durations.observe(max(0, call.last_ts - call.started_ts) / 1000, call.service_id)
+        self._participants.observe(call.peak_clients, call.service_id)
 
     # -- SFUs ---------------------------------------------------------------------------------------
     def _sfu_sample(self, sample: SfuSample, now: float, events: list[Report]) -> SfuSample:

@@ -123,8 +123,13 @@ class ObservertcReceiver:
 
     # -- HTTP ---------------------------------------------------------------------------------------
     async def _health(self, request: web.Request) -> web.Response:
-        ready = self._settings.host.ready
-        return web.json_response({"status": "ok" if ready else "unavailable"}, status=200 if ready else 503)
+        host = self._settings.host
+        if not host.ready:
+            return web.json_response({"status": "unavailable"}, status=503)
+        problems = host.problems()
+        if problems:
+            return web.json_response({"status": "unhealthy", "problems": problems}, status=503)
+        return web.json_response({"status": "ok"})
 
     def _make_post(self, route: Route) -> Any:
         async def handle(request: web.Request) -> web.Response:

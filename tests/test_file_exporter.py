@@ -75,3 +75,27 @@ service: {{pipelines: {{p: {{receivers: [observertc], exporters: [file]}}}}}}
     records = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert [r["type"] for r in records] == ["ClientSample", "SfuSample"]
     assert records[0]["payload"]["client_id"] == "c-alice"
+
+
+async def test_a_failing_disk_turns_health_unhealthy_and_shutdown_counts_the_loss(http):
+    yaml_text = """
+receivers: {observertc: {endpoint: "127.0.0.1:0"}}
+processors: {correlation: {}, reports: {}}
+exporters: {file: {path: /dev/full, drain_timeout: 300ms, retry_max_interval: 100ms}}
+service:
+  health: {exporter_failure_threshold: 200ms}
+  pipelines: {p: {receivers: [observertc], processors: [correlation, reports], exporters: [file]}}
+"""
+    async with running_collector(yaml_text) as c:
+        async with http.get(c.url("/health")) as resp:
+            assert resp.status == 200
+        async with http.post(c.url("/rest/samples/svc/mu"), json=_samples.samples_v2()) as resp:
+            assert resp.status == 202  # queued; the disk fails afterwards
+        await asyncio.sleep(0.5)
+        async with http.get(c.url("/health")) as resp:
+            assert resp.status == 503
+            answer = await resp.json()
+        assert answer["status"] == "unhealthy" and "sending has failed" in answer["problems"]["exporter file"]
+        assert c.telemetry.get("exporter_write_errors").value("file") >= 1
+    lost = c.telemetry.get("exporter_send_failed_records").value("file")
+    assert lost > 0 and c.telemetry.get("exporter_sent_records").value("file") == 0

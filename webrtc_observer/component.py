@@ -68,6 +68,18 @@ class Host(Protocol):
         """True once every pipeline has started and until shutdown begins."""
         ...
 
+    def problems(self) -> dict[str, str]:
+        """Component id → what is wrong, for components failing longer than the health threshold."""
+        ...
+
+
+class FailureReporting(Protocol):
+    """An exporter that can tell since when its sends have been failing (health checks ask)."""
+
+    def failing_since(self) -> float | None:
+        """``time.monotonic()`` of the first failure of the current failing streak, or None."""
+        ...
+
 
 @dataclass(frozen=True)
 class Settings:

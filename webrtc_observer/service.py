@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,6 +58,17 @@ class Service:
     @property
     def ready(self) -> bool:
         return self._ready
+
+    def problems(self) -> dict[str, str]:
+        threshold = self.config.health.exporter_failure_threshold
+        now = time.monotonic()
+        found = {}
+        for cid, exporter in self.exporters.items():
+            failing_since = getattr(exporter, "failing_since", None)
+            since = failing_since() if failing_since is not None else None
+            if since is not None and now - since > threshold:
+                found[f"exporter {cid}"] = f"sending has failed for {now - since:.0f}s"
+        return found
 
     def _settings(self, kind: str, cid: ComponentId, pipeline: str | None = None) -> Settings:
         fields = {"component": str(cid)}

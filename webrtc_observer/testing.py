@@ -122,5 +122,8 @@ def settings_for_tests(component: str, kind: str = "exporter") -> Settings:
     class _Host:
         ready = True
 
+        def problems(self) -> dict[str, str]:
+            return {}
+
     cid = ComponentId.parse(component)
     return Settings(id=cid, kind=kind, telemetry=Telemetry(), logger=get_logger(component=component), host=_Host())  # type: ignore[arg-type]

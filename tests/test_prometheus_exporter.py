@@ -1,0 +1,116 @@
+"""The Prometheus exporter, scraped over HTTP like Prometheus does, and checked with promtool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.test_correlation import client, post, wait_until
+from webrtc_observer.config import ComponentId
+from webrtc_observer.testing import running_collector
+
+PIPELINE = """
+receivers: {{observertc: {{endpoint: "127.0.0.1:0"}}}}
+processors:
+  correlation: {{client_idle_timeout: 300ms, call_empty_timeout: 200ms, sweep_interval: 50ms}}
+  reports: {{}}
+exporters:
+  recording: {{}}
+  prometheus: {{endpoint: "127.0.0.1:0"{extra}}}
+service:
+  pipelines:
+    p: {{receivers: [observertc], processors: [correlation, reports], exporters: [recording, prometheus]}}
+"""
+
+
+def metrics_url(c) -> str:
+    return f"http://127.0.0.1:{c.service.exporters[ComponentId('prometheus')].bound_port}/metrics"
+
+
+async def scrape(c, http, accept: str | None = None) -> tuple[str, str]:
+    headers = {"Accept": accept} if accept else {}
+    async with http.get(metrics_url(c), headers=headers) as resp:
+        assert resp.status == 200
+        return await resp.text(), resp.headers["Content-Type"]
+
+
+def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def value(text: str, name: str, **labels: str) -> float | None:
+    return samples_of(text).get((name, tuple(sorted(labels.items()))))
+
+
+def promtool_check(text: str) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing in CI: .ci/run installs Debian's prometheus package")
+        pytest.skip("promtool not installed (apt-get install prometheus); .ci/run installs it")
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_metrics_follow_a_call_and_pass_promtool(http):
+    async with running_collector(PIPELINE.format(extra="")) as c:
+        await post(c, http, client("alice", call_id="c1", out=(1,), inb=(2,)), client("bob", call_id="c1", out=(2,), inb=(1,)))
+        text, content_type = await scrape(c, http)
+        assert content_type.startswith("text/plain")
+        assert value(text, "observertc_samples_received_total", service_id="svc", media_unit_id="web") == 2
+        assert value(text, "observertc_calls_active") == 1
+        assert value(text, "observertc_clients_active") == 2
+        assert value(text, "observertc_peer_connections_active") == 2
+        assert value(text, "observertc_reports_total", type="INBOUND_AUDIO_TRACK") == 2
+        assert value(text, "observertc_reports_total", type="CALL_EVENT") == 1 + 2 + 2 + 4
+        assert value(text, "observertc_exporter_queue_capacity", exporter="file") is None  # no file exporter here
+        promtool_check(text)
+
+        async with http.post(c.url("/rest/samples/svc/web"), data=b"{broken") as resp:
+            assert resp.status == 400
+        await wait_until(lambda: c.telemetry.get("calls_active").value() == 0)
+        text, _ = await scrape(c, http)
+        assert value(text, "observertc_samples_refused_total", reason="bad_json") == 1
+        assert value(text, "observertc_call_duration_seconds_count", service_id="svc") == 1
+        assert value(text, "observertc_call_participants_bucket", service_id="svc", le="2.0") == 1
+        assert value(text, "observertc_call_participants_bucket", service_id="svc", le="1.0") == 0
+        assert value(text, "observertc_calls_active") == 0
+        promtool_check(text)
+        # Bounded cardinality: nothing is labelled by call or client.
+        labels = {k for (_, ls) in samples_of(text) for k, _ in ls}
+        assert not labels & {"call_id", "client_id", "user_id", "room_id"}
+
+
+async def test_openmetrics_by_accept_header(http):
+    async with running_collector(PIPELINE.format(extra="")) as c:
+        await post(c, http, client("alice", call_id="c1", out=(1,)))
+        text, content_type = await scrape(c, http, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        assert content_type.startswith("application/openmetrics-text")
+        assert text.rstrip().endswith("# EOF")
+        assert "# UNIT observertc_call_duration_seconds seconds" in text
+        assert "observertc_samples_received_total" in text
+
+
+async def test_per_call_series_come_and_go_with_the_call(http):
+    extra = ", per_call: {enabled: true, expiry: 10s}"
+    async with running_collector(PIPELINE.format(extra=extra)) as c:
+        alice = client("alice", call_id="c1", out=(1,), inb=(2,))
+        alice["inboundAudioTracks"][0]["roundTripTime"] = 0.120
+        alice["inboundAudioTracks"][0]["jitter"] = 0.004
+        await post(c, http, alice, client("bob", call_id="c1", out=(2,), inb=(1,)))
+        text, _ = await scrape(c, http)
+        labels = {"service_id": "svc", "call_id": "c1", "client_id": "alice", "kind": "audio", "direction": "inbound"}
+        assert value(text, "observertc_call_client_round_trip_time_seconds", **labels) == pytest.approx(0.120)
+        assert value(text, "observertc_call_client_jitter_seconds", **labels) == pytest.approx(0.004)
+        assert value(text, "observertc_call_client_packets_lost", **labels) == 1
+        assert value(text, "observertc_call_participants_current", service_id="svc", call_id="c1") == 2
+        promtool_check(text)
+        await wait_until(lambda: c.telemetry.get("calls_active").value() == 0)
+        await asyncio.sleep(0.05)
+        text, _ = await scrape(c, http)
+        assert "c1" not in text  # the ended call left no series behind
