@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, ObservableCounter, ObservableGauge, UpDownCounter
+from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, ObservableCounter, UpDownCounter
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     MetricExporter,
@@ -71,8 +71,8 @@ class _TrackedExporter(MetricExporter):
 
     def __init__(self, inner: MetricExporter, on_result: Callable[[bool], None]) -> None:
         super().__init__(
-            preferred_temporality=inner._preferred_temporality,  # noqa: SLF001
-            preferred_aggregation=inner._preferred_aggregation,  # noqa: SLF001
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
         )
         self._inner = inner
         self._on_result = on_result

@@ -65,7 +65,7 @@ class _Servicer(metrics_service_pb2_grpc.MetricsServiceServicer):
     def __init__(self, sink: OtlpSink) -> None:
         self.sink = sink
 
-    def Export(self, request, context):  # noqa: N802 (the generated name)
+    def Export(self, request, context):
         self.sink.requests.append(request)
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
