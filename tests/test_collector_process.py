@@ -31,7 +31,14 @@ class Collector:
     def __init__(self, tmp_path: Path, config: str = "collector.yaml", extra_env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.out = tmp_path / "out" / "reports.jsonl"
-        env = {**os.environ, "OBSERVER_ENDPOINT": f"127.0.0.1:{self.port}", "OBSERVER_FILE": str(self.out), **(extra_env or {})}
+        self.metrics_port = _free_port()
+        env = {
+            **os.environ,
+            "OBSERVER_ENDPOINT": f"127.0.0.1:{self.port}",
+            "OBSERVER_METRICS_ENDPOINT": f"127.0.0.1:{self.metrics_port}",
+            "OBSERVER_FILE": str(self.out),
+            **(extra_env or {}),
+        }
         self.log = tmp_path / "collector.log"
         self._log_file = self.log.open("wb")
         self.proc = subprocess.Popen(
@@ -133,8 +140,11 @@ async def test_websocket_samples_reach_the_file_and_the_debug_summary(process, h
     assert "INBOUND_AUDIO_TRACK=30" in process.log.read_text()  # the debug exporter's summary
 
 
-async def test_health_and_a_legacy_client(process, http):
+async def test_health_metrics_and_a_legacy_client(process, http):
     await process.wait_ready(http)
+    async with http.get(f"http://127.0.0.1:{process.metrics_port}/metrics") as resp:
+        assert resp.status == 200
+        assert "observertc_calls_active 0.0" in await resp.text()
     async with http.post(
         process.url("/pcsamples/6a1e0d1b-5d3c-4c8b-9a59-8d5d2f8c1a11/mu"), json=_samples.pc_sample_legacy()
     ) as resp:
@@ -150,7 +160,12 @@ def test_a_taken_port_is_a_clear_error(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        env = {**os.environ, "OBSERVER_ENDPOINT": f"127.0.0.1:{port}", "OBSERVER_FILE": str(tmp_path / "x.jsonl")}
+        env = {
+            **os.environ,
+            "OBSERVER_ENDPOINT": f"127.0.0.1:{port}",
+            "OBSERVER_METRICS_ENDPOINT": "127.0.0.1:0",
+            "OBSERVER_FILE": str(tmp_path / "x.jsonl"),
+        }
         result = subprocess.run(
             [sys.executable, "-m", "webrtc_observer", "run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30
         )
