@@ -69,6 +69,9 @@ async def test_metrics_follow_a_call_and_pass_promtool(http):
         assert value(text, "observertc_reports_total", type="INBOUND_AUDIO_TRACK") == 2
         assert value(text, "observertc_reports_total", type="CALL_EVENT") == 1 + 2 + 2 + 4
         assert value(text, "observertc_exporter_queue_capacity", exporter="file") is None  # no file exporter here
+        # Where data flows: 2 samples enter correlation, 2 samples + 9 events enter reports.
+        assert value(text, "observertc_pipeline_stage_items_total", pipeline="p", component="correlation") == 2
+        assert value(text, "observertc_pipeline_stage_items_total", pipeline="p", component="reports") == 11
         promtool_check(text)
 
         async with http.post(c.url("/rest/samples/svc/web"), data=b"{broken") as resp:

@@ -14,11 +14,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from webrtc_observer.component import Consumer, Factory, Lifecycle, Settings
+from webrtc_observer.component import Consumer, Factory, Lifecycle, RetryLater, Settings
 from webrtc_observer.config import CollectorConfig, ComponentId
 from webrtc_observer.logs import get_logger
 from webrtc_observer.model import Batch
-from webrtc_observer.telemetry import Telemetry
+from webrtc_observer.telemetry import Metric, Telemetry
 
 _KIND = {"receivers": "receiver", "processors": "processor", "exporters": "exporter"}
 
@@ -37,6 +37,24 @@ class FanOut:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+
+class _Counted:
+    """Counts what enters a stage (and what it refuses), so operators see where data stops flowing."""
+
+    def __init__(self, inner: Consumer, incoming: Metric, refused: Metric, pipeline: str, component: str) -> None:
+        self._inner = inner
+        self._incoming = incoming
+        self._refused = refused
+        self._labels = (pipeline, component)
+
+    async def consume(self, batch: Batch) -> None:
+        try:
+            await self._inner.consume(batch)
+        except RetryLater:
+            self._refused.add(len(batch), *self._labels)
+            raise
+        self._incoming.add(len(batch), *self._labels)
 
 
 class Service:
@@ -86,14 +104,17 @@ class Service:
             if cid in used["exporters"]:
                 self.exporters[cid] = factories["exporters"][cid.type].create(self._settings("exporters", cid), options, None)
 
+        t = self.telemetry
+        incoming = t.counter("pipeline_stage_items", "Samples and reports taken by each stage of each pipeline", ("pipeline", "component"))
+        refused = t.counter("pipeline_stage_refused_items", "Samples and reports a stage asked to retry later", ("pipeline", "component"))
         entry_points: dict[ComponentId, list[Consumer]] = {}
         for name, pipeline in cfg.pipelines.items():
-            consumer: Consumer = FanOut([self.exporters[e] for e in pipeline.exporters])
+            consumer: Consumer = FanOut([_Counted(self.exporters[e], incoming, refused, name, str(e)) for e in pipeline.exporters])
             for pid in reversed(pipeline.processors):
                 options = cfg.components["processors"][pid]
                 processor = factories["processors"][pid.type].create(self._settings("processors", pid, name), options, consumer)
                 self.processors.insert(0, (name, pid, processor))
-                consumer = processor
+                consumer = _Counted(processor, incoming, refused, name, str(pid))
             for rid in pipeline.receivers:
                 entry_points.setdefault(rid, []).append(consumer)
 
