@@ -13,7 +13,7 @@ from webrtc_observer.component import Factory
 def builtin_factories() -> Mapping[str, Mapping[str, Factory[Any]]]:
     """kind (``receivers``/``processors``/``exporters``) → type → factory."""
     from webrtc_observer.exporters import debug, file, otlp, prometheus
-    from webrtc_observer.processors import correlation, obfuscation, reports
+    from webrtc_observer.processors import correlation, obfuscation, quality, reports
     from webrtc_observer.receiver import observertc
 
     factories: list[Factory[Any]] = [
@@ -21,6 +21,7 @@ def builtin_factories() -> Mapping[str, Mapping[str, Factory[Any]]]:
         obfuscation.FACTORY,
         correlation.FACTORY,
         reports.FACTORY,
+        quality.FACTORY,
         file.FACTORY,
         debug.FACTORY,
         prometheus.FACTORY,
