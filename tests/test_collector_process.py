@@ -36,6 +36,7 @@ class Collector:
             **os.environ,
             "OBSERVER_ENDPOINT": f"127.0.0.1:{self.port}",
             "OBSERVER_METRICS_ENDPOINT": f"127.0.0.1:{self.metrics_port}",
+            "OBSERVER_UI_ENDPOINT": "127.0.0.1:0",
             "OBSERVER_FILE": str(self.out),
             **(extra_env or {}),
         }
@@ -164,6 +165,7 @@ def test_a_taken_port_is_a_clear_error(tmp_path):
             **os.environ,
             "OBSERVER_ENDPOINT": f"127.0.0.1:{port}",
             "OBSERVER_METRICS_ENDPOINT": "127.0.0.1:0",
+            "OBSERVER_UI_ENDPOINT": "127.0.0.1:0",
             "OBSERVER_FILE": str(tmp_path / "x.jsonl"),
         }
         result = subprocess.run(

@@ -12,7 +12,7 @@ from webrtc_observer.component import Factory
 @cache
 def builtin_factories() -> Mapping[str, Mapping[str, Factory[Any]]]:
     """kind (``receivers``/``processors``/``exporters``) → type → factory."""
-    from webrtc_observer.exporters import debug, file, otlp, prometheus
+    from webrtc_observer.exporters import debug, file, liveview, otlp, prometheus
     from webrtc_observer.processors import correlation, obfuscation, quality, reports
     from webrtc_observer.receiver import observertc
 
@@ -26,6 +26,7 @@ def builtin_factories() -> Mapping[str, Mapping[str, Factory[Any]]]:
         debug.FACTORY,
         prometheus.FACTORY,
         otlp.FACTORY,
+        liveview.FACTORY,
     ]
     registry: dict[str, dict[str, Factory[Any]]] = {"receivers": {}, "processors": {}, "exporters": {}}
     for factory in factories:
