@@ -10,6 +10,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
 import orjson
 
 from webrtc_observer.model import Origin, Sample
@@ -133,7 +134,7 @@ def _generation(obj: dict[str, Any], declared: str | None) -> str | None:
 
 
 def _decode_protobuf(data: bytes, origin: Origin, route: Route) -> Decoded:
-    from . import _legacy, _protobuf, _v2, _v3
+    from . import _protobuf, _v2, _v3
 
     if route == "pcsamples":
         raise RefusedInput("unsupported_encoding", "PeerConnectionSample v20200114 is JSON only", status=415)
@@ -146,16 +147,9 @@ def _decode_protobuf(data: bytes, origin: Origin, route: Route) -> Decoded:
         obj = _protobuf.decode(data, _protobuf.message_schema("v2_2_11", "ProtobufSamples.proto", "Samples"))
     except _protobuf.ProtobufError as exc:
         raise RefusedInput("bad_protobuf", str(exc)) from None
-    del _legacy
     samples, closing = _v2.decode_samples(obj, _with(origin, "2"))
     return Decoded(samples, closing)
 
 
 def _with(origin: Origin, generation: str) -> Origin:
-    return Origin(
-        service_id=origin.service_id,
-        media_unit_id=origin.media_unit_id,
-        received_at=origin.received_at,
-        generation=generation,  # type: ignore[arg-type]
-        schema_version=origin.schema_version,
-    )
+    return msgspec.structs.replace(origin, generation=generation)

@@ -19,6 +19,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -304,7 +305,7 @@ def _now_ms() -> int:
 
 def _restamp(origin: Origin) -> Origin:
     """Each WebSocket message is received at its own time."""
-    return Origin(origin.service_id, origin.media_unit_id, _now_ms(), origin.generation, origin.schema_version)
+    return msgspec.structs.replace(origin, received_at=_now_ms())
 
 
 def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
