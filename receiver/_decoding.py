@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Literal
 
 import msgspec
@@ -144,11 +145,39 @@ def _decode_protobuf(data: bytes, origin: Origin, route: Route) -> Decoded:
         if declared_v3 or max(_protobuf.top_level_field_numbers(data), default=0) > 4:
             obj = _protobuf.decode(data, _protobuf.message_schema("v3_5_0", "ProtobufClientSampleV3.proto", "ClientSample"))
             return Decoded([_v3.decode_client_sample_v3(obj, _with(origin, "3"))], False)
-        obj = _protobuf.decode(data, _protobuf.message_schema("v2_2_11", "ProtobufSamples.proto", "Samples"))
+        try:
+            obj = _protobuf.decode(data, _protobuf.message_schema("v2_2_11", "ProtobufSamples.proto", "Samples"))
+        except _protobuf.ProtobufError:
+            # @observertc/samples-encoder writes the proto3 variant (enums and byte ids where the
+            # proto2 file has strings): same field numbers, other wire types.
+            obj = _protobuf.decode(data, _proto3_samples())
     except _protobuf.ProtobufError as exc:
         raise RefusedInput("bad_protobuf", str(exc)) from None
     samples, closing = _v2.decode_samples(obj, _with(origin, "2"))
     return Decoded(samples, closing)
+
+
+@cache
+def _proto3_samples() -> Any:
+    """The proto3 ``Samples`` with enum symbols in the lower case JSON clients use (``UDP`` → ``udp``)."""
+    from . import _protobuf
+
+    schema = _protobuf.message_schema("v2_2_11", "ProtobufSamplesV3Optional.proto", "Samples")
+    seen: set[int] = set()
+
+    def lower(message: Any) -> None:
+        if id(message) in seen:
+            return
+        seen.add(id(message))
+        for f in message.fields.values():
+            if f.enum_values is not None:
+                # In place: the decoding tables share these dicts.
+                f.enum_values.update({k: v.lower() for k, v in f.enum_values.items()})
+            if f.message is not None:
+                lower(f.message)
+
+    lower(schema)
+    return schema
 
 
 def _with(origin: Origin, generation: str) -> Origin:

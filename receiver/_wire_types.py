@@ -38,9 +38,14 @@ class _Builder:
         self._prefix = prefix
         self._raw_stats = raw_stats
         self._records: dict[str, type[msgspec.Struct]] = {}
+        self._field = ""
 
     def type_of(self, avro: Any) -> Any:
         if isinstance(avro, str):
+            if avro == "string" and self._field and not self._field.lower().endswith("id"):
+                # Browsers' libraries send numbers where 2.x says string (codec payloadType from
+                # client-monitor-js 3.x); the reports stage renders them as text. Ids stay strict.
+                return str | int | float
             if self._raw_stats and avro in ("int", "long"):
                 # 3.x carries getStats() values as the browser reports them: a W3C timestamp or
                 # counter the schema calls long may arrive fractional. The mapping rounds it.
@@ -68,7 +73,9 @@ class _Builder:
         fields = []
         for field in avro["fields"]:
             name = field["name"]
+            self._field = name
             ftype = self.type_of(field["type"])
+            self._field = ""
             if name in _FREE_FORM_FIELDS:
                 ftype = Any  # a JSON string, an object, or (client-monitor-js 4.x) a bare value
             optional = isinstance(field["type"], list) and "null" in field["type"]

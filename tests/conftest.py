@@ -168,3 +168,39 @@ def protobuf(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 @pytest.fixture
 def gz() -> Callable[[bytes], bytes]:
     return gzip.compress
+
+
+@pytest.fixture(scope="session")
+def protobuf_v3_samples(tmp_path_factory: pytest.TempPathFactory) -> Callable[[dict[str, Any]], bytes]:
+    """An encoder for the proto3 ``ProtobufSamplesV3Optional`` wire format that @observertc/samples-encoder writes."""
+    from google.protobuf.json_format import ParseDict
+
+    module = _compile(
+        SCHEMAS / "v2_2_11", "ProtobufSamplesV3Optional.proto", tmp_path_factory.mktemp("pb3"), "_test_pb_samples_v3opt"
+    )
+
+    def upper_enums(node: Any, descriptor: Any) -> Any:
+        from google.protobuf.descriptor import FieldDescriptor
+
+        out = {}
+        for key, value in node.items():
+            field = descriptor.fields_by_name.get(key)
+            if field is None:
+                continue
+            if field.type == FieldDescriptor.TYPE_ENUM and isinstance(value, str):
+                value = value.upper()
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                value = (
+                    [upper_enums(v, field.message_type) for v in value]
+                    if isinstance(value, list)
+                    else upper_enums(value, field.message_type)
+                )
+            out[key] = value
+        return out
+
+    def encode(wrapper: dict[str, Any]) -> bytes:
+        message = module.Samples()
+        prepared = _bytes_as_base64(upper_enums(wrapper, message.DESCRIPTOR), message.DESCRIPTOR)
+        return ParseDict(prepared, message, ignore_unknown_fields=True).SerializeToString()
+
+    return encode

@@ -292,3 +292,28 @@ async def test_counts_samples_by_service_and_media_unit(collector, http):
     received = collector.telemetry.get("samples_received")
     assert received.value("svc-a", "eu-1") == 6  # 3 x (1 client + 1 SFU sample)
     assert collector.telemetry.get("receiver_accepted_samples").value("observertc", "http") == 6
+
+
+async def test_placeholder_ids_and_numeric_strings_from_client_monitor_3(collector, http):
+    sample = _samples.client_sample_v2("NULL", call_id="NULL")
+    async with http.post(collector.url("/rest/samples/svc/mu"), json={"clientSamples": [sample]}) as resp:
+        assert resp.status == 400
+        assert "placeholder" in (await resp.json())["detail"]
+    sample = _samples.client_sample_v2(
+        "c-1", call_id="NULL", codecs=[{"payloadType": 111, "mimeType": "audio/opus", "clockRate": 48000}]
+    )
+    async with http.post(collector.url("/rest/samples/svc/mu"), json={"clientSamples": [sample]}) as resp:
+        assert resp.status == 202
+    (recorded,) = collector.exporter().client_samples
+    assert recorded.call_id is None and recorded.codecs[0]["payloadType"] == 111
+
+
+async def test_samples_encoder_proto3_wire_format_is_accepted(collector, http, protobuf_v3_samples):
+    wrapper = _samples.samples_v2(_samples.client_sample_v2("c-proto3"), sfu=False)
+    body = protobuf_v3_samples(wrapper)
+    async with http.post(collector.url("/rest/samples/svc/mu"), data=body, headers=PROTOBUF) as resp:
+        assert resp.status == 202, await resp.text()
+    (recorded,) = collector.exporter().client_samples
+    assert recorded.client_id == "c-proto3"
+    assert recorded.local_candidates[0]["protocol"] == "udp"  # an enum on this wire, lower case as in JSON
+    assert recorded.transports[0]["dtlsRole"] == "client"
