@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import uuid
 from collections import Counter
 from collections.abc import Iterator
