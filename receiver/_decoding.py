@@ -159,25 +159,21 @@ def _decode_protobuf(data: bytes, origin: Origin, route: Route) -> Decoded:
 
 @cache
 def _proto3_samples() -> Any:
-    """The proto3 ``Samples`` with enum symbols in the lower case JSON clients use (``UDP`` → ``udp``)."""
+    """The proto3 ``Samples``, with enum symbols in the lower case JSON clients use (``UDP`` → ``udp``).
+
+    Parsed afresh (not the shared cached schema), so lower-casing changes nothing anyone else sees.
+    """
+    from webrtc_observer.schemas import schema_text
+
     from . import _protobuf
 
-    schema = _protobuf.message_schema("v2_2_11", "ProtobufSamplesV3Optional.proto", "Samples")
-    seen: set[int] = set()
-
-    def lower(message: Any) -> None:
-        if id(message) in seen:
-            return
-        seen.add(id(message))
+    schemas = _protobuf.parse_proto(schema_text("v2_2_11", "ProtobufSamplesV3Optional.proto"))
+    for message in schemas.values():
         for f in message.fields.values():
             if f.enum_values is not None:
-                # In place: the decoding tables share these dicts.
+                # In place: the message's decoding table holds this very dict.
                 f.enum_values.update({k: v.lower() for k, v in f.enum_values.items()})
-            if f.message is not None:
-                lower(f.message)
-
-    lower(schema)
-    return schema
+    return schemas["org.observertc.schemas.protobuf.Samples"]
 
 
 def _with(origin: Origin, generation: str) -> Origin:

@@ -2,9 +2,7 @@ from __future__ import annotations
 
 import base64
 import gzip
-import importlib.util
 import json
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -99,18 +97,30 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def _compile(proto_dir: Path, proto_file: str, out: Path, module_name: str) -> Any:
+    """Message classes of a .proto compiled by protoc into a private descriptor pool.
+
+    Private, because the 2.x files all define ``org.observertc.schemas.protobuf.Samples``: one shared
+    pool would refuse the second of them.
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
     from grpc_tools import protoc
 
     out.mkdir(parents=True, exist_ok=True)
-    code = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", str(proto_dir / proto_file)])
+    descriptor_set = out / f"{module_name}.pb"
+    code = protoc.main(["protoc", f"-I{proto_dir}", f"--descriptor_set_out={descriptor_set}", str(proto_dir / proto_file)])
     assert code == 0, f"protoc failed on {proto_file}"
-    generated = out / (Path(proto_file).stem + "_pb2.py")
-    spec = importlib.util.spec_from_file_location(module_name, generated)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+    pool = descriptor_pool.DescriptorPool()
+    for fd in descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file:
+        pool.Add(fd)
+    package = "org.observertc.schemas.protobuf"
+    names = {"Samples", "ClientSample"}
+    classes = {}
+    for name in names:
+        try:
+            classes[name] = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
+        except KeyError:
+            continue
+    return SimpleNamespace(**classes)
 
 
 def _stringify_free_form(node: Any) -> Any:

@@ -12,7 +12,7 @@ from webrtc_observer.component import Factory
 @cache
 def builtin_factories() -> Mapping[str, Mapping[str, Factory[Any]]]:
     """kind (``receivers``/``processors``/``exporters``) → type → factory."""
-    from webrtc_observer.exporters import debug, file, liveview, otlp, prometheus
+    from webrtc_observer.exporters import debug, file, kafka, liveview, otlp, prometheus
     from webrtc_observer.processors import correlation, obfuscation, quality, reports
     from webrtc_observer.receiver import observertc
 
@@ -24,6 +24,7 @@ def builtin_factories() -> Mapping[str, Mapping[str, Factory[Any]]]:
         quality.FACTORY,
         file.FACTORY,
         debug.FACTORY,
+        kafka.FACTORY,
         prometheus.FACTORY,
         otlp.FACTORY,
         liveview.FACTORY,
