@@ -1,4 +1,4 @@
-"""``webrtc-observer``: run or validate a collector configuration."""
+"""``webrtc-observer``: run or validate a collector configuration, generate load, or run a demo."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from webrtc_observer import __version__
 from webrtc_observer.components import builtin_factories, config_types
@@ -56,6 +58,258 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- loadgen and demo -------------------------------------------------------------------------------
+
+_DEMO_IMPAIRMENTS = ("loss=0.05@0.2", "rtt=0.4@0.1", "frozen@0.1", "drop@0.1")
+
+
+def _duration(text: str) -> float:
+    """A duration argument: ``500ms``, ``5s``, ``2m``, or bare seconds."""
+    from webrtc_observer.config import Duration
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return float(Duration.parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _impairments(specs: Sequence[str]) -> list[Any]:
+    from webrtc_observer.loadgen import Impairment
+
+    return [Impairment.parse(part) for spec in specs for part in spec.split(",") if part.strip()]
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    """First Ctrl-C or SIGTERM: stop gracefully. A second Ctrl-C: stop now."""
+    loop = asyncio.get_running_loop()
+
+    def first() -> None:
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)  # the next Ctrl-C raises KeyboardInterrupt
+
+    loop.add_signal_handler(signal.SIGINT, first)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+
+def _loadgen(args: argparse.Namespace) -> int:
+    from webrtc_observer.loadgen import Progress, Scenario, run
+
+    try:
+        scenario = Scenario(
+            calls=args.calls,
+            clients_per_call=args.clients_per_call,
+            topology=args.topology,
+            schema=args.schema,
+            transport=args.transport,
+            format=args.format,
+            impairments=_impairments(args.impair),
+            interval=args.interval,
+            duration=args.duration or None,
+            call_duration=args.call_duration,
+            seed=args.seed,
+            service_id=args.service_id,
+            media_unit_id=args.media_unit_id,
+        )
+    except ValueError as exc:
+        print(f"webrtc-observer loadgen: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> Any:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        progress = None if args.quiet else Progress()
+        return await run(scenario, args.url, stop=stop, concurrency=args.concurrency, progress=progress)
+
+    try:
+        summary = asyncio.run(main())
+    except KeyboardInterrupt:  # a second Ctrl-C
+        return 130
+    if args.json:
+        import json
+
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        print(summary.render())
+    if summary.samples_sent and not summary.samples_accepted:
+        print(f"webrtc-observer loadgen: nothing was accepted by {args.url}", file=sys.stderr)
+    return 0 if summary.ok else 1
+
+
+def _demo_config(path: str) -> str:
+    """The configuration to run: the given file, or the default collector.yaml of this source tree."""
+    if Path(path).is_file() or path != "collector.yaml":
+        return path
+    bundled = Path(__file__).resolve().parents[1] / "collector.yaml"
+    return str(bundled) if bundled.is_file() else path
+
+
+def _where_to_look(service: Any) -> list[tuple[str, str]]:
+    """What the running collector offers, read from its exporters: files, /metrics, /ui."""
+
+    def local(endpoint: str, port: int | None) -> str:
+        host, _, configured = endpoint.rpartition(":")
+        host = host.strip("[]")
+        if host in ("", "0.0.0.0", "::"):
+            host = "localhost"
+        return f"{host}:{port or configured}"
+
+    places: list[tuple[str, str]] = []
+    for cid, exporter in service.exporters.items():
+        options = service.config.components["exporters"][cid]
+        if cid.type == "file":
+            places.append(("reports", f"{options.path}   (tail -f {options.path})"))
+        elif cid.type == "prometheus":
+            places.append(("metrics", f"http://{local(options.endpoint, getattr(exporter, 'bound_port', None))}/metrics"))
+        elif cid.type == "liveview":
+            places.append(("live view", f"http://{local(options.endpoint, getattr(exporter, 'bound_port', None))}/ui"))
+        elif cid.type == "debug":
+            places.append(("log", "report counts by type, on this terminal every few seconds"))
+    return places
+
+
+def _demo(args: argparse.Namespace) -> int:
+    path = _demo_config(args.config)
+    config = _load(path)
+    if config is None:
+        return 1
+    configure(config.telemetry.logs.level, config.telemetry.logs.format)
+    try:
+        return asyncio.run(_demo_main(config, path, args))
+    except OSError as exc:  # e.g. a port is taken
+        print(f"webrtc-observer demo: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+async def _demo_main(config: CollectorConfig, path: str, args: argparse.Namespace) -> int:
+    from webrtc_observer.loadgen import Scenario, run
+    from webrtc_observer.service import Service
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    service = Service(config, builtin_factories())
+    await service.start()
+    try:
+        receiver = next((r for cid, r in service.receivers.items() if cid.type == "observertc"), None)
+        if receiver is None:
+            print(f"webrtc-observer demo: {path} has no observertc receiver in a pipeline", file=sys.stderr)
+            return 1
+        url = f"http://127.0.0.1:{receiver.bound_port}"
+        scenario = Scenario(
+            calls=args.calls,
+            clients_per_call=args.clients_per_call,
+            topology="mixed",
+            schema="mixed",
+            transport="mixed",
+            format="mixed",
+            impairments=list(_DEMO_IMPAIRMENTS),
+            interval=args.interval,
+            duration=args.duration or None,
+            call_duration=args.call_duration,
+            seed=args.seed,
+            service_id="demo",
+            media_unit_id="demo-app",
+        )
+        lines = [
+            f"webrtc-observer demo: the collector runs {path}; a load generator sends it {args.calls} calls of",
+            f"{args.clients_per_call} clients (P2P, mesh and SFU; samples of 2.x, 3.x and 2020 clients; HTTP and WebSocket),",
+            f"one sample per client every {args.interval:g}s, with {', '.join(_DEMO_IMPAIRMENTS)}.",
+            "",
+            *(
+                f"  {label:<10} {where}"
+                for label, where in [("samples", f"{url}/rest/samples/demo/demo-app"), *_where_to_look(service)]
+            ),
+            "",
+            f"Calls last about {args.call_duration:g}s and are replaced by new ones. Stop with Ctrl-C."
+            if args.duration == 0
+            else f"The demo stops after {args.duration:g}s, or with Ctrl-C.",
+        ]
+        print("\n".join(lines), flush=True)
+        summary = await run(scenario, url, stop=stop, concurrency=64)
+        print(summary.render(), flush=True)
+        return 0
+    finally:
+        try:
+            await asyncio.wait_for(service.shutdown(), config.shutdown_timeout)
+        except TimeoutError:
+            print("webrtc-observer demo: shutdown did not finish in time", file=sys.stderr)
+
+
+def _add_loadgen_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--url", default="http://127.0.0.1:7080", help="the collector's observertc receiver (default: %(default)s)")
+    sub.add_argument("--service-id", default="loadgen", help="serviceId in the sample URLs (default: %(default)s)")
+    sub.add_argument(
+        "--media-unit-id", default="loadgen", help="mediaUnitId of the clients; SFUs use it + '-sfu' (default: %(default)s)"
+    )
+    sub.add_argument("--calls", type=_positive_int, default=10, help="calls running at once (default: %(default)s)")
+    sub.add_argument(
+        "--clients-per-call", type=_positive_int, default=3, help="clients per call; p2p calls have 2 (default: %(default)s)"
+    )
+    sub.add_argument(
+        "--topology",
+        choices=("p2p", "mesh", "sfu", "mixed"),
+        default="mixed",
+        help="call topology; mixed rotates per call (default: %(default)s)",
+    )
+    sub.add_argument(
+        "--schema",
+        choices=("2", "3", "legacy", "mixed"),
+        default="mixed",
+        help="sample generation; mixed rotates per client (default: %(default)s)",
+    )
+    sub.add_argument(
+        "--transport",
+        choices=("http", "websocket", "mixed"),
+        default="http",
+        help="mixed alternates per client (default: %(default)s)",
+    )
+    sub.add_argument(
+        "--format",
+        choices=("json", "protobuf", "gzip", "mixed"),
+        default="json",
+        help="body encoding; legacy samples are always JSON (default: %(default)s)",
+    )
+    sub.add_argument(
+        "--impair",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="loss=0.05@0.2, rtt=0.4@0.1, frozen@0.1, drop@0.1; repeat or separate with commas",
+    )
+    sub.add_argument("--interval", type=_duration, default=5.0, help="sample period of each client (default: 5s)")
+    sub.add_argument("--duration", type=_duration, default=60.0, help="length of the run; 0 runs until Ctrl-C (default: 60s)")
+    sub.add_argument(
+        "--call-duration",
+        type=_duration,
+        default=None,
+        help="length of each call, after which a new call takes its place (default: the whole run)",
+    )
+    sub.add_argument(
+        "--seed", type=int, default=None, help="random seed, for the same ids and numbers on every run (default: random)"
+    )
+    sub.add_argument("--concurrency", type=_positive_int, default=64, help="messages in flight at most (default: %(default)s)")
+    sub.add_argument("--quiet", "-q", action="store_true", help="no progress line on stderr")
+    sub.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="webrtc-observer", description="A collector for WebRTC stats samples.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -67,6 +321,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--config", "-c", default="collector.yaml", help="path to the YAML configuration (default: %(default)s)")
         sub.set_defaults(handler=handler)
+
+    text = "send synthesized calls (clients and SFUs of every sample generation) to a collector"
+    sub = commands.add_parser("loadgen", help=text, description=text)
+    _add_loadgen_arguments(sub)
+    sub.set_defaults(handler=_loadgen)
+
+    text = "run the collector with the load generator sending it calls, until Ctrl-C"
+    sub = commands.add_parser("demo", help=text, description=text)
+    sub.add_argument("--config", "-c", default="collector.yaml", help="path to the YAML configuration (default: %(default)s)")
+    sub.add_argument("--calls", type=_positive_int, default=5, help="calls running at once (default: %(default)s)")
+    sub.add_argument("--clients-per-call", type=_positive_int, default=3, help="clients per call (default: %(default)s)")
+    sub.add_argument("--interval", type=_duration, default=2.0, help="sample period of each client (default: 2s)")
+    sub.add_argument("--call-duration", type=_duration, default=40.0, help="length of each call (default: 40s)")
+    sub.add_argument("--duration", type=_duration, default=0.0, help="stop after this long; 0 runs until Ctrl-C (default: 0)")
+    sub.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    sub.set_defaults(handler=_demo)
+
     args = parser.parse_args(argv)
     return int(args.handler(args))
 
