@@ -163,7 +163,9 @@ def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 def test_cli_validate_accepts_the_embedded_default():
     result = _cli("validate", "--config", "collector.yaml")
     assert result.returncode == 0, result.stderr
-    assert "pipeline reports: observertc -> correlation -> quality -> reports -> file, debug, prometheus, liveview" in result.stdout
+    assert (
+        "pipeline reports: observertc -> correlation -> quality -> reports -> file, debug, prometheus, liveview" in result.stdout
+    )
 
 
 def test_cli_validate_prints_every_error_and_exits_non_zero(tmp_path):

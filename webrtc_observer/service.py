@@ -105,11 +105,17 @@ class Service:
                 self.exporters[cid] = factories["exporters"][cid.type].create(self._settings("exporters", cid), options, None)
 
         t = self.telemetry
-        incoming = t.counter("pipeline_stage_items", "Samples and reports taken by each stage of each pipeline", ("pipeline", "component"))
-        refused = t.counter("pipeline_stage_refused_items", "Samples and reports a stage asked to retry later", ("pipeline", "component"))
+        incoming = t.counter(
+            "pipeline_stage_items", "Samples and reports taken by each stage of each pipeline", ("pipeline", "component")
+        )
+        refused = t.counter(
+            "pipeline_stage_refused_items", "Samples and reports a stage asked to retry later", ("pipeline", "component")
+        )
         entry_points: dict[ComponentId, list[Consumer]] = {}
         for name, pipeline in cfg.pipelines.items():
-            consumer: Consumer = FanOut([_Counted(self.exporters[e], incoming, refused, name, str(e)) for e in pipeline.exporters])
+            consumer: Consumer = FanOut(
+                [_Counted(self.exporters[e], incoming, refused, name, str(e)) for e in pipeline.exporters]
+            )
             for pid in reversed(pipeline.processors):
                 options = cfg.components["processors"][pid]
                 processor = factories["processors"][pid.type].create(self._settings("processors", pid, name), options, consumer)
