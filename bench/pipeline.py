@@ -60,11 +60,15 @@ def run_observer_js(samples: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]
     items = []
     for _, body in samples:
         for sample in body["clientSamples"]:
-            items.append({"callId": sample.get("callId"), "roomId": sample.get("roomId"), "clientId": sample["clientId"], "sample": sample})
+            items.append(
+                {"callId": sample.get("callId"), "roomId": sample.get("roomId"), "clientId": sample["clientId"], "sample": sample}
+            )
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"samples": items}, f)
     try:
-        out = subprocess.run(["node", str(OBSERVER_JS / "run.mjs"), f.name], capture_output=True, text=True, timeout=600, cwd=OBSERVER_JS)
+        out = subprocess.run(
+            ["node", str(OBSERVER_JS / "run.mjs"), f.name], capture_output=True, text=True, timeout=600, cwd=OBSERVER_JS
+        )
     finally:
         os.unlink(f.name)
     if out.returncode != 0:
@@ -191,9 +195,13 @@ def main() -> None:
     print(f"workload: {len(samples)} schema-2 samples, {args.calls} calls x {args.clients_per_call} clients x {args.ticks} ticks")
     anchor = run_observer_js(samples)
     if anchor:
-        print(f"observer-js      : {anchor['samplesPerSecond']:9.0f} samples/s  {anchor['reports'] / max(anchor['samples'], 1):5.1f} reports/sample")
+        print(
+            f"observer-js      : {anchor['samplesPerSecond']:9.0f} samples/s  {anchor['reports'] / max(anchor['samples'], 1):5.1f} reports/sample"
+        )
     ours = asyncio.run(run_in_process(samples))
-    print(f"ours in-process  : {ours['samplesPerSecond']:9.0f} samples/s  {ours['reports'] / ours['samples']:5.1f} reports/sample")
+    print(
+        f"ours in-process  : {ours['samplesPerSecond']:9.0f} samples/s  {ours['reports'] / ours['samples']:5.1f} reports/sample"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         e2e = asyncio.run(run_end_to_end(samples, Path(tmp), ours["reports"]))
     print(
@@ -201,8 +209,10 @@ def main() -> None:
         f"  peak RSS {e2e['peakRssBytes'] / 2**20:.0f} MiB, {e2e['rssPerClientBytes'] / 1024:.1f} KiB per client"
     )
     if anchor:
-        print(f"ratio ours/observer-js: in-process {ours['samplesPerSecond'] / anchor['samplesPerSecond']:.2f}, "
-              f"end-to-end {e2e['samplesPerSecond'] / anchor['samplesPerSecond']:.2f}")
+        print(
+            f"ratio ours/observer-js: in-process {ours['samplesPerSecond'] / anchor['samplesPerSecond']:.2f}, "
+            f"end-to-end {e2e['samplesPerSecond'] / anchor['samplesPerSecond']:.2f}"
+        )
 
 
 if __name__ == "__main__":

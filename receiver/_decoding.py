@@ -75,13 +75,24 @@ def decode(
     if not data.strip():
         raise RefusedInput("empty", "message is empty")
     if encoding is None:
-        encoding = "json" if data.lstrip()[:1] in (b"{", b"[") else "protobuf"
+        encoding = _sniff(data)
     try:
         if encoding == "json":
             return _decode_json(data, origin, route)
         return _decode_protobuf(data, origin, route)
     except WireError as exc:
         raise RefusedInput("invalid_sample", str(exc)) from None
+
+
+def _sniff(data: bytes) -> Encoding:
+    """JSON or protobuf, when nobody said. A protobuf message often starts with 0x0a (field 1), which is
+    also a newline: whitespace-led bytes are JSON only if they also end like a JSON document."""
+    if data[:1] in (b"{", b"["):
+        return "json"
+    stripped = data.strip()
+    if stripped[:1] in (b"{", b"[") and stripped[-1:] in (b"}", b"]"):
+        return "json"
+    return "protobuf"
 
 
 def _decode_json(data: bytes, origin: Origin, route: Route) -> Decoded:
