@@ -317,3 +317,12 @@ async def test_samples_encoder_proto3_wire_format_is_accepted(collector, http, p
     assert recorded.client_id == "c-proto3"
     assert recorded.local_candidates[0]["protocol"] == "udp"  # an enum on this wire, lower case as in JSON
     assert recorded.transports[0]["dtlsRole"] == "client"
+
+
+def test_sniffing_tells_protobuf_field_one_from_json_after_a_newline():
+    from webrtc_observer.receiver._decoding import _sniff
+
+    assert _sniff(b'\n  {"clientSamples": []}\n') == "json"
+    assert _sniff(b"[1]") == "json"
+    # Field 1, length 123 ('{'): a protobuf message, though it starts like whitespace + JSON.
+    assert _sniff(b"\n{" + bytes(range(123))) == "protobuf"
