@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from webrtc_observer.component import Factory, Settings
+from webrtc_observer.http_server import endpoint_issues, serve
 from webrtc_observer.model import Batch
 from webrtc_observer.processors import _emodel
 from webrtc_observer.telemetry import Histogram, Telemetry
@@ -43,10 +44,7 @@ class LiveViewConfig:
     max_events: int = 200
 
     def validate(self) -> list[tuple[str, str]]:
-        issues = []
-        host, _, port = self.endpoint.rpartition(":")
-        if not host or not port.isdigit():
-            issues.append(("endpoint", f"expected host:port, got {self.endpoint!r}"))
+        issues = endpoint_issues(self.endpoint)
         for name in ("max_calls", "max_events"):
             if getattr(self, name) < 1:
                 issues.append((name, "must be at least 1"))
@@ -217,13 +215,7 @@ class LiveViewExporter:
         app.router.add_get("/", self._redirect)
         app.router.add_get("/ui", self._page)
         app.router.add_get("/ui/api/state", self._state)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        host, _, port = self._config.endpoint.rpartition(":")
-        site = web.TCPSite(self._runner, host.strip("[]"), int(port), reuse_address=True)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.bound_port = sockets[0].getsockname()[1] if sockets else int(port)
+        self._runner, host, self.bound_port = await serve(app, self._config.endpoint)
         self._settings.logger.info("live view", url=f"http://{host}:{self.bound_port}/ui")
 
     async def _redirect(self, request: web.Request) -> web.Response:

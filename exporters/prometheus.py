@@ -27,6 +27,7 @@ from prometheus_client.exposition import choose_encoder
 
 from webrtc_observer.component import Factory, Settings
 from webrtc_observer.config import Duration
+from webrtc_observer.http_server import endpoint_issues, serve
 from webrtc_observer.model import Batch
 from webrtc_observer.telemetry import Histogram, Telemetry
 
@@ -52,10 +53,7 @@ class PrometheusExporterConfig:
     per_call: PerCallConfig = field(default_factory=PerCallConfig)
 
     def validate(self) -> list[tuple[str, str]]:
-        issues = []
-        host, _, port = self.endpoint.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            issues.append(("endpoint", f"expected host:port, got {self.endpoint!r}"))
+        issues = endpoint_issues(self.endpoint)
         if not self.namespace.replace("_", "").isalnum():
             issues.append(("namespace", "letters, digits and _ only"))
         return issues
@@ -202,13 +200,7 @@ class PrometheusExporter:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        host, _, port = self._config.endpoint.rpartition(":")
-        site = web.TCPSite(self._runner, host.strip("[]"), int(port), reuse_address=True)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.bound_port = sockets[0].getsockname()[1] if sockets else int(port)
+        self._runner, host, self.bound_port = await serve(app, self._config.endpoint)
         self._log.info("serving metrics", endpoint=f"{host}:{self.bound_port}", path="/metrics")
 
     async def _metrics(self, request: web.Request) -> web.Response:

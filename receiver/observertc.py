@@ -25,6 +25,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from webrtc_observer.component import Consumer, Factory, RetryLater, Settings
 from webrtc_observer.config import ByteSize, Duration
+from webrtc_observer.http_server import endpoint_issues, serve
 from webrtc_observer.model import Batch, Origin
 
 from ._decoding import Encoding, RefusedInput, Route, decode
@@ -59,10 +60,7 @@ class ObservertcReceiverConfig:
     cors: CorsConfig = field(default_factory=CorsConfig)
 
     def validate(self) -> list[tuple[str, str]]:
-        issues = []
-        host, _, port = self.endpoint.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            issues.append(("endpoint", f"expected host:port, got {self.endpoint!r}"))
+        issues = endpoint_issues(self.endpoint)
         if self.max_message_bytes < 1024:
             issues.append(("max_message_bytes", "must be at least 1KiB"))
         return issues
@@ -103,13 +101,9 @@ class ObservertcReceiver:
         app.router.add_route("OPTIONS", "/{tail:.*}", self._preflight)
         app.on_shutdown.append(self._close_websockets)
         # We inflate gzip ourselves, with the same size limit as WebSocket frames (a gzip bomb stops early).
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0, auto_decompress=False)
-        await self._runner.setup()
-        host, _, port = self._config.endpoint.rpartition(":")
-        site = web.TCPSite(self._runner, host.strip("[]"), int(port), reuse_address=True)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []  # the real port when 0 was asked for
-        self.bound_port = sockets[0].getsockname()[1] if sockets else int(port)
+        self._runner, host, self.bound_port = await serve(
+            app, self._config.endpoint, shutdown_timeout=10.0, auto_decompress=False
+        )
         self._log.info("receiver listening", endpoint=f"{host}:{self.bound_port}")
 
     async def shutdown(self) -> None:
