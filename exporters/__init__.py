@@ -1,1 +1,1 @@
-"""Exporters: where records leave the collector (``file``, ``debug``; Kafka, Prometheus and OTLP to come)."""
+"""Exporters: where records leave the collector (``file``, ``debug``, ``kafka``, ``prometheus``, ``otlp``, ``liveview``)."""

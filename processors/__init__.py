@@ -1,1 +1,1 @@
-"""Processors: stages between receivers and exporters (call correlation, reports, privacy, quality)."""
+"""Processors: stages between receivers and exporters (``obfuscation``, ``correlation``, ``quality``, ``reports``)."""
