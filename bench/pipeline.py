@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +125,9 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
-async def run_end_to_end(samples: list[tuple[str, dict[str, Any]]], workdir: Path, expected_reports: int) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def _collector(workdir: Path) -> AsyncIterator[tuple[int, Path, subprocess.Popen[bytes], aiohttp.ClientSession]]:
+    """The collector as its own process, writing reports to a file; yields (port, file, process, session)."""
     port, out = _free_port(), workdir / "reports.jsonl"
     config = workdir / "bench.yaml"
     config.write_text(
@@ -144,32 +148,45 @@ service: {{pipelines: {{p: {{receivers: [observertc], processors: [correlation, 
                             break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.05)
-            by_client: dict[str, list[str]] = {}
-            for sender, body in samples:
-                by_client.setdefault(sender, []).append(json.dumps(body))
-            sockets = {c: await http.ws_connect(f"ws://127.0.0.1:{port}/samples/bench/bench", compress=0) for c in by_client}
-            baseline = _peak_rss(proc.pid)
-            started = time.perf_counter()
-
-            async def send(client: str) -> None:
-                ws = sockets[client]
-                for frame in by_client[client]:
-                    await ws.send_str(frame)
-
-            await asyncio.gather(*(send(c) for c in by_client))
-            sent = time.perf_counter() - started
-            # Done when every report has been written: the in-process run of the same workload says how many.
-            deadline = time.monotonic() + 600
-            while _lines(out) < expected_reports and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            seconds = time.perf_counter() - started
-            peak = _peak_rss(proc.pid)
-            for ws in sockets.values():
-                await ws.close()
-        reports = sum(1 for _ in out.open("rb"))
+            yield port, out, proc, http
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def _by_client(samples: list[tuple[str, dict[str, Any]]]) -> dict[str, list[tuple[tuple[str, int], str]]]:
+    """Per client, in order: ((clientId, sample timestamp), JSON frame)."""
+    out: dict[str, list[tuple[tuple[str, int], str]]] = {}
+    for sender, body in samples:
+        sample = body["clientSamples"][0]
+        out.setdefault(sender, []).append(((sample["clientId"], sample["timestamp"]), json.dumps(body)))
+    return out
+
+
+async def run_end_to_end(samples: list[tuple[str, dict[str, Any]]], workdir: Path, expected_reports: int) -> dict[str, Any]:
+    """Peak: every client sends all its samples as fast as the collector takes them."""
+    by_client = _by_client(samples)
+    async with _collector(workdir) as (port, out, proc, http):
+        sockets = {c: await http.ws_connect(f"ws://127.0.0.1:{port}/samples/bench/bench", compress=0) for c in by_client}
+        baseline = _peak_rss(proc.pid)
+        started = time.perf_counter()
+
+        async def send(client: str) -> None:
+            ws = sockets[client]
+            for _, frame in by_client[client]:
+                await ws.send_str(frame)
+
+        await asyncio.gather(*(send(c) for c in by_client))
+        sent = time.perf_counter() - started
+        # Done when every report has been written: the in-process run of the same workload says how many.
+        deadline = time.monotonic() + 600
+        while _lines(out) < expected_reports and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        seconds = time.perf_counter() - started
+        peak = _peak_rss(proc.pid)
+        for ws in sockets.values():
+            await ws.close()
+        reports = _lines(out)
     clients = len(by_client)
     return {
         "samples": len(samples),
@@ -181,6 +198,68 @@ service: {{pipelines: {{p: {{receivers: [observertc], processors: [correlation, 
         "rssPerClientBytes": (peak - baseline) / clients if clients else 0,
         "clients": clients,
     }
+
+
+async def run_paced(samples: list[tuple[str, dict[str, Any]]], workdir: Path, rate: float) -> dict[str, Any]:
+    """Steady state at ``rate`` samples/s: latency from sending a sample to its first report in the file,
+    and resident memory per client once every client is known."""
+    by_client = _by_client(samples)
+    sent_at: dict[tuple[str, int], float] = {}
+    seen_at: dict[tuple[str, int], float] = {}
+    async with _collector(workdir) as (port, out, proc, http):
+        sockets = {c: await http.ws_connect(f"ws://127.0.0.1:{port}/samples/bench/bench", compress=0) for c in by_client}
+        baseline = _rss(proc.pid)
+        done = asyncio.Event()
+
+        async def tail() -> None:
+            position = 0
+            while not (done.is_set() and len(seen_at) >= len(sent_at)):
+                await asyncio.sleep(0.005)
+                if not out.exists():
+                    continue
+                with out.open("rb") as f:
+                    f.seek(position)
+                    chunk = f.read()
+                complete = chunk[: chunk.rfind(b"\n") + 1]
+                position += len(complete)
+                now = time.perf_counter()
+                for line in complete.splitlines():
+                    payload = json.loads(line)["payload"]
+                    key = (payload.get("clientId"), payload.get("timestamp"))
+                    if key in sent_at and key not in seen_at:
+                        seen_at[key] = now
+
+        tailer = asyncio.create_task(tail())
+        order = [(c, key, frame) for c, frames in by_client.items() for key, frame in frames]
+        order.sort(key=lambda item: item[1][1])  # by sample time, interleaving the clients
+        started = time.perf_counter()
+        for i, (client, key, frame) in enumerate(order):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent_at[key] = time.perf_counter()
+            await sockets[client].send_str(frame)
+        done.set()
+        await asyncio.wait_for(tailer, 120)
+        steady = _rss(proc.pid)
+        for ws in sockets.values():
+            await ws.close()
+    latencies = sorted(seen_at[k] - sent_at[k] for k in seen_at)
+    clients = len(by_client)
+    return {
+        "rate": rate,
+        "p50Seconds": latencies[len(latencies) // 2],
+        "p99Seconds": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "rssPerClientBytes": (steady - baseline) / clients if clients else 0,
+        "clients": clients,
+    }
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def main() -> None:
@@ -207,6 +286,12 @@ def main() -> None:
     print(
         f"ours end-to-end  : {e2e['samplesPerSecond']:9.0f} samples/s  {e2e['reports'] / e2e['samples']:5.1f} reports/sample"
         f"  peak RSS {e2e['peakRssBytes'] / 2**20:.0f} MiB, {e2e['rssPerClientBytes'] / 1024:.1f} KiB per client"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        paced = asyncio.run(run_paced(samples, Path(tmp), e2e["samplesPerSecond"] / 2))
+    print(
+        f"ours at half peak: {paced['rate']:9.0f} samples/s  latency p50 {paced['p50Seconds'] * 1000:.0f} ms,"
+        f" p99 {paced['p99Seconds'] * 1000:.0f} ms; steady RSS {paced['rssPerClientBytes'] / 1024:.1f} KiB per client"
     )
     if anchor:
         print(
