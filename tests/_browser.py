@@ -29,9 +29,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from webrtc_observer.config import load_text
-from webrtc_observer.service import Service
-from webrtc_observer.testing import RunningCollector, testing_factories
+from webrtc_observer.testing import RunningCollector, running_collector
 
 ROOT = Path(__file__).resolve().parents[1]
 E2E = ROOT / "e2e"
@@ -158,15 +156,6 @@ def kafka_sink() -> str | None:
 
 @asynccontextmanager
 async def collector(yaml_text: str) -> AsyncIterator[RunningCollector]:
-    """Like ``running_collector``, with the ``kafka`` exporter type added if it is not registered yet."""
-    factories = {kind: dict(by_type) for kind, by_type in testing_factories().items()}
-    kafka_factory = _kafka_factory()
-    if kafka_factory is not None:
-        factories["exporters"].setdefault("kafka", kafka_factory)
-    config = load_text(yaml_text, {k: {t: f.config_type for t, f in v.items()} for k, v in factories.items()})
-    service = Service(config, factories)
-    await service.start()
-    try:
-        yield RunningCollector(service)
-    finally:
-        await service.shutdown()
+    """The collector from YAML, in-process (the ``kafka`` exporter type is built in)."""
+    async with running_collector(yaml_text) as running:
+        yield running

@@ -26,12 +26,12 @@ from tests import _samples
 from tests._kafka_broker import Broker, Message, kafka_broker_fixture  # noqa: F401  (the kafka_broker fixture)
 from webrtc_observer import testing
 from webrtc_observer.component import Consumer, Factory, Settings
+from webrtc_observer.components import config_types
 from webrtc_observer.config import ConfigError, load_text
 from webrtc_observer.exporters import _kafka_clients as clients
 from webrtc_observer.exporters import kafka
 from webrtc_observer.model import Batch, ClientSample, Report
 from webrtc_observer.processors import _report_schemas as schemas
-from webrtc_observer.service import Service
 from webrtc_observer.testing import RunningCollector
 
 CLIENTS = [
@@ -95,17 +95,9 @@ TWO_REPORTS = Factory(
 )
 
 
-def factories() -> dict[str, dict[str, Factory[Any]]]:
-    merged = {kind: dict(by_type) for kind, by_type in testing.testing_factories().items()}
-    merged["exporters"].setdefault("kafka", kafka.FACTORY)  # until it is registered in components.py
-    merged["processors"][TWO_REPORTS.type] = TWO_REPORTS
-    return merged
-
-
 @asynccontextmanager
 async def collector(exporter: dict[str, Any], processors: list[str], record: bool = False) -> AsyncIterator[RunningCollector]:
     """observertc → ``processors`` → kafka (and ``recording`` beside it if ``record``)."""
-    found = factories()
     exporters = ["kafka", "recording"] if record else ["kafka"]
     yaml_text = f"""
 receivers:
@@ -123,19 +115,8 @@ service:
       processors: {json.dumps(processors)}
       exporters: {json.dumps(exporters)}
 """
-    config = load_text(yaml_text, {k: {t: f.config_type for t, f in v.items()} for k, v in found.items()})
-    service = Service(config, found)
-    await service.start()
-    try:
-        yield RunningCollector(service)
-    finally:
-        await service.shutdown()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    async with testing.running_collector(yaml_text, extra=(TWO_REPORTS,)) as running:
+        yield running
 
 
 async def post(c: RunningCollector, http: aiohttp.ClientSession, body: dict[str, Any]) -> int:
@@ -462,14 +443,13 @@ async def test_a_broker_down_at_start_is_waited_for(kafka_broker, http, client):
 
 
 def _load(options: str) -> Any:
-    found = factories()
     yaml_text = f"""
 receivers: {{observertc: {{}}}}
 exporters:
   kafka: {options}
 service: {{pipelines: {{p: {{receivers: [observertc], exporters: [kafka]}}}}}}
 """
-    return load_text(yaml_text, {k: {t: f.config_type for t, f in v.items()} for k, v in found.items()})
+    return load_text(yaml_text, config_types(testing.testing_factories(TWO_REPORTS)))
 
 
 def test_defaults():

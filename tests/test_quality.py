@@ -21,19 +21,18 @@ import pytest
 
 from tests import _samples
 from webrtc_observer import testing
+from webrtc_observer.components import config_types
 from webrtc_observer.config import ConfigError, load_text
 from webrtc_observer.model import Batch, ClientSample, Origin, Track
 from webrtc_observer.processors import _emodel
 from webrtc_observer.processors.quality import (
     BITRATE_BUCKETS,
-    FACTORY,
     FRACTION_LOST_BUCKETS,
     MOS_BUCKETS,
     RTT_BUCKETS,
     QualityConfig,
     QualityProcessor,
 )
-from webrtc_observer.service import Service
 from webrtc_observer.testing import RunningCollector, settings_for_tests
 
 JSON = {"Content-Type": "application/json"}
@@ -120,12 +119,6 @@ def test_video_mos_is_the_bits_per_pixel_curve():
 # --------------------------------------------------------------------------------------------------
 
 
-def _factories() -> dict[str, dict[str, Any]]:
-    factories = {kind: dict(by_type) for kind, by_type in testing.testing_factories().items()}
-    factories["processors"].setdefault("quality", FACTORY)  # until components.py registers it
-    return factories
-
-
 def _yaml(options: dict[str, Any] | None = None, refuse: bool = False) -> str:
     return f"""
 receivers:
@@ -150,14 +143,8 @@ service:
 
 @asynccontextmanager
 async def collector(options: dict[str, Any] | None = None, refuse: bool = False) -> AsyncIterator[RunningCollector]:
-    factories = _factories()
-    config = load_text(_yaml(options, refuse), {k: {t: f.config_type for t, f in v.items()} for k, v in factories.items()})
-    service = Service(config, factories)
-    await service.start()
-    try:
-        yield RunningCollector(service)
-    finally:
-        await service.shutdown()
+    async with testing.running_collector(_yaml(options, refuse)) as running:
+        yield running
 
 
 async def post(c: RunningCollector, http, body: dict[str, Any], status: int = 202) -> None:
@@ -374,8 +361,7 @@ async def test_mos_can_be_turned_off(http):
 def test_config_defaults_and_errors():
     config = QualityConfig()
     assert (config.max_tracks, config.track_idle_timeout, config.mos) == (100_000, 300.0, True)
-    factories = _factories()
-    types = {k: {t: f.config_type for t, f in v.items()} for k, v in factories.items()}
+    types = config_types(testing.testing_factories())
     loaded = load_text(_yaml({"max_tracks": 10, "track_idle_timeout": "90s", "mos": False}), types)
     [options] = [o for cid, o in loaded.components["processors"].items() if cid.type == "quality"]
     assert (options.max_tracks, options.track_idle_timeout, options.mos) == (10, 90.0, False)

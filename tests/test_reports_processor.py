@@ -28,6 +28,7 @@ from fastavro.validation import validate
 from tests import _samples
 from webrtc_observer import testing
 from webrtc_observer.component import Consumer, Factory, Settings
+from webrtc_observer.components import config_types
 from webrtc_observer.config import ConfigError, load_text
 from webrtc_observer.model import (
     Batch,
@@ -41,7 +42,6 @@ from webrtc_observer.model import (
 )
 from webrtc_observer.processors import _report_schemas as schemas
 from webrtc_observer.processors.reports import ReportsConfig, ReportsProcessor
-from webrtc_observer.service import Service
 from webrtc_observer.testing import RunningCollector, settings_for_tests
 
 # --------------------------------------------------------------------------------------------------
@@ -148,8 +148,6 @@ async def collector(
     reports: dict[str, Any] | None = None, stand_in: dict[str, Any] | None = None, refuse: bool = False
 ) -> AsyncIterator[RunningCollector]:
     """A collector like ``running_collector`` builds, with the stand-in registered and in the pipeline."""
-    factories = {kind: dict(by_type) for kind, by_type in testing.testing_factories().items()}
-    factories["processors"][STAND_IN.type] = STAND_IN
     yaml_text = f"""
 receivers:
   observertc:
@@ -166,19 +164,8 @@ service:
       processors: [correlation_stand_in, reports]
       exporters: [recording]
 """
-    config = load_text(yaml_text, {k: {t: f.config_type for t, f in v.items()} for k, v in factories.items()})
-    service = Service(config, factories)
-    await service.start()
-    try:
-        yield RunningCollector(service)
-    finally:
-        await service.shutdown()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    async with testing.running_collector(yaml_text, extra=(STAND_IN,)) as running:
+        yield running
 
 
 async def post(
@@ -711,7 +698,6 @@ async def test_telemetry_counts_reports_by_type_and_invalid_ones(http):
 
 
 def test_unknown_report_types_are_config_errors():
-    factories = {kind: dict(by_type) for kind, by_type in testing.testing_factories().items()}
     yaml_text = """
 receivers:
   observertc: {endpoint: "127.0.0.1:0"}
@@ -727,7 +713,7 @@ service:
     p: {receivers: [observertc], processors: [reports], exporters: [recording]}
 """
     with pytest.raises(ConfigError) as err:
-        load_text(yaml_text, {k: {t: f.config_type for t, f in v.items()} for k, v in factories.items()})
+        load_text(yaml_text, config_types(testing.testing_factories()))
     messages = {i.path: i.message for i in err.value.issues}
     assert set(messages) == {"processors.reports.include[1]", "processors.reports.exclude[0]", "processors.reports.max_clients"}
     assert messages["processors.reports.include[1]"].startswith(

@@ -35,5 +35,7 @@ def builtin_factories() -> Mapping[str, Mapping[str, Factory[Any]]]:
     return registry
 
 
-def config_types() -> Mapping[str, Mapping[str, type]]:
-    return {kind: {t: f.config_type for t, f in by_type.items()} for kind, by_type in builtin_factories().items()}
+def config_types(factories: Mapping[str, Mapping[str, Factory[Any]]] | None = None) -> Mapping[str, Mapping[str, type]]:
+    """kind → type → config class, of ``factories`` (default: the built-in ones), for the config loader."""
+    found = builtin_factories() if factories is None else factories
+    return {kind: {t: f.config_type for t, f in by_type.items()} for kind, by_type in found.items()}

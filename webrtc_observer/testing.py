@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webrtc_observer.component import Factory, RetryLater, Settings
-from webrtc_observer.components import builtin_factories
+from webrtc_observer.components import builtin_factories, config_types
 from webrtc_observer.config import ComponentId, load_text
 from webrtc_observer.model import Batch, ClientSample, Report, Sample
 from webrtc_observer.service import Service
@@ -78,9 +78,11 @@ RECORDING = Factory(
 )
 
 
-def testing_factories() -> Mapping[str, Mapping[str, Factory[Any]]]:
+def testing_factories(*extra: Factory[Any]) -> Mapping[str, Mapping[str, Factory[Any]]]:
+    """The built-in factories, the ``recording`` exporter, and ``extra`` ones (a test's own stand-ins)."""
     merged = {kind: dict(by_type) for kind, by_type in builtin_factories().items()}
-    merged["exporters"]["recording"] = RECORDING
+    for factory in (RECORDING, *extra):
+        merged[f"{factory.kind}s"][factory.type] = factory
     return merged
 
 
@@ -103,9 +105,12 @@ class RunningCollector:
 
 
 @asynccontextmanager
-async def running_collector(yaml_text: str, env: Mapping[str, str] | None = None) -> AsyncIterator[RunningCollector]:
-    factories = testing_factories()
-    config = load_text(yaml_text, {k: {t: f.config_type for t, f in v.items()} for k, v in factories.items()}, env=env)
+async def running_collector(
+    yaml_text: str, env: Mapping[str, str] | None = None, extra: tuple[Factory[Any], ...] = ()
+) -> AsyncIterator[RunningCollector]:
+    """Build the collector from YAML (with ``extra`` component types), start it, stop it afterwards."""
+    factories = testing_factories(*extra)
+    config = load_text(yaml_text, config_types(factories), env=env)
     service = Service(config, factories)
     await service.start()
     try:
