@@ -70,13 +70,13 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from webrtc_observer.component import Consumer, Factory, Settings
 from webrtc_observer.config import Duration
-from webrtc_observer.model import Batch, ClientSample, Stats, Track
+from webrtc_observer.model import Batch, ClientSample, Track
 
 from . import _emodel
 
@@ -136,47 +136,54 @@ class QualityConfig:
 class _TrackState:
     """What one track's next sample is compared with."""
 
-    __slots__ = ("base_timestamp", "bytes", "frames", "jb_delay", "jb_emitted", "last_timestamp", "lost", "received", "seen")
+    __slots__ = ("base_timestamp", "counters", "last_timestamp", "seen")
 
-    def __init__(self, timestamp: int, seen: float, stats: Stats, direction: Direction) -> None:
+    def __init__(self, timestamp: int, seen: float, counters: _Counters) -> None:
         self.last_timestamp = timestamp
         """The newest sample's client timestamp (ms); a sample not after it is a resend."""
         self.seen = seen
         """Collector monotonic time of the last update, for the idle timeout."""
-        self.rebase(timestamp, stats, direction)
-
-    def rebase(self, timestamp: int, stats: Stats, direction: Direction) -> None:
         self.base_timestamp = timestamp
-        if direction == "inbound":
-            self.bytes = _counter(stats, "bytesReceived")
-            self.received = _counter(stats, "packetsReceived")
-            self.lost = _number(stats, "packetsLost")
-            self.jb_delay = _counter(stats, "jitterBufferDelay")
-            self.jb_emitted = _counter(stats, "jitterBufferEmittedCount")
-            self.frames = _counter(stats, "framesDecoded")
-        else:
-            self.bytes = _counter(stats, "bytesSent")
-            self.received = self.lost = self.jb_delay = self.jb_emitted = None
-            self.frames = _counter(stats, "framesEncoded")
+        """The timestamp of ``counters``, the baseline of the next interval."""
+        self.counters = counters
 
 
-def _number(stats: Mapping[str, Any], name: str) -> float | None:
-    """A finite number (not a bool) from a stats record, else None."""
-    value = stats.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+_Counters = tuple[float | None, float | None, float | None, float | None, float | None, float | None]
+"""(bytes, packets received, packets lost, jitter buffer delay, jitter buffer emitted, frames) of a track;
+outbound tracks have only bytes (sent) and frames (encoded)."""
 
 
-def _counter(stats: Mapping[str, Any], name: str) -> float | None:
-    value = _number(stats, name)
-    return value if value is not None and value >= 0 else None
+def _counters(get: Callable[[str], Any], inbound: bool) -> _Counters:
+    if inbound:
+        return (
+            _counter(get("bytesReceived")),
+            _counter(get("packetsReceived")),
+            _number(get("packetsLost")),
+            _counter(get("jitterBufferDelay")),
+            _counter(get("jitterBufferEmittedCount")),
+            _counter(get("framesDecoded")),
+        )
+    return (_counter(get("bytesSent")), None, None, None, None, _counter(get("framesEncoded")))
 
 
-def _seconds(stats: Mapping[str, Any], name: str) -> float | None:
-    value = _counter(stats, name)
-    return value if value is not None and value <= MAX_PLAUSIBLE_SECONDS else None
+def _number(value: Any) -> float | None:
+    """``value`` as a float if it is a finite int or float (not a bool), else None."""
+    cls = value.__class__
+    if cls is float:
+        return value if -math.inf < value < math.inf else None  # false for NaN too
+    if cls is int:
+        return float(value)
+    return None
+
+
+def _counter(value: Any) -> float | None:
+    number = _number(value)
+    return number if number is not None and number >= 0 else None
+
+
+def _seconds(value: Any) -> float | None:
+    number = _number(value)
+    return number if number is not None and 0 <= number <= MAX_PLAUSIBLE_SECONDS else None
 
 
 def _delta(current: float | None, previous: float | None) -> float | None:
@@ -184,6 +191,24 @@ def _delta(current: float | None, previous: float | None) -> float | None:
     if current is None or previous is None or current < previous:
         return None
     return current - previous
+
+
+class _KindSeries:
+    """The histogram series of one (service, media unit, kind), bound once instead of per observation."""
+
+    __slots__ = ("bitrate_in", "bitrate_out", "fraction_lost", "jitter", "mos", "rtt")
+
+    def __init__(self, q: QualityProcessor, service: str, media_unit: str, kind: str) -> None:
+        self.rtt = q._rtt.bind(service, media_unit, kind)
+        self.jitter = q._jitter.bind(service, media_unit, kind)
+        self.fraction_lost = q._fraction_lost.bind(service, media_unit, kind)
+        self.bitrate_in = q._bitrate.bind(service, media_unit, kind, "inbound")
+        self.bitrate_out = q._bitrate.bind(service, media_unit, kind, "outbound")
+        self.mos = q._mos.bind(service, media_unit, kind)
+
+
+_MAX_BOUND = 4096
+"""(service, media unit, kind) series kept bound; past it the cache starts over (binding again is cheap)."""
 
 
 class QualityProcessor:
@@ -202,6 +227,7 @@ class QualityProcessor:
         self._log = settings.logger
         self._label = str(settings.id)
         self._tracks: OrderedDict[TrackKey, _TrackState] = OrderedDict()
+        self._bound: dict[tuple[str, str, str], _KindSeries] = {}
         t = settings.telemetry
         self._rtt = t.histogram(
             "quality_round_trip_time", "Round-trip time of RTP streams, per track and sample", LABELS, RTT_BUCKETS, "seconds"
@@ -280,6 +306,15 @@ class QualityProcessor:
         if expired:
             self._evicted.add(expired, self._label, "idle")
 
+    def _series(self, service: str, media_unit: str, kind: str) -> _KindSeries:
+        key = (service, media_unit, kind)
+        series = self._bound.get(key)
+        if series is None:
+            if len(self._bound) >= _MAX_BOUND:
+                self._bound.clear()
+            series = self._bound[key] = _KindSeries(self, service, media_unit, kind)
+        return series
+
     def _client(self, sample: ClientSample, now: float) -> None:
         origin = sample.origin
         service, media_unit = origin.service_id, origin.media_unit_id
@@ -290,14 +325,14 @@ class QualityProcessor:
             return
         pair_rtts = _pair_round_trip_times(sample)
         for track in sample.inbound_tracks:
-            self._track(sample, track, "inbound", pair_rtts, now)
+            self._track(sample, track, True, pair_rtts, now)
         for track in sample.outbound_tracks:
-            self._track(sample, track, "outbound", pair_rtts, now)
+            self._track(sample, track, False, pair_rtts, now)
 
-    def _track(self, sample: ClientSample, track: Track, direction: Direction, pair_rtts: dict[str, float], now: float) -> None:
-        service, media_unit = sample.origin.service_id, sample.origin.media_unit_id
+    def _track(self, sample: ClientSample, track: Track, inbound: bool, pair_rtts: dict[str, float], now: float) -> None:
+        origin = sample.origin
         pc = track.peer_connection_id or ""
-        key: TrackKey = (service, sample.client_id, pc, direction, track.ssrc)
+        key: TrackKey = (origin.service_id, sample.client_id, pc, "inbound" if inbound else "outbound", track.ssrc)
         timestamp = sample.timestamp
         state = self._tracks.get(key)
         if state is not None:
@@ -307,23 +342,24 @@ class QualityProcessor:
                 return  # resent or reordered: already counted, or too late to be a delta
             state.last_timestamp = timestamp
 
-        stats = track.stats
-        labels = (service, media_unit, track.kind)
-        rtt = _seconds(stats, "roundTripTime")
+        get = track.stats.get
+        series = self._series(origin.service_id, origin.media_unit_id, track.kind)
+        rtt = _seconds(get("roundTripTime"))
         if rtt is None:
             rtt = pair_rtts.get(pc)
         if rtt is not None:
-            self._rtt.observe(rtt, *labels)
-        jitter = _seconds(stats, "jitter")
+            series.rtt.observe(rtt)
+        jitter = _seconds(get("jitter"))
         if jitter is not None:
-            self._jitter.observe(jitter, *labels)
-        if direction == "outbound":
-            reported = _counter(stats, "fractionLost")
+            series.jitter.observe(jitter)
+        if not inbound:
+            reported = _counter(get("fractionLost"))
             if reported is not None and reported <= 1.0:
-                self._fraction_lost.observe(reported, *labels)
+                series.fraction_lost.observe(reported)
 
+        counters = _counters(get, inbound)
         if state is None:
-            self._tracks[key] = _TrackState(timestamp, now, stats, direction)
+            self._tracks[key] = _TrackState(timestamp, now, counters)
             while len(self._tracks) > self._max_tracks:
                 self._tracks.popitem(last=False)
                 self._evicted.add(1, self._label, "max_tracks")
@@ -332,60 +368,62 @@ class QualityProcessor:
         interval = (timestamp - state.base_timestamp) / 1000.0
         if interval < MIN_INTERVAL:
             return  # keep the older baseline; the next sample gets a longer interval
-        self._interval(state, stats, direction, labels, interval, rtt, jitter)
-        state.rebase(timestamp, stats, direction)
+        self._interval(state.counters, counters, get, inbound, track.kind, series, interval, rtt, jitter)
+        state.base_timestamp = timestamp
+        state.counters = counters
 
     def _interval(
         self,
-        state: _TrackState,
-        stats: Stats,
-        direction: Direction,
-        labels: tuple[str, str, str],
+        before: _Counters,
+        after: _Counters,
+        get: Callable[[str], Any],
+        inbound: bool,
+        kind: str,
+        series: _KindSeries,
         interval: float,
         rtt: float | None,
         jitter: float | None,
     ) -> None:
         """Observe what needs two samples of one track, ``interval`` seconds apart."""
-        inbound = direction == "inbound"
         bitrate = None
-        d_bytes = _delta(_counter(stats, "bytesReceived" if inbound else "bytesSent"), state.bytes)
+        d_bytes = _delta(after[0], before[0])
         if d_bytes is not None:
             bitrate = 8.0 * d_bytes / interval
-            self._bitrate.observe(bitrate, *labels, direction)
+            (series.bitrate_in if inbound else series.bitrate_out).observe(bitrate)
         if not inbound:
             return
         fraction_lost = None
-        d_received = _delta(_counter(stats, "packetsReceived"), state.received)
-        lost = _number(stats, "packetsLost")
-        if d_received is not None and lost is not None and state.lost is not None:
-            d_lost = max(0.0, lost - state.lost)  # negative with duplicates: RFC 3550 counts that as 0
+        d_received = _delta(after[1], before[1])
+        lost, lost_before = after[2], before[2]
+        if d_received is not None and lost is not None and lost_before is not None:
+            d_lost = max(0.0, lost - lost_before)  # negative with duplicates: RFC 3550 counts that as 0
             expected = d_received + d_lost
             if expected > 0:
                 fraction_lost = d_lost / expected
-                self._fraction_lost.observe(fraction_lost, *labels)
+                series.fraction_lost.observe(fraction_lost)
         if not self._mos_enabled:
             return
-        if labels[2] == "audio":
+        if kind == "audio":
             if fraction_lost is None or rtt is None:
                 return
-            buffer = _jitter_buffer_delay(state, stats, jitter)
-            self._mos.observe(_emodel.audio_mos(rtt, buffer, fraction_lost), *labels)
+            buffer = _jitter_buffer_delay(before, after, jitter)
+            series.mos.observe(_emodel.audio_mos(rtt, buffer, fraction_lost))
         elif bitrate is not None:
-            fps = _counter(stats, "framesPerSecond")
+            fps = _counter(get("framesPerSecond"))
             if not fps:
-                d_frames = _delta(_counter(stats, "framesDecoded"), state.frames)
+                d_frames = _delta(after[5], before[5])
                 fps = d_frames / interval if d_frames else None
-            width, height = _counter(stats, "frameWidth"), _counter(stats, "frameHeight")
+            width, height = _counter(get("frameWidth")), _counter(get("frameHeight"))
             if fps and width and height:
                 bpp = _emodel.bits_per_pixel(bitrate, width, height, fps)
                 if bpp is not None:
-                    self._mos.observe(_emodel.video_mos(bpp), *labels)
+                    series.mos.observe(_emodel.video_mos(bpp))
 
 
-def _jitter_buffer_delay(state: _TrackState, stats: Stats, jitter: float | None) -> float:
+def _jitter_buffer_delay(before: _Counters, after: _Counters, jitter: float | None) -> float:
     """Seconds an audio sample waited in the jitter buffer: over the interval, else overall, else 2 × jitter."""
-    delay, emitted = _counter(stats, "jitterBufferDelay"), _counter(stats, "jitterBufferEmittedCount")
-    d_delay, d_emitted = _delta(delay, state.jb_delay), _delta(emitted, state.jb_emitted)
+    delay, emitted = after[3], after[4]
+    d_delay, d_emitted = _delta(delay, before[3]), _delta(emitted, before[4])
     if d_delay is not None and d_emitted:
         value = d_delay / d_emitted
     elif delay is not None and emitted:
@@ -409,7 +447,7 @@ def _pair_round_trip_times(sample: ClientSample) -> dict[str, float]:
     }
     best: dict[str, tuple[tuple[bool, bool], float]] = {}
     for pair in sample.candidate_pairs:
-        rtt = _seconds(pair, "currentRoundTripTime")
+        rtt = _seconds(pair.get("currentRoundTripTime"))
         if rtt is None:
             continue
         pc = pair.get("peerConnectionId") or ""

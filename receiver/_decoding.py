@@ -7,6 +7,7 @@ inputs and refuse bad ones with the same reasons.
 from __future__ import annotations
 
 import zlib
+from collections.abc import KeysView
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
@@ -95,40 +96,50 @@ def _sniff(data: bytes) -> Encoding:
     return "protobuf"
 
 
+# Top-level keys only: nested values stay unparsed, so telling the generation costs one quick scan.
+_TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
 def _decode_json(data: bytes, origin: Origin, route: Route) -> Decoded:
     try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
+        top = _TOP_LEVEL.decode(data)
+    except msgspec.ValidationError:
+        kind = type(orjson.loads(data)).__name__
+        raise RefusedInput("invalid_sample", f"expected a JSON object, got {kind}") from None
+    except msgspec.DecodeError as exc:
         raise RefusedInput("bad_json", f"body is not JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise RefusedInput("invalid_sample", f"expected a JSON object, got {type(obj).__name__}")
-    return decode_object(obj, origin, route)
+    # The wire types decode straight from the bytes: no intermediate dicts to convert.
+    return _decode(data, top.keys(), origin, route)
 
 
 def decode_object(obj: dict[str, Any], origin: Origin, route: Route) -> Decoded:
     """Tell the generation by shape (or the declared schemaVersion) and map it onto the model."""
+    return _decode(obj, obj.keys(), origin, route)
+
+
+def _decode(wire: dict[str, Any] | bytes, keys: KeysView[str], origin: Origin, route: Route) -> Decoded:
+    """``wire`` is a parsed object or the JSON text of one; ``keys`` its top-level keys."""
     from . import _legacy, _v2, _v3
 
     if route == "pcsamples":
-        return Decoded([_legacy.decode_pc_sample(obj, _with(origin, "pcsample-v20200114"))], False)
-    generation = _generation(obj, origin.schema_version)
+        return Decoded([_legacy.decode_pc_sample(wire, _with(origin, "pcsample-v20200114"))], False)
+    generation = _generation(keys, origin.schema_version)
     if generation == "wrapper":
-        samples, closing = _v2.decode_samples(obj, _with(origin, "2"))
+        samples, closing = _v2.decode_samples(wire, _with(origin, "2"))
         return Decoded(samples, closing)
     if generation == "3":
-        return Decoded([_v3.decode_client_sample_v3(obj, _with(origin, "3"))], False)
+        return Decoded([_v3.decode_client_sample_v3(wire, _with(origin, "3"))], False)
     if generation == "2":
-        return Decoded([_v2.decode_client_sample(obj, _with(origin, "2"))], False)
+        return Decoded([_v2.decode_client_sample(wire, _with(origin, "2"))], False)
     if generation == "legacy":
-        return Decoded([_legacy.decode_pc_sample(obj, _with(origin, "pcsample-v20200114"))], False)
+        return Decoded([_legacy.decode_pc_sample(wire, _with(origin, "pcsample-v20200114"))], False)
     raise RefusedInput(
         "unknown_schema",
-        f"not a Samples wrapper, a ClientSample (schema 2.x or 3.x) or a PeerConnectionSample; top-level keys: {sorted(obj)[:8]}",
+        f"not a Samples wrapper, a ClientSample (schema 2.x or 3.x) or a PeerConnectionSample; top-level keys: {sorted(keys)[:8]}",
     )
 
 
-def _generation(obj: dict[str, Any], declared: str | None) -> str | None:
-    keys = obj.keys()
+def _generation(keys: KeysView[str], declared: str | None) -> str | None:
     if not _WRAPPER_KEYS.isdisjoint(keys):
         return "wrapper"
     if declared:

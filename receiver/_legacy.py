@@ -490,7 +490,7 @@ def _record(record: str, sources: Iterable[_Source], **identity: Any) -> Stats:
 
 
 def decode_pc_sample(obj: Any, origin: Origin) -> ClientSample:
-    """Decode one PeerConnectionSample v20200114 (already parsed from JSON) into a :class:`ClientSample`.
+    """Decode one PeerConnectionSample v20200114 (parsed, or its JSON text) into a :class:`ClientSample`.
 
     Raises :class:`WireError` when ``obj`` does not have the v20200114 shape (the message names the path)
     or has no ``peerConnectionId`` and is not a user-media-error report.

@@ -28,7 +28,6 @@ _LIST_META = (
     ("iceServers", "ICE_SERVER"),
     ("localSDPs", "LOCAL_SDP"),
 )
-_TRACK_IDENTITY = ("trackId", "peerConnectionId", "sfuStreamId", "sfuSinkId", "remoteClientId", "ssrc")
 
 
 def decode_samples(obj: Any, origin: Origin) -> tuple[list[Sample], bool]:
@@ -49,17 +48,18 @@ def decode_client_sample(obj: Any, origin: Origin) -> ClientSample:
 def _tracks(records: list[dict[str, Any]], kind: str) -> list[Track]:
     tracks = []
     for rec in records:
-        stats = {k: v for k, v in rec.items() if k not in _TRACK_IDENTITY}
+        # The record is ours (fresh from validation): take the identity out and keep the rest as stats.
+        pop = rec.pop
         tracks.append(
             Track(
                 kind=kind,  # type: ignore[arg-type]
-                ssrc=rec["ssrc"],
-                peer_connection_id=rec.get("peerConnectionId"),
-                track_id=rec.get("trackId"),
-                sfu_stream_id=rec.get("sfuStreamId"),
-                sfu_sink_id=rec.get("sfuSinkId"),
-                remote_client_id=rec.get("remoteClientId"),
-                stats=stats,
+                ssrc=pop("ssrc"),
+                peer_connection_id=pop("peerConnectionId", None),
+                track_id=pop("trackId", None),
+                sfu_stream_id=pop("sfuStreamId", None),
+                sfu_sink_id=pop("sfuSinkId", None),
+                remote_client_id=pop("remoteClientId", None),
+                stats=rec,
             )
         )
     return tracks

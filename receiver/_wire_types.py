@@ -132,13 +132,22 @@ class WireError(ValueError):
     """Input that does not have the shape its schema requires; the message names the path."""
 
 
-def validate(obj: Any, wire_type: type[msgspec.Struct]) -> dict[str, Any]:
-    """Check ``obj`` against ``wire_type``; return it with unknown fields and nulls dropped."""
+def validate(wire: Any, wire_type: type[msgspec.Struct]) -> dict[str, Any]:
+    """Check ``wire`` (a parsed object, or JSON text) against ``wire_type``; return it as builtins with
+    unknown fields and nulls dropped."""
     try:
-        typed = msgspec.convert(obj, wire_type, strict=False)
+        if isinstance(wire, bytes):
+            typed = _json_decoder(wire_type).decode(wire)
+        else:
+            typed = msgspec.convert(wire, wire_type, strict=False)
     except msgspec.ValidationError as exc:
         raise WireError(str(exc)) from None
     return msgspec.to_builtins(typed)  # type: ignore[no-any-return]
+
+
+@cache
+def _json_decoder(wire_type: type[msgspec.Struct]) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(wire_type, strict=False)
 
 
 def as_text(value: Any) -> str | None:

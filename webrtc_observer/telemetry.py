@@ -82,17 +82,25 @@ class Histogram(Metric):
     _listeners: list[Callable[[float, LabelValues], None]] = field(default_factory=list)
 
     def observe(self, value: float, *labels: str) -> None:
+        self.bind(*labels).observe(value)
+
+    def bind(self, *labels: str) -> BoundHistogram:
+        """The series of ``labels``, to observe into without looking the labels up each time.
+
+        The series appears on its first observation. Series are never removed, so a bound series
+        stays valid for the histogram's lifetime.
+        """
+        if len(labels) != len(self.labels):
+            raise ValueError(f"{self.name} takes labels {self.labels}, got {labels}")
+        return BoundHistogram(self, labels)
+
+    def _series_for(self, labels: LabelValues) -> tuple[LabelValues, HistogramValue]:
         with self._lock:
             key = self._key_for(labels)
             series = self._series.get(key)
             if series is None:
                 series = self._series[key] = HistogramValue(counts=[0] * (len(self.buckets) + 1))
-            i = bisect_left(self.buckets, value)
-            series.counts[i] += 1
-            series.sum += value
-            series.count += 1
-        for listener in self._listeners:
-            listener(value, key)
+            return key, series
 
     def _key_for(self, labels: LabelValues) -> LabelValues:
         if len(labels) != len(self.labels):
@@ -112,6 +120,32 @@ class Histogram(Metric):
     def remove_listener(self, listener: Callable[[float, LabelValues], None]) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
+
+
+class BoundHistogram:
+    """One series of a :class:`Histogram`; ``observe`` costs a bucket search and three additions."""
+
+    __slots__ = ("_buckets", "_histogram", "_key", "_series")
+
+    def __init__(self, histogram: Histogram, labels: LabelValues) -> None:
+        self._histogram = histogram
+        self._buckets = histogram.buckets
+        self._key = labels
+        self._series: HistogramValue | None = None
+
+    def observe(self, value: float) -> None:
+        series = self._series
+        if series is None:
+            self._key, series = self._histogram._series_for(self._key)
+            self._series = series
+        # No lock: each histogram is observed from one thread (processors run on the event loop).
+        # The lock guards the series table; a reader in another thread copies a series whole, at
+        # worst one observation behind in ``sum`` or ``count``.
+        series.counts[bisect_left(self._buckets, value)] += 1
+        series.sum += value
+        series.count += 1
+        for listener in self._histogram._listeners:
+            listener(value, self._key)
 
 
 class Telemetry:
