@@ -468,7 +468,7 @@ class KafkaExporter:
                 self._log_limited("records not encodable, dropped", reason, n)
 
     def _json_report(self, report: Report) -> bytes:
-        return _json.encode(report.envelope())
+        return _json.encode(report)
 
     def _avro(self, report: Report) -> bytes:
         encoder = self._avro_encoders.get(report.type)

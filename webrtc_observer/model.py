@@ -193,8 +193,11 @@ class TurnSample(msgspec.Struct, gc=False, omit_defaults=True):
 Sample = ClientSample | SfuSample | TurnSample
 
 
-class Report(msgspec.Struct, gc=False, omit_defaults=True):
-    """One ObserveRTC report: ``type`` is the report type (``CALL_EVENT``...), ``payload`` its record."""
+class Report(msgspec.Struct, gc=False, rename={"schema_version": "schemaVersion"}):
+    """One ObserveRTC report: ``type`` is the report type (``CALL_EVENT``...), ``payload`` its record.
+
+    Encoded by msgspec, a report is its envelope ``{"type", "payload", "schemaVersion"}``.
+    """
 
     type: str
     payload: dict[str, Any]
