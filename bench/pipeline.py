@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -126,8 +127,8 @@ def _peak_rss(pid: int) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _collector(workdir: Path) -> AsyncIterator[tuple[int, Path, subprocess.Popen[bytes], aiohttp.ClientSession]]:
-    """The collector as its own process, writing reports to a file; yields (port, file, process, session)."""
+async def _collector(workdir: Path) -> AsyncIterator[tuple[int, Path, int, aiohttp.ClientSession]]:
+    """The collector as its own process, writing reports to a file; yields (port, file, its pid, session)."""
     port, out = _free_port(), workdir / "reports.jsonl"
     config = workdir / "bench.yaml"
     config.write_text(
@@ -138,7 +139,12 @@ exporters: {{file: {{path: "{out}", queue_size: 100000}}}}
 service: {{pipelines: {{p: {{receivers: [observertc], processors: [correlation, quality, reports], exporters: [file]}}}}}}
 """
     )
-    proc = subprocess.Popen([sys.executable, "-m", "webrtc_observer", "run", "--config", str(config)], stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "webrtc_observer", "run", "--config", str(config)]
+    profile = os.environ.get("BENCH_PROFILE")
+    if profile:  # sample the collector with py-spy: BENCH_PROFILE=/tmp/collector (one file per run)
+        command = ["py-spy", "record", "-r", "200", "-f", "raw", "-o", f"{profile}-{port}.txt", "--", *command]
+    proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    pid = _collector_pid(proc.pid) if profile else proc.pid
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             for _ in range(200):
@@ -148,10 +154,20 @@ service: {{pipelines: {{p: {{receivers: [observertc], processors: [correlation, 
                             break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.05)
-            yield port, out, proc, http
+            yield port, out, pid, http
     finally:
-        proc.terminate()
+        os.kill(pid, signal.SIGTERM)  # under py-spy, the profile is written once the collector exits
         proc.wait(timeout=60)
+
+
+def _collector_pid(parent: int) -> int:
+    """The collector started by py-spy (its only child)."""
+    for _ in range(200):
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise RuntimeError("py-spy did not start the collector")
 
 
 def _by_client(samples: list[tuple[str, dict[str, Any]]]) -> dict[str, list[tuple[tuple[str, int], str]]]:
@@ -166,9 +182,9 @@ def _by_client(samples: list[tuple[str, dict[str, Any]]]) -> dict[str, list[tupl
 async def run_end_to_end(samples: list[tuple[str, dict[str, Any]]], workdir: Path, expected_reports: int) -> dict[str, Any]:
     """Peak: every client sends all its samples as fast as the collector takes them."""
     by_client = _by_client(samples)
-    async with _collector(workdir) as (port, out, proc, http):
+    async with _collector(workdir) as (port, out, pid, http):
         sockets = {c: await http.ws_connect(f"ws://127.0.0.1:{port}/samples/bench/bench", compress=0) for c in by_client}
-        baseline = _peak_rss(proc.pid)
+        baseline = _peak_rss(pid)
         started = time.perf_counter()
 
         async def send(client: str) -> None:
@@ -183,7 +199,7 @@ async def run_end_to_end(samples: list[tuple[str, dict[str, Any]]], workdir: Pat
         while _lines(out) < expected_reports and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         seconds = time.perf_counter() - started
-        peak = _peak_rss(proc.pid)
+        peak = _peak_rss(pid)
         for ws in sockets.values():
             await ws.close()
         reports = _lines(out)
@@ -206,9 +222,9 @@ async def run_paced(samples: list[tuple[str, dict[str, Any]]], workdir: Path, ra
     by_client = _by_client(samples)
     sent_at: dict[tuple[str, int], float] = {}
     seen_at: dict[tuple[str, int], float] = {}
-    async with _collector(workdir) as (port, out, proc, http):
+    async with _collector(workdir) as (port, out, pid, http):
         sockets = {c: await http.ws_connect(f"ws://127.0.0.1:{port}/samples/bench/bench", compress=0) for c in by_client}
-        baseline = _rss(proc.pid)
+        baseline = _rss(pid)
         done = asyncio.Event()
 
         async def tail() -> None:
@@ -241,7 +257,7 @@ async def run_paced(samples: list[tuple[str, dict[str, Any]]], workdir: Path, ra
             await sockets[client].send_str(frame)
         done.set()
         await asyncio.wait_for(tailer, 120)
-        steady = _rss(proc.pid)
+        steady = _rss(pid)
         for ws in sockets.values():
             await ws.close()
     latencies = sorted(seen_at[k] - sent_at[k] for k in seen_at)

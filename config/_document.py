@@ -75,6 +75,8 @@ class _ServiceOptions:
     health: HealthConfig = field(default_factory=HealthConfig)
     shutdown_timeout: Duration = Duration(30.0)
     """How long draining may take on SIGTERM before the rest is abandoned (and counted)."""
+    workers: int = 1
+    """Processes running the pipelines; every sample of a call is handled by one of them."""
 
 
 @dataclass
@@ -88,6 +90,7 @@ class CollectorConfig:
     shutdown_timeout: float
     source: str = "<memory>"
     health: HealthConfig = field(default_factory=HealthConfig)
+    workers: int = 1
 
 
 def load_file(
@@ -138,10 +141,29 @@ def load_text(
         for name, options in service.pipelines.items():
             pipelines[name] = _pipeline(name, options, defined, issues)
 
+    if service is not None and service.workers != 1:
+        _check_workers(service.workers, components, issues)
+
     if issues:
         raise ConfigError(issues)
     assert service is not None
-    return CollectorConfig(components, pipelines, service.telemetry, float(service.shutdown_timeout), source, service.health)
+    return CollectorConfig(
+        components, pipelines, service.telemetry, float(service.shutdown_timeout), source, service.health, service.workers
+    )
+
+
+MAX_WORKERS = 64
+
+
+def _check_workers(workers: int, components: dict[str, dict[ComponentId, Any]], issues: list[ConfigIssue]) -> None:
+    if not 1 <= workers <= MAX_WORKERS:
+        issues.append(ConfigIssue("service.workers", f"must be between 1 and {MAX_WORKERS}, got {workers}"))
+        return
+    # Workers share each receiver's port; a port picked at random would differ in every process.
+    for cid, options in components["receivers"].items():
+        endpoint = getattr(options, "endpoint", None)
+        if isinstance(endpoint, str) and endpoint.endswith(":0"):
+            issues.append(ConfigIssue(f"receivers.{cid}.endpoint", "port 0 cannot be shared by several workers; give a port"))
 
 
 def _components(

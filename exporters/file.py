@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webrtc_observer.component import Factory, RetryLater, Settings
+from webrtc_observer.component import Factory, RetryLater, Settings, Worker
 from webrtc_observer.config import Duration
 from webrtc_observer.model import Batch
-from webrtc_observer.records import json_records
+from webrtc_observer.records import json_lines
 
 
 @dataclass
@@ -60,7 +60,7 @@ class FileExporter:
     def __init__(self, settings: Settings, config: FileExporterConfig) -> None:
         self._config = config
         self._log = settings.logger
-        self._path = Path(config.path)
+        self._path = _worker_path(Path(config.path), settings.worker)
         self._max_bytes = config.rotation.max_megabytes * 1024 * 1024
         self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=config.queue_size)
         self._writer: asyncio.Task[None] | None = None
@@ -105,21 +105,20 @@ class FileExporter:
             batches = [batch]
             while not self._queue.empty() and len(batches) < 256:  # write what is waiting in one go
                 batches.append(self._queue.get_nowait())
-            lines = [line for b in batches for line in json_records(b)]
-            self._inflight = len(lines)
-            await self._write_with_retry(lines)
+            data, records = json_lines(batches)
+            self._inflight = records
+            await self._write_with_retry(data, records)
             self._inflight = 0
             for _ in batches:
                 self._queue.task_done()
             self._queue_gauge.set(self._queue.qsize(), self._label)
 
-    async def _write_with_retry(self, lines: list[bytes]) -> None:
-        data = b"\n".join(lines) + b"\n"
+    async def _write_with_retry(self, data: bytes, records: int) -> None:
         delay = 0.5
         while True:
             try:
                 await asyncio.to_thread(self._write, data)
-                self._sent.add(len(lines), self._label)
+                self._sent.add(records, self._label)
                 self._failing_since = None
                 return
             except OSError as exc:
@@ -175,6 +174,13 @@ class FileExporter:
             f, self._file = self._file, None
             await asyncio.to_thread(_sync_close, f)
             self._log.info("file closed", path=str(self._path), records=int(self._sent.value(self._label)))
+
+
+def _worker_path(path: Path, worker: Worker) -> Path:
+    """With several workers, each writes its own file: ``reports.jsonl`` becomes ``reports-0.jsonl``..."""
+    if worker.count == 1:
+        return path
+    return path.with_name(f"{path.stem}-{worker.index}{path.suffix}")
 
 
 def _drain_nowait(queue: asyncio.Queue[Batch]) -> list[Batch]:

@@ -215,7 +215,8 @@ class LiveViewExporter:
         app.router.add_get("/", self._redirect)
         app.router.add_get("/ui", self._page)
         app.router.add_get("/ui/api/state", self._state)
-        self._runner, host, self.bound_port = await serve(app, self._config.endpoint)
+        # One page per worker process (worker i on port + i): each shows the calls it handles.
+        self._runner, host, self.bound_port = await serve(app, self._config.endpoint, port_offset=self._settings.worker.index)
         self._settings.logger.info("live view", url=f"http://{host}:{self.bound_port}/ui")
 
     async def _redirect(self, request: web.Request) -> web.Response:

@@ -187,6 +187,7 @@ class PrometheusExporter:
     def __init__(self, settings: Settings, config: PrometheusExporterConfig) -> None:
         self._config = config
         self._log = settings.logger
+        self._worker = settings.worker
         label = str(settings.id)
         refused = settings.telemetry.counter(
             "prometheus_per_call_series_refused", "Per-call series not kept because max_series was reached", ("exporter",)
@@ -200,7 +201,8 @@ class PrometheusExporter:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        self._runner, host, self.bound_port = await serve(app, self._config.endpoint)
+        # Each worker process has its own registry and serves it on port + its index.
+        self._runner, host, self.bound_port = await serve(app, self._config.endpoint, port_offset=self._worker.index)
         self._log.info("serving metrics", endpoint=f"{host}:{self.bound_port}", path="/metrics")
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -102,7 +102,11 @@ class ObservertcReceiver:
         app.on_shutdown.append(self._close_websockets)
         # We inflate gzip ourselves, with the same size limit as WebSocket frames (a gzip bomb stops early).
         self._runner, host, self.bound_port = await serve(
-            app, self._config.endpoint, shutdown_timeout=10.0, auto_decompress=False
+            app,
+            self._config.endpoint,
+            shared=self._settings.worker.count > 1,
+            shutdown_timeout=10.0,
+            auto_decompress=False,
         )
         self._log.info("receiver listening", endpoint=f"{host}:{self.bound_port}")
 

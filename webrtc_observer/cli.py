@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 from webrtc_observer import __version__
+from webrtc_observer.component import Worker
 from webrtc_observer.components import builtin_factories, config_types
 from webrtc_observer.config import CollectorConfig, ConfigError, load_file
 from webrtc_observer.logs import configure
@@ -42,11 +43,21 @@ def _run(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     configure(config.telemetry.logs.level, config.telemetry.logs.format)
-    from webrtc_observer.service import Service
+    if config.workers > 1:
+        from webrtc_observer.workers import supervise
 
-    service = Service(config, builtin_factories())
+        return supervise(config.workers, lambda worker, directory: _serve(config, worker, directory))
+    return _serve(config)
+
+
+def _serve(config: CollectorConfig, worker: Worker | None = None, directory: str = "") -> int:
+    """Run one collector process (the only one, or one of ``service.workers``) until SIGTERM/SIGINT."""
+    from webrtc_observer.service import Service
+    from webrtc_observer.workers import Peers
+
+    service = Service(config, builtin_factories(), peers=Peers(worker, directory) if worker is not None else None)
     try:
-        asyncio.run(service.run_until_signal())
+        _event_loop_runner(service.run_until_signal())
     except OSError as exc:  # e.g. the port is taken
         print(f"webrtc-observer: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -56,6 +67,18 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return 0
+
+
+def _event_loop_runner(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop where it is installed (it is a dependency on Linux and macOS): its sockets and
+    callbacks cost less per message than asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 # -- loadgen and demo -------------------------------------------------------------------------------

@@ -82,6 +82,14 @@ class FailureReporting(Protocol):
 
 
 @dataclass(frozen=True)
+class Worker:
+    """Which of the collector's worker processes this is (``service.workers``); one process: 0 of 1."""
+
+    index: int = 0
+    count: int = 1
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a component gets besides its own config and its neighbours."""
 
@@ -90,6 +98,8 @@ class Settings:
     telemetry: Telemetry
     logger: Logger
     host: Host
+    worker: Worker = Worker()
+    """Components that own a resource (a port, a file) keep one per worker: see ``docs``/README."""
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,21 @@ def endpoint_issues(endpoint: str, option: str = "endpoint") -> list[tuple[str, 
     return []
 
 
-async def serve(app: web.Application, endpoint: str, **runner_options: Any) -> tuple[web.AppRunner, str, int]:
+async def serve(
+    app: web.Application, endpoint: str, *, shared: bool = False, port_offset: int = 0, **runner_options: Any
+) -> tuple[web.AppRunner, str, int]:
     """Start ``app`` on ``endpoint``; return the runner (to clean up), the host and the bound port.
 
     The port is the real one, also when 0 was asked for (tests and side-by-side instances).
+    ``shared``: several worker processes listen on this port and the kernel spreads connections
+    among them (SO_REUSEPORT). ``port_offset`` moves a fixed port (worker i of an endpoint that is
+    not shared listens on port + i).
     """
     runner = web.AppRunner(app, access_log=None, **runner_options)
     await runner.setup()
     host, _, port = endpoint.rpartition(":")
-    site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
+    number = int(port) + port_offset if int(port) else 0
+    site = web.TCPSite(runner, host.strip("[]"), number, reuse_address=True, reuse_port=shared or None)
     try:
         await site.start()
     except OSError:

@@ -14,11 +14,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from webrtc_observer.component import Consumer, Factory, Lifecycle, RetryLater, Settings
+from webrtc_observer.component import Consumer, Factory, Lifecycle, RetryLater, Settings, Worker
 from webrtc_observer.config import CollectorConfig, ComponentId
 from webrtc_observer.logs import get_logger
 from webrtc_observer.model import Batch
 from webrtc_observer.telemetry import Metric, Telemetry
+from webrtc_observer.workers import Peers
 
 _KIND = {"receivers": "receiver", "processors": "processor", "exporters": "exporter"}
 
@@ -61,11 +62,18 @@ class Service:
     """A built collector. ``start``/``shutdown`` run the lifecycle; ``ready`` backs ``GET /health``."""
 
     def __init__(
-        self, config: CollectorConfig, factories: Mapping[str, Mapping[str, Factory[Any]]], telemetry: Telemetry | None = None
+        self,
+        config: CollectorConfig,
+        factories: Mapping[str, Mapping[str, Factory[Any]]],
+        telemetry: Telemetry | None = None,
+        peers: Peers | None = None,
     ) -> None:
+        """``peers``: this process is one of several workers (see :mod:`webrtc_observer.workers`)."""
         self.config = config
         self.telemetry = telemetry or Telemetry()
-        self.log = get_logger()
+        self.worker = peers.worker if peers is not None else Worker()
+        self._peers = peers
+        self.log = get_logger() if peers is None else get_logger(worker=self.worker.index)
         self._ready = False
         self._started: list[tuple[str, Lifecycle]] = []
         self.exporters: dict[ComponentId, Any] = {}
@@ -92,7 +100,14 @@ class Service:
         fields = {"component": str(cid)}
         if pipeline:
             fields["pipeline"] = pipeline
-        return Settings(id=cid, kind=_KIND[kind], telemetry=self.telemetry, logger=self.log.bind(**fields), host=self)  # type: ignore[arg-type]
+        return Settings(
+            id=cid,
+            kind=_KIND[kind],  # type: ignore[arg-type]
+            telemetry=self.telemetry,
+            logger=self.log.bind(**fields),
+            host=self,
+            worker=self.worker,
+        )
 
     def _build(self, factories: Mapping[str, Mapping[str, Factory[Any]]]) -> None:
         cfg = self.config
@@ -126,9 +141,10 @@ class Service:
 
         for rid, consumers in entry_points.items():
             options = cfg.components["receivers"][rid]
-            self.receivers[rid] = factories["receivers"][rid.type].create(
-                self._settings("receivers", rid), options, FanOut(consumers)
-            )
+            entry: Consumer = FanOut(consumers)
+            if self._peers is not None:
+                entry = self._peers.router(str(rid), entry)
+            self.receivers[rid] = factories["receivers"][rid.type].create(self._settings("receivers", rid), options, entry)
 
         unused = [
             f"{kind[:-1]} {cid}"
@@ -143,6 +159,8 @@ class Service:
         """Exporters first, then processors (downstream first), then receivers."""
         order: list[tuple[str, Lifecycle]] = [(f"exporter {cid}", e) for cid, e in self.exporters.items()]
         order += [(f"processor {pid} in {name}", p) for name, pid, p in reversed(self.processors)]
+        if self._peers is not None:
+            order.append(("samples from peer workers", self._peers))
         order += [(f"receiver {rid}", r) for rid, r in self.receivers.items()]
         for label, component in order:
             try:

@@ -1,0 +1,235 @@
+"""``service.workers``: several processes, each call in one of them, behind one port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests import _samples
+from webrtc_observer.components import config_types
+from webrtc_observer.config import ConfigError, load_text
+from webrtc_observer.model import ClientSample, Origin
+from webrtc_observer.workers import owner_of
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_ports(n: int) -> int:
+    """A port p with p .. p+n-1 all free (a worker i listens on p + i)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        try:
+            for i in range(n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no run of free ports")
+
+
+def _issues(yaml: str) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        load_text(yaml, config_types())
+    return [str(i) for i in err.value.issues]
+
+
+PIPELINE = "pipelines: {p: {receivers: [observertc], exporters: [debug]}}"
+
+
+def test_workers_must_be_a_sane_number() -> None:
+    issues = _issues(f"receivers: {{observertc: {{}}}}\nexporters: {{debug: {{}}}}\nservice: {{workers: 0, {PIPELINE}}}")
+    assert any(i.startswith("service.workers") and "between 1 and 64" in i for i in issues), issues
+
+
+def test_workers_cannot_share_a_random_port() -> None:
+    yaml = (
+        f'receivers: {{observertc: {{endpoint: "127.0.0.1:0"}}}}\nexporters: {{debug: {{}}}}\nservice: {{workers: 2, {PIPELINE}}}'
+    )
+    issues = _issues(yaml)
+    assert any(i.startswith("receivers.observertc.endpoint") and "port 0" in i for i in issues), issues
+
+
+def test_one_worker_owns_every_sample_of_a_room() -> None:
+    origin = Origin("svc", "mu", 0, "2")
+    owners = Counter()
+    for room in range(200):
+        seen = {
+            owner_of(ClientSample(origin=origin, client_id=f"c{client}", timestamp=0, room_id=f"room-{room}"), 2)
+            for client in range(5)
+        }
+        assert len(seen) == 1
+        owners[seen.pop()] += 1
+    assert min(owners.values()) > 60, owners  # both workers get a fair share
+    # Without a room, the call id decides; the service id is part of the key.
+    a = ClientSample(origin=origin, client_id="x", timestamp=0, call_id="call-1")
+    b = ClientSample(origin=origin, client_id="y", timestamp=5, call_id="call-1")
+    assert owner_of(a, 4) == owner_of(b, 4)
+
+
+class _Supervised:
+    """``webrtc-observer run`` with ``service.workers: 2``: a file per worker, /metrics per worker."""
+
+    def __init__(self, tmp_path: Path, workers: int = 2) -> None:
+        self.port = _free_ports(1)
+        self.metrics_port = _free_ports(workers)
+        self.workers = workers
+        self.dir = tmp_path
+        config = tmp_path / "workers.yaml"
+        config.write_text(
+            f"""
+receivers: {{observertc: {{endpoint: "127.0.0.1:{self.port}"}}}}
+processors: {{correlation: {{}}, reports: {{}}}}
+exporters:
+  file: {{path: "{tmp_path}/reports.jsonl"}}
+  prometheus: {{endpoint: "127.0.0.1:{self.metrics_port}"}}
+service:
+  workers: {workers}
+  pipelines: {{p: {{receivers: [observertc], processors: [correlation, reports], exporters: [file, prometheus]}}}}
+"""
+        )
+        self.log = tmp_path / "collector.log"
+        self._log_file = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "webrtc_observer", "run", "--config", str(config)],
+            cwd=REPO,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+    def children(self) -> list[int]:
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+    async def wait_ready(self, http: aiohttp.ClientSession, timeout: float = 30) -> None:
+        """Every worker answers: each serves /metrics on its own port."""
+        deadline = time.monotonic() + timeout
+        pending = set(range(self.workers))
+        while pending and time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            for i in list(pending):
+                try:
+                    async with http.get(f"http://127.0.0.1:{self.metrics_port + i}/metrics") as resp:
+                        if resp.status == 200:
+                            pending.discard(i)
+                except aiohttp.ClientConnectionError:
+                    pass
+            await asyncio.sleep(0.05)
+        assert not pending, f"workers {pending} not ready:\n{self.log.read_text()}"
+
+    async def metric(self, http: aiohttp.ClientSession, worker: int, name: str) -> float:
+        async with http.get(f"http://127.0.0.1:{self.metrics_port + worker}/metrics") as resp:
+            text = await resp.text()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        self._log_file.close()
+        return code
+
+    def reports_by_worker(self) -> list[list[dict]]:
+        return [
+            [json.loads(line) for line in (self.dir / f"reports-{i}.jsonl").read_text().splitlines()] for i in range(self.workers)
+        ]
+
+
+async def test_two_workers_keep_each_call_in_one_process(tmp_path: Path) -> None:
+    collector = _Supervised(tmp_path)
+    calls = [f"call-{n}" for n in range(12)]
+    sent = 0
+    try:
+        async with aiohttp.ClientSession() as http:
+            await collector.wait_ready(http)
+            # One WebSocket per client: the kernel spreads connections over the workers, so the two
+            # clients of a call usually land on different ones.
+            sockets = {}
+            for call in calls:
+                for client in ("a", "b"):
+                    sockets[call, client] = await http.ws_connect(f"ws://127.0.0.1:{collector.port}/samples/svc/mu")
+            for tick in range(3):
+                for (call, client), ws in sockets.items():
+                    sample = _samples.client_sample_v2(
+                        f"{call}-{client}", call_id=call, ts=_samples.T0 + tick * 1000, roomId=f"room-{call}"
+                    )
+                    await ws.send_str(json.dumps(_samples.samples_v2(sample, sfu=False)))
+                    sent += 1
+            # HTTP too, for a call of its own.
+            for tick in range(3):
+                body = _samples.samples_v2(
+                    _samples.client_sample_v2(
+                        "http-client", call_id="call-http", ts=_samples.T0 + tick * 1000, roomId="room-http"
+                    ),
+                    sfu=False,
+                )
+                async with http.post(f"http://127.0.0.1:{collector.port}/rest/samples/svc/mu", json=body) as resp:
+                    assert resp.status == 202, await resp.text()
+                sent += 1
+            for ws in sockets.values():
+                await ws.close()
+            # Every sample is counted once, by the worker whose connection received it.
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                received = [await collector.metric(http, i, "observertc_samples_received_total") for i in range(2)]
+                if sum(received) >= sent:
+                    break
+                await asyncio.sleep(0.1)
+            assert sum(received) == sent, received
+            assert all(received), f"one worker took every connection: {received}"
+            await asyncio.sleep(0.5)  # let the owners write what peers handed them
+    finally:
+        assert collector.stop() == 0, collector.log.read_text()
+
+    files = collector.reports_by_worker()
+    owner = {}
+    for i, reports in enumerate(files):
+        for r in reports:
+            call = r["payload"].get("callId")
+            if call is not None:
+                assert owner.setdefault(call, i) == i, f"{call} has reports from workers {owner[call]} and {i}"
+    assert set(owner) == {*calls, "call-http"}
+    assert set(owner.values()) == {0, 1}, "every call ended up in one worker"
+    started = Counter(r["payload"]["callId"] for f in files for r in f if r["payload"].get("name") == "CALL_STARTED")
+    assert started == dict.fromkeys([*calls, "call-http"], 1)
+    tracks = Counter(
+        (r["payload"]["callId"], r["payload"]["clientId"]) for f in files for r in f if r["type"] == "INBOUND_AUDIO_TRACK"
+    )
+    assert all(tracks[call, f"{call}-{c}"] == 3 for call in calls for c in ("a", "b")), tracks
+
+
+async def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
+    collector = _Supervised(tmp_path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await collector.wait_ready(http)
+            before = collector.children()
+            assert len(before) == 2
+            os.kill(before[1], signal.SIGKILL)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                now = collector.children()
+                if len(now) == 2 and before[1] not in now:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(now) == 2 and before[1] not in now, now
+            await collector.wait_ready(http)
+            body = _samples.samples_v2(_samples.client_sample_v2("c-1", call_id="call-after"), sfu=False)
+            async with http.post(f"http://127.0.0.1:{collector.port}/rest/samples/svc/mu", json=body) as resp:
+                assert resp.status == 202
+    finally:
+        assert collector.stop() == 0, collector.log.read_text()
+    assert "worker died; starting it again" in collector.log.read_text()

@@ -1,0 +1,331 @@
+"""Several collector processes on one machine (``service.workers``), each sample of a call in one of them.
+
+* The supervisor (the process started by ``webrtc-observer run``) forks the workers, passes SIGTERM
+  and SIGINT on to them, and starts a worker again if it dies.
+* Every worker runs the whole configured collector. Receivers share their port (SO_REUSEPORT): the
+  kernel spreads connections over the workers.
+* A sample belongs to one worker, chosen by a hash of its service id and room id (else call id,
+  else client id; SFU samples by SFU id). A worker hands the samples it does not own to their
+  owner over a Unix socket and waits for the owner's answer, so a full pipeline in the owner
+  (``RetryLater``) reaches the client as it would in one process.
+
+Resources a component owns are per worker: the Prometheus and live-view endpoints listen on port +
+worker index, and the file exporter writes one file per worker (``reports-0.jsonl``...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from webrtc_observer.component import Consumer, RetryLater, Worker
+from webrtc_observer.logs import get_logger
+from webrtc_observer.model import Batch, ClientSample, Sample, SfuSample, TurnSample
+
+# -- which worker owns a sample ------------------------------------------------------------------
+
+
+def owner_of(sample: Sample, workers: int) -> int:
+    """The worker that handles ``sample``: every sample of a room (or call) goes to the same one."""
+    if isinstance(sample, ClientSample):
+        key = sample.room_id or sample.call_id or sample.client_id
+    elif isinstance(sample, SfuSample):
+        key = sample.sfu_id
+    else:
+        key = sample.server_id
+    return zlib.crc32(f"{sample.origin.service_id}\x00{key}".encode()) % workers
+
+
+# -- the wire between workers ----------------------------------------------------------------------
+
+
+class _Shipment(msgspec.Struct, array_like=True):
+    """Samples one worker hands to their owner, for the owner's copy of receiver ``receiver``."""
+
+    receiver: str
+    clients: list[ClientSample] = []
+    sfus: list[SfuSample] = []
+    turns: list[TurnSample] = []
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_shipment = msgspec.msgpack.Decoder(_Shipment).decode
+_HEADER = struct.Struct("!II")  # body length, request id
+_OK, _RETRY, _FAILED = b"\x00", b"\x01", b"\x02"
+_MAX_FRAME = 256 * 1024 * 1024
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    length, request = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    if length > _MAX_FRAME:
+        raise ConnectionError(f"frame of {length} bytes from a peer worker")
+    return request, await reader.readexactly(length)
+
+
+def _frame(request: int, body: bytes) -> bytes:
+    return _HEADER.pack(len(body), request) + body
+
+
+def socket_path(directory: str, index: int) -> str:
+    return os.path.join(directory, f"worker-{index}.sock")
+
+
+class _PeerLink:
+    """One worker's connection to another: requests multiplexed by id, answered in any order."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._ids = itertools.count(1)
+        self._connecting = asyncio.Lock()
+
+    async def request(self, body: bytes) -> bytes:
+        writer = await self._connect()
+        request = next(self._ids)
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[request] = answer
+        try:
+            writer.write(_frame(request, body))
+            await writer.drain()
+            return await answer
+        finally:
+            self._pending.pop(request, None)
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        async with self._connecting:
+            if self._writer is None or self._writer.is_closing():
+                reader, self._writer = await asyncio.open_unix_connection(self._path)
+                self._reader_task = asyncio.create_task(self._read_answers(reader))
+            return self._writer
+
+    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                request, body = await _read_frame(reader)
+                answer = self._pending.get(request)
+                if answer is not None and not answer.done():
+                    answer.set_result(body)
+        except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
+            if self._writer is not None:
+                self._writer.close()
+            for answer in self._pending.values():
+                if not answer.done():
+                    answer.set_exception(ConnectionError(f"peer worker went away: {exc}"))
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            await asyncio.gather(self._reader_task, return_exceptions=True)
+
+
+class Peers:
+    """This worker's side of the exchange: a server for samples it owns, links to the others."""
+
+    def __init__(self, worker: Worker, directory: str) -> None:
+        self.worker = worker
+        self._directory = directory
+        self._local: dict[str, Consumer] = {}
+        self._links: dict[int, _PeerLink] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._log = get_logger(component="workers")
+
+    def router(self, receiver: str, local: Consumer) -> Consumer:
+        """What receiver ``receiver`` feeds: ``local`` for the samples this worker owns, peers for the rest."""
+        self._local[receiver] = local
+        return _Router(receiver, local, self)
+
+    async def start(self) -> None:
+        path = socket_path(self._directory, self.worker.index)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self._server = await asyncio.start_unix_server(self._serve, path)
+
+    async def shutdown(self) -> None:
+        """Stop taking samples from peers once those in hand are through this worker's pipelines."""
+        if self._server is not None:
+            self._server.close()
+        if self._handlers:
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+        for link in self._links.values():
+            await link.close()
+        self._links.clear()
+
+    async def send(self, owner: int, shipment: _Shipment) -> None:
+        link = self._links.get(owner)
+        if link is None:
+            link = self._links[owner] = _PeerLink(socket_path(self._directory, owner))
+        try:
+            answer = await link.request(_encode(shipment))
+        except (ConnectionError, OSError) as exc:
+            raise RetryLater(f"worker {owner} is not reachable ({exc})") from None
+        if answer[:1] == _RETRY:
+            raise RetryLater(answer[1:].decode(errors="replace"))
+        if answer[:1] != _OK:
+            raise RuntimeError(f"worker {owner} failed: {answer[1:].decode(errors='replace')}")
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request, body = await _read_frame(reader)
+                task = asyncio.create_task(self._handle(request, body, writer))
+                self._handlers.add(task)
+                task.add_done_callback(self._handlers.discard)
+        except (ConnectionError, asyncio.IncompleteReadError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, request: int, body: bytes, writer: asyncio.StreamWriter) -> None:
+        try:
+            shipment = _decode_shipment(body)
+            local = self._local[shipment.receiver]
+            samples: list[Sample] = [*shipment.clients, *shipment.sfus, *shipment.turns]
+            await local.consume(Batch(samples=samples))
+            answer = _OK
+        except RetryLater as exc:
+            answer = _RETRY + exc.reason.encode()
+        except Exception as exc:
+            self._log.error("samples from a peer worker failed", exc_info=True)
+            answer = _FAILED + str(exc).encode()
+        if not writer.is_closing():
+            writer.write(_frame(request, answer))
+
+
+class _Router:
+    """Keeps the samples this worker owns and hands the others to their owners."""
+
+    def __init__(self, receiver: str, local: Consumer, peers: Peers) -> None:
+        self._receiver = receiver
+        self._local = local
+        self._peers = peers
+        self._count = peers.worker.count
+        self._index = peers.worker.index
+
+    async def consume(self, batch: Batch) -> None:
+        mine: list[Sample] = []
+        theirs: dict[int, _Shipment] = {}
+        for sample in batch.samples:
+            owner = owner_of(sample, self._count)
+            if owner == self._index:
+                mine.append(sample)
+                continue
+            shipment = theirs.get(owner)
+            if shipment is None:
+                shipment = theirs[owner] = _Shipment(self._receiver, [], [], [])
+            if isinstance(sample, ClientSample):
+                shipment.clients.append(sample)
+            elif isinstance(sample, SfuSample):
+                shipment.sfus.append(sample)
+            else:
+                shipment.turns.append(sample)
+        if not theirs:
+            await self._local.consume(batch)
+            return
+        sends = [self._peers.send(owner, shipment) for owner, shipment in theirs.items()]
+        if mine or batch.reports:
+            sends.append(self._local.consume(Batch(samples=mine, reports=batch.reports)))
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+# -- the supervisor --------------------------------------------------------------------------------
+
+WorkerMain = Callable[[Worker, str], int]
+"""Runs one worker until SIGTERM/SIGINT; returns its exit code. Gets its identity and the socket directory."""
+
+_RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+_STABLE_AFTER = 60.0
+"""A worker that ran this long before dying is restarted after the shortest delay again."""
+
+
+def supervise(count: int, worker_main: WorkerMain) -> int:
+    """Fork ``count`` workers and keep them running until SIGTERM/SIGINT; 0 if every worker stopped cleanly."""
+    log = get_logger(component="supervisor")
+    directory = tempfile.mkdtemp(prefix="webrtc-observer-")
+    context = multiprocessing.get_context("fork")
+    processes: dict[int, multiprocessing.process.BaseProcess] = {}
+    started_at: dict[int, float] = {}
+    failures: dict[int, int] = {}
+    stopping = False
+
+    def start(index: int) -> None:
+        process = context.Process(target=_worker_entry, args=(worker_main, Worker(index, count), directory), daemon=False)
+        process.start()
+        processes[index] = process
+        started_at[index] = time.monotonic()
+        log.info("worker started", worker=index, pid=process.pid)
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes.values():
+            if process.pid is not None and process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    exit_code = 0
+    try:
+        for index in range(count):
+            start(index)
+        restart_at: dict[int, float] = {}
+        while processes or (restart_at and not stopping):
+            sentinels = {p.sentinel: i for i, p in processes.items()}
+            timeout = max(0.0, min(restart_at.values()) - time.monotonic()) if restart_at else None
+            for ready in multiprocessing.connection.wait(list(sentinels), timeout):
+                index = sentinels[ready]  # type: ignore[index]
+                process = processes.pop(index)
+                process.join()
+                if stopping:
+                    if process.exitcode != 0:
+                        exit_code = 1
+                    log.info("worker stopped", worker=index, exit_code=process.exitcode)
+                    continue
+                ran = time.monotonic() - started_at[index]
+                failures[index] = 1 if ran > _STABLE_AFTER else failures.get(index, 0) + 1
+                delay = _RESTART_DELAYS[min(failures[index], len(_RESTART_DELAYS)) - 1]
+                log.error("worker died; starting it again", worker=index, exit_code=process.exitcode, restart_in_s=delay)
+                restart_at[index] = time.monotonic() + delay
+            now = time.monotonic()
+            for index, when in list(restart_at.items()):
+                if stopping:
+                    restart_at.pop(index)
+                elif when <= now:
+                    restart_at.pop(index)
+                    start(index)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        shutil.rmtree(directory, ignore_errors=True)
+    return exit_code
+
+
+def _worker_entry(worker_main: WorkerMain, worker: Worker, directory: str) -> None:
+    # The supervisor's handlers were inherited by the fork; the worker's event loop installs its own.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.exit(worker_main(worker, directory))
