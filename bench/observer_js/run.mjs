@@ -14,6 +14,7 @@ observer.on("reports", (ctx) => {
 const calls = new Map();
 const clients = new Map();
 const started = performance.now();
+const cpuStarted = process.cpuUsage();
 for (const { callId, roomId, clientId, sample } of workload.samples) {
   let call = calls.get(callId);
   if (!call) {
@@ -32,4 +33,6 @@ for (const call of calls.values()) call.close();
 observer.reports.emit();
 observer.close();
 const seconds = (performance.now() - started) / 1000;
-console.log(JSON.stringify({ samples: workload.samples.length, seconds, samplesPerSecond: workload.samples.length / seconds, reports, rssBytes: process.memoryUsage().rss }));
+const cpu = process.cpuUsage(cpuStarted);
+const cpuSeconds = (cpu.user + cpu.system) / 1e6;
+console.log(JSON.stringify({ samples: workload.samples.length, seconds, cpuSeconds, samplesPerSecond: workload.samples.length / seconds, reports, rssBytes: process.memoryUsage().rss }));
