@@ -297,7 +297,7 @@ service:
     command = [sys.executable, "-m", "webrtc_observer", "run", "--config", str(config)]
     profile = os.environ.get("BENCH_PROFILE")
     if profile:
-        command = ["py-spy", "record", "-r", "200", "-f", "raw", "-o", f"{profile}-{port}.txt", "--", *command]
+        command = ["py-spy", "record", "--subprocesses", "-r", "200", "-f", "raw", "-o", f"{profile}-{port}.txt", "--", *command]
     proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     pid = _child(proc.pid) if profile else proc.pid
     try:

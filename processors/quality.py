@@ -43,12 +43,15 @@ Where each value comes from (2.x field names, as in :class:`~webrtc_observer.mod
     track gives no observation rather than a MOS of 1.
 * client score: the ``score`` of a 3.x ClientSample (0..5, computed by client-monitor-js 4.x).
 
-Deltas need the previous counters of each track. They are kept per (service_id, client_id,
-peer_connection_id, direction, ssrc), and state is bounded two ways:
+Deltas need the previous counters of each track. They are kept per client (service_id, client_id),
+and per track of the client (peer_connection_id, direction, ssrc), in one array of doubles updated in
+place (about 200 bytes a track). State is bounded three ways:
 
-* At most ``max_tracks`` tracks are kept. The least recently updated one goes first.
-* A track not updated for ``track_idle_timeout`` is forgotten. That is checked on each batch from the
-  old end of the LRU order, so no timer is needed.
+* At most ``max_tracks`` tracks are kept. Past it, the least recently updated clients are forgotten,
+  whole; a single client with more tracks than that keeps its first ``max_tracks``.
+* A client without samples for ``track_idle_timeout`` is forgotten. That is checked on each batch
+  from the old end of the LRU order, so no timer is needed.
+* A track that a client's sample no longer carries is forgotten.
 
 What is skipped:
 
@@ -69,20 +72,19 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
+
+import msgspec
 
 from webrtc_observer.component import Consumer, Factory, Settings
 from webrtc_observer.config import Duration
-from webrtc_observer.model import Batch, ClientSample, Track
+from webrtc_observer.model import Batch, ClientSample, Stats, Track
 
 from . import _emodel
-
-Direction = Literal["inbound", "outbound"]
-TrackKey = tuple[str, str, str, str, int]
-"""(service_id, client_id, peer_connection_id, direction, ssrc)."""
 
 MIN_INTERVAL = 0.2
 """Seconds: a sample closer than this to a track's baseline leaves the baseline for a longer interval."""
@@ -118,9 +120,9 @@ clients score 4–5, so that range is finer."""
 @dataclass
 class QualityConfig:
     max_tracks: int = 100000
-    """Tracks whose previous counters are kept for deltas; past it the least recently updated is dropped."""
+    """Tracks whose previous counters are kept for deltas; past it the least recently updated clients go."""
     track_idle_timeout: Duration = Duration(300)
-    """A track without samples for this long is forgotten; its next sample starts afresh."""
+    """A client without samples for this long is forgotten with its tracks; its next sample starts afresh."""
     mos: bool = True
     """Estimate ``quality_mos`` (E-model for audio, bits per pixel for video)."""
 
@@ -133,37 +135,54 @@ class QualityConfig:
         return issues
 
 
-class _TrackState:
-    """What one track's next sample is compared with."""
+class _ClientState:
+    """The tracks of one client, and when the client was last heard from (for the idle timeout)."""
 
-    __slots__ = ("base_timestamp", "counters", "last_timestamp", "seen")
+    __slots__ = ("seen", "tracks")
 
-    def __init__(self, timestamp: int, seen: float, counters: _Counters) -> None:
-        self.last_timestamp = timestamp
-        """The newest sample's client timestamp (ms); a sample not after it is a resend."""
+    def __init__(self, seen: float) -> None:
         self.seen = seen
-        """Collector monotonic time of the last update, for the idle timeout."""
-        self.base_timestamp = timestamp
-        """The timestamp of ``counters``, the baseline of the next interval."""
-        self.counters = counters
+        self.tracks: dict[tuple[str, bool, int], array[float]] = {}
+        """(peer connection id, inbound, ssrc) -> the track's baseline, see ``_TRACK_FIELDS``."""
 
 
-_Counters = tuple[float | None, float | None, float | None, float | None, float | None, float | None]
-"""(bytes, packets received, packets lost, jitter buffer delay, jitter buffer emitted, frames) of a track;
-outbound tracks have only bytes (sent) and frames (encoded)."""
+# A track's baseline is one array of doubles, updated in place: no objects per sample, and about 130
+# bytes per track. NaN stands for an unknown value; every comparison with it is false.
+_LAST, _BASE, _BYTES, _RECEIVED, _LOST, _JB_DELAY, _JB_EMITTED, _FRAMES = range(8)
+_TRACK_FIELDS = 8
+"""last sample timestamp (a sample not after it is a resend), baseline timestamp, then the counters
+at the baseline: bytes, packets received, packets lost, jitter buffer delay and emitted count, frames."""
+_NAN = math.nan
 
 
-def _counters(get: Callable[[str], Any], inbound: bool) -> _Counters:
-    if inbound:
-        return (
-            _counter(get("bytesReceived")),
-            _counter(get("packetsReceived")),
-            _number(get("packetsLost")),
-            _counter(get("jitterBufferDelay")),
-            _counter(get("jitterBufferEmittedCount")),
-            _counter(get("framesDecoded")),
-        )
-    return (_counter(get("bytesSent")), None, None, None, None, _counter(get("framesEncoded")))
+class _Measures(msgspec.Struct, gc=False):
+    """The stats fields this processor reads (2.x names), taken from a track in one C call."""
+
+    roundTripTime: float | None = None
+    jitter: float | None = None
+    fractionLost: float | None = None
+    bytesReceived: float | None = None
+    bytesSent: float | None = None
+    packetsReceived: float | None = None
+    packetsLost: float | None = None
+    jitterBufferDelay: float | None = None
+    jitterBufferEmittedCount: float | None = None
+    framesDecoded: float | None = None
+    framesEncoded: float | None = None
+    framesPerSecond: float | None = None
+    frameWidth: float | None = None
+    frameHeight: float | None = None
+
+
+_MEASURE_FIELDS = msgspec.structs.fields(_Measures)
+
+
+def _measures(stats: Stats) -> _Measures:
+    """Numbers of ``stats`` as floats; a field of another type (a bool, a string) counts as absent."""
+    try:
+        return msgspec.convert(stats, _Measures)
+    except msgspec.ValidationError:  # rare: check field by field, keeping the good ones
+        return _Measures(**{f.name: _number(stats.get(f.name)) for f in _MEASURE_FIELDS})
 
 
 def _number(value: Any) -> float | None:
@@ -176,21 +195,23 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _counter(value: Any) -> float | None:
-    number = _number(value)
-    return number if number is not None and number >= 0 else None
+def _counter(value: float | None) -> float:
+    """A finite value ≥ 0, else NaN."""
+    return value if value is not None and 0.0 <= value < math.inf else _NAN
 
 
-def _seconds(value: Any) -> float | None:
-    number = _number(value)
-    return number if number is not None and 0 <= number <= MAX_PLAUSIBLE_SECONDS else None
+def _finite(value: float | None) -> float:
+    return value if value is not None and -math.inf < value < math.inf else _NAN
 
 
-def _delta(current: float | None, previous: float | None) -> float | None:
+def _seconds(value: float | None) -> float | None:
+    return value if value is not None and 0.0 <= value <= MAX_PLAUSIBLE_SECONDS else None
+
+
+def _delta(current: float, previous: float) -> float | None:
     """``current − previous`` if both are known and the counter did not go back (a reset)."""
-    if current is None or previous is None or current < previous:
-        return None
-    return current - previous
+    delta = current - previous
+    return delta if delta >= 0 else None  # false for NaN
 
 
 class _KindSeries:
@@ -226,7 +247,9 @@ class QualityProcessor:
         self._clock = clock
         self._log = settings.logger
         self._label = str(settings.id)
-        self._tracks: OrderedDict[TrackKey, _TrackState] = OrderedDict()
+        self._clients: OrderedDict[tuple[str, str], _ClientState] = OrderedDict()
+        """(service id, client id) -> its tracks, least recently updated first."""
+        self._track_count = 0
         self._bound: dict[tuple[str, str, str], _KindSeries] = {}
         t = settings.telemetry
         self._rtt = t.histogram(
@@ -268,7 +291,8 @@ class QualityProcessor:
         pass
 
     async def shutdown(self) -> None:
-        self._tracks.clear()
+        self._clients.clear()
+        self._track_count = 0
 
     async def consume(self, batch: Batch) -> None:
         await self._next.consume(batch)
@@ -277,7 +301,7 @@ class QualityProcessor:
     @property
     def tracked(self) -> int:
         """How many tracks' counters are kept now."""
-        return len(self._tracks)
+        return self._track_count
 
     # -- observation ----------------------------------------------------------------------------
     def observe(self, batch: Batch) -> None:
@@ -291,20 +315,36 @@ class QualityProcessor:
                 except Exception:  # a metric must never break the pipeline
                     self._failed.add(1, self._label)
                     self._log.error("quality measurement failed", exc_info=True, client_id=sample.client_id)
-        self._tracks_gauge.set(len(self._tracks), self._label)
+        self._tracks_gauge.set(self._track_count, self._label)
 
     def _expire(self, now: float) -> None:
-        tracks = self._tracks
+        clients = self._clients
         deadline = now - self._idle
         expired = 0
-        while tracks:
-            key, state = next(iter(tracks.items()))
+        while clients:
+            key, state = next(iter(clients.items()))
             if state.seen > deadline:
                 break
-            del tracks[key]
-            expired += 1
+            del clients[key]
+            expired += len(state.tracks)
         if expired:
+            self._track_count -= expired
             self._evicted.add(expired, self._label, "idle")
+
+    def _bound_tracks(self, keep: _ClientState) -> None:
+        """Forget least recently updated clients (never ``keep``) until at most ``max_tracks`` are kept."""
+        clients = self._clients
+        evicted = 0
+        while self._track_count > self._max_tracks and len(clients) > 1:
+            key, state = next(iter(clients.items()))
+            if state is keep:
+                clients.move_to_end(key)
+                continue
+            del clients[key]
+            self._track_count -= len(state.tracks)
+            evicted += len(state.tracks)
+        if evicted:
+            self._evicted.add(evicted, self._label, "max_tracks")
 
     def _series(self, service: str, media_unit: str, kind: str) -> _KindSeries:
         key = (service, media_unit, kind)
@@ -323,60 +363,94 @@ class QualityProcessor:
             self._client_score.observe(score, service, media_unit)
         if not sample.inbound_tracks and not sample.outbound_tracks:
             return
-        pair_rtts = _pair_round_trip_times(sample)
-        for track in sample.inbound_tracks:
-            self._track(sample, track, True, pair_rtts, now)
-        for track in sample.outbound_tracks:
-            self._track(sample, track, False, pair_rtts, now)
-
-    def _track(self, sample: ClientSample, track: Track, inbound: bool, pair_rtts: dict[str, float], now: float) -> None:
-        origin = sample.origin
-        pc = track.peer_connection_id or ""
-        key: TrackKey = (origin.service_id, sample.client_id, pc, "inbound" if inbound else "outbound", track.ssrc)
-        timestamp = sample.timestamp
-        state = self._tracks.get(key)
-        if state is not None:
+        key = (service, sample.client_id)
+        state = self._clients.get(key)
+        if state is None:
+            state = self._clients[key] = _ClientState(now)
+        else:
             state.seen = now
-            self._tracks.move_to_end(key)
-            if timestamp <= state.last_timestamp:
-                return  # resent or reordered: already counted, or too late to be a delta
-            state.last_timestamp = timestamp
+            self._clients.move_to_end(key)
+        tracks = state.tracks
+        known = len(tracks)
+        pair_rtts = _pair_round_trip_times(sample)
+        present = []
+        for inbound, sample_tracks in ((True, sample.inbound_tracks), (False, sample.outbound_tracks)):
+            for track in sample_tracks:
+                track_key = (track.peer_connection_id or "", inbound, track.ssrc)
+                present.append(track_key)
+                self._track(sample, track, track_key, tracks, pair_rtts)
+        if len(tracks) > len(present):  # tracks the client no longer reports are forgotten
+            for gone in tracks.keys() - set(present):
+                del tracks[gone]
+        self._track_count += len(tracks) - known
+        if self._track_count > self._max_tracks:
+            self._bound_tracks(state)
+            extra = list(tracks)[self._max_tracks :]
+            if extra:  # one client alone has more tracks than allowed: keep its first ones
+                for track_key in extra:
+                    del tracks[track_key]
+                self._track_count -= len(extra)
+                self._evicted.add(len(extra), self._label, "max_tracks")
 
-        get = track.stats.get
+    def _track(
+        self,
+        sample: ClientSample,
+        track: Track,
+        key: tuple[str, bool, int],
+        tracks: dict[tuple[str, bool, int], array[float]],
+        pair_rtts: dict[str, float],
+    ) -> None:
+        inbound = key[1]
+        timestamp = sample.timestamp
+        baseline = tracks.get(key)
+        if baseline is not None:
+            if timestamp <= baseline[_LAST]:
+                return  # resent or reordered: already counted, or too late to be a delta
+            baseline[_LAST] = timestamp
+
+        m = _measures(track.stats)
+        origin = sample.origin
         series = self._series(origin.service_id, origin.media_unit_id, track.kind)
-        rtt = _seconds(get("roundTripTime"))
+        rtt = _seconds(m.roundTripTime)
         if rtt is None:
-            rtt = pair_rtts.get(pc)
+            rtt = pair_rtts.get(key[0])
         if rtt is not None:
             series.rtt.observe(rtt)
-        jitter = _seconds(get("jitter"))
+        jitter = _seconds(m.jitter)
         if jitter is not None:
             series.jitter.observe(jitter)
         if not inbound:
-            reported = _counter(get("fractionLost"))
-            if reported is not None and reported <= 1.0:
+            reported = _counter(m.fractionLost)
+            if reported <= 1.0:  # false for NaN
                 series.fraction_lost.observe(reported)
 
-        counters = _counters(get, inbound)
-        if state is None:
-            self._tracks[key] = _TrackState(timestamp, now, counters)
-            while len(self._tracks) > self._max_tracks:
-                self._tracks.popitem(last=False)
-                self._evicted.add(1, self._label, "max_tracks")
+        if inbound:
+            counters = (
+                _counter(m.bytesReceived),
+                _counter(m.packetsReceived),
+                _finite(m.packetsLost),
+                _counter(m.jitterBufferDelay),
+                _counter(m.jitterBufferEmittedCount),
+                _counter(m.framesDecoded),
+            )
+        else:
+            counters = (_counter(m.bytesSent), _NAN, _NAN, _NAN, _NAN, _counter(m.framesEncoded))
+        if baseline is None:
+            tracks[key] = array("d", (timestamp, timestamp, *counters))
             return
 
-        interval = (timestamp - state.base_timestamp) / 1000.0
+        interval = (timestamp - baseline[_BASE]) / 1000.0
         if interval < MIN_INTERVAL:
             return  # keep the older baseline; the next sample gets a longer interval
-        self._interval(state.counters, counters, get, inbound, track.kind, series, interval, rtt, jitter)
-        state.base_timestamp = timestamp
-        state.counters = counters
+        self._interval(baseline, counters, m, inbound, track.kind, series, interval, rtt, jitter)
+        baseline[_BASE] = timestamp
+        baseline[_BYTES : _FRAMES + 1] = array("d", counters)
 
     def _interval(
         self,
-        before: _Counters,
-        after: _Counters,
-        get: Callable[[str], Any],
+        before: array[float],
+        after: tuple[float, float, float, float, float, float],
+        m: _Measures,
         inbound: bool,
         kind: str,
         series: _KindSeries,
@@ -386,17 +460,17 @@ class QualityProcessor:
     ) -> None:
         """Observe what needs two samples of one track, ``interval`` seconds apart."""
         bitrate = None
-        d_bytes = _delta(after[0], before[0])
+        d_bytes = _delta(after[0], before[_BYTES])
         if d_bytes is not None:
             bitrate = 8.0 * d_bytes / interval
             (series.bitrate_in if inbound else series.bitrate_out).observe(bitrate)
         if not inbound:
             return
         fraction_lost = None
-        d_received = _delta(after[1], before[1])
-        lost, lost_before = after[2], before[2]
-        if d_received is not None and lost is not None and lost_before is not None:
-            d_lost = max(0.0, lost - lost_before)  # negative with duplicates: RFC 3550 counts that as 0
+        d_received = _delta(after[1], before[_RECEIVED])
+        d_lost = after[2] - before[_LOST]
+        if d_received is not None and d_lost == d_lost:  # NaN when either count is unknown
+            d_lost = max(0.0, d_lost)  # negative with duplicates: RFC 3550 counts that as 0
             expected = d_received + d_lost
             if expected > 0:
                 fraction_lost = d_lost / expected
@@ -409,24 +483,24 @@ class QualityProcessor:
             buffer = _jitter_buffer_delay(before, after, jitter)
             series.mos.observe(_emodel.audio_mos(rtt, buffer, fraction_lost))
         elif bitrate is not None:
-            fps = _counter(get("framesPerSecond"))
-            if not fps:
-                d_frames = _delta(after[5], before[5])
+            fps: float | None = _counter(m.framesPerSecond)
+            if not fps > 0:  # also NaN
+                d_frames = _delta(after[5], before[_FRAMES])
                 fps = d_frames / interval if d_frames else None
-            width, height = _counter(get("frameWidth")), _counter(get("frameHeight"))
-            if fps and width and height:
+            width, height = _counter(m.frameWidth), _counter(m.frameHeight)
+            if fps and width > 0 and height > 0:
                 bpp = _emodel.bits_per_pixel(bitrate, width, height, fps)
                 if bpp is not None:
                     series.mos.observe(_emodel.video_mos(bpp))
 
 
-def _jitter_buffer_delay(before: _Counters, after: _Counters, jitter: float | None) -> float:
+def _jitter_buffer_delay(before: array[float], after: tuple[float, ...], jitter: float | None) -> float:
     """Seconds an audio sample waited in the jitter buffer: over the interval, else overall, else 2 × jitter."""
     delay, emitted = after[3], after[4]
-    d_delay, d_emitted = _delta(delay, before[3]), _delta(emitted, before[4])
+    d_delay, d_emitted = _delta(delay, before[_JB_DELAY]), _delta(emitted, before[_JB_EMITTED])
     if d_delay is not None and d_emitted:
         value = d_delay / d_emitted
-    elif delay is not None and emitted:
+    elif delay >= 0 and emitted > 0:  # false for NaN
         value = delay / emitted
     else:
         value = _emodel.JITTER_BUFFER_PER_JITTER * (jitter or 0.0)
@@ -447,7 +521,7 @@ def _pair_round_trip_times(sample: ClientSample) -> dict[str, float]:
     }
     best: dict[str, tuple[tuple[bool, bool], float]] = {}
     for pair in sample.candidate_pairs:
-        rtt = _seconds(pair.get("currentRoundTripTime"))
+        rtt = _seconds(_number(pair.get("currentRoundTripTime")))
         if rtt is None:
             continue
         pc = pair.get("peerConnectionId") or ""

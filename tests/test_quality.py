@@ -318,20 +318,43 @@ async def test_a_counter_reset_gives_no_negative_bitrate(http):
 
 
 async def test_state_stays_bounded_by_max_tracks(http):
-    async with collector({"max_tracks": 2}) as c:
+    # Each client has 4 tracks; past max_tracks the least recently updated clients go, whole.
+    async with collector({"max_tracks": 8}) as c:
         for i in range(5):
             await post(c, http, wrapper(v2(T0, 0, client_id=f"c-{i}")))
-            assert processor(c).tracked <= 2
+            assert processor(c).tracked <= 8
+        assert processor(c).tracked == 8
+        assert c.telemetry.get("quality_tracks").value("quality") == 8
+        assert c.telemetry.get("quality_tracks_evicted").value("quality", "max_tracks") == 3 * 4
+        # The last client is kept, so its next sample gives a delta; the first starts afresh.
+        await post(c, http, wrapper(v2(T0 + 5000, 1, client_id="c-4")))
+        await post(c, http, wrapper(v2(T0 + 5000, 1, client_id="c-0")))
+        bitrate = series(c, "quality_bitrate")
+        assert {labels: v.count for labels, v in bitrate.items()} == {
+            (SVC, MU, "audio", "inbound"): 1,
+            (SVC, MU, "video", "inbound"): 1,
+            (SVC, MU, "audio", "outbound"): 1,
+            (SVC, MU, "video", "outbound"): 1,
+        }
+        assert processor(c).tracked == 8
+
+
+async def test_one_client_with_more_tracks_than_allowed_keeps_the_first(http):
+    async with collector({"max_tracks": 2}) as c:
+        await post(c, http, wrapper(v2(T0, 0)))
+        assert processor(c).tracked == 2
+        assert c.telemetry.get("quality_tracks_evicted").value("quality", "max_tracks") == 2
+
+
+async def test_a_track_the_client_stops_reporting_is_forgotten(http):
+    async with collector() as c:
+        await post(c, http, wrapper(v2(T0, 0)))
+        assert processor(c).tracked == 4
+        fewer = v2(T0 + 5000, 1)
+        fewer.update(inboundVideoTracks=[], outboundVideoTracks=[])
+        await post(c, http, wrapper(fewer))
         assert processor(c).tracked == 2
         assert c.telemetry.get("quality_tracks").value("quality") == 2
-        assert c.telemetry.get("quality_tracks_evicted").value("quality", "max_tracks") == 5 * 4 - 2
-        # The last client's outbound tracks are the two kept, so their next sample gives a delta.
-        outbound_only = v2(T0 + 5000, 1, client_id="c-4")
-        outbound_only.update(inboundAudioTracks=[], inboundVideoTracks=[])
-        await post(c, http, wrapper(outbound_only))
-        bitrate = series(c, "quality_bitrate")
-        assert set(bitrate) == {(SVC, MU, "audio", "outbound"), (SVC, MU, "video", "outbound")}
-        assert processor(c).tracked == 2
 
 
 async def test_a_resent_sample_is_counted_once(http):
