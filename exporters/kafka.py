@@ -480,7 +480,8 @@ class KafkaExporter:
             self._avro_encoders[report_type] = encoder
         if report.schema_version != self._avro_version:
             raise ValueError(f"no Avro schema of version {report.schema_version}")
-        return encoder(report.payload)
+        payload = report.payload
+        return encoder(payload if isinstance(payload, dict) else payload.to_dict())
 
     def _topic(self, record_type: str) -> str:
         topic = self._topics.get(record_type)

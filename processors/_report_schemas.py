@@ -30,6 +30,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from webrtc_observer.model import Payload, ReportRecord
 from webrtc_observer.schemas import REPORTS_VERSION, avro_schema
 
 __all__ = [
@@ -138,7 +139,7 @@ def _fast_struct(name: str, fields: Mapping[str, _Field]) -> type[msgspec.Struct
         else:
             return None
         spec.append((field_name, tp | None, None) if optional else (field_name, tp))
-    return msgspec.defstruct(f"_Fast{name}", spec, kw_only=True, omit_defaults=True)
+    return msgspec.defstruct(name, spec, bases=(ReportRecord,), kw_only=True, omit_defaults=True, gc=False)
 
 
 @cache
@@ -175,8 +176,11 @@ def required_of(report_type: str) -> frozenset[str]:
     return _plan(report_type).required
 
 
-def build(report_type: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+def build(report_type: str, fields: Mapping[str, Any]) -> Payload | None:
     """A payload of ``report_type`` made from ``fields``, or None if a required field is missing or invalid.
+
+    The payload is the type's :class:`~webrtc_observer.model.ReportRecord` (a dict only for a schema
+    with enum or bytes fields, which 2.2.11 has none of).
 
     Fields the schema does not have are left out, as are ``None`` values. Values are coerced to the
     field's Avro type:
@@ -193,12 +197,13 @@ def build(report_type: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
     Raises ``KeyError`` for an unknown report type.
     """
     plan = _plan(report_type)
-    if plan.struct is not None:
-        try:
-            return msgspec.to_builtins(msgspec.convert(fields, plan.struct))  # type: ignore[no-any-return]
-        except msgspec.ValidationError:
-            pass
-    return _coerced(plan, fields)
+    if plan.struct is None:
+        return _coerced(plan, fields)
+    try:
+        return msgspec.convert(fields, plan.struct)  # type: ignore[return-value]
+    except msgspec.ValidationError:
+        coerced = _coerced(plan, fields)
+    return None if coerced is None else msgspec.convert(coerced, plan.struct)  # type: ignore[return-value]
 
 
 def _coerced(plan: _Plan, fields: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
+
+import msgspec
 
 from webrtc_observer.model import (
     ClientEvent,
@@ -32,7 +35,31 @@ _LIST_META = (
 
 def decode_samples(obj: Any, origin: Origin) -> tuple[list[Sample], bool]:
     """A ``Samples`` wrapper: its samples and whether ``controls.close`` was set."""
-    wrapper = validate(obj, samples_v2())
+    return samples_of(validate(obj, samples_v2()), origin)
+
+
+def wrapper_in_json(data: bytes) -> dict[str, Any] | None:
+    """``data`` decoded as a ``Samples`` wrapper, if it is one: one pass for what most 2.x clients send.
+
+    None when the JSON object has none of the wrapper's keys (it is another kind of sample). Raises
+    ``msgspec.DecodeError`` for bytes that are not JSON and ``WireError`` for a wrapper that breaks
+    the schema; JSON that is not an object also raises ``WireError``.
+    """
+    try:
+        wrapper = _wrapper_decoder().decode(data)
+    except msgspec.ValidationError as exc:
+        raise WireError(str(exc)) from None
+    builtins: dict[str, Any] = msgspec.to_builtins(wrapper)
+    return builtins or None
+
+
+@cache
+def _wrapper_decoder() -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(samples_v2(), strict=False)
+
+
+def samples_of(wrapper: dict[str, Any], origin: Origin) -> tuple[list[Sample], bool]:
+    """The samples of a validated wrapper, and whether ``controls.close`` was set."""
     closing = bool((wrapper.get("controls") or {}).get("close"))
     samples: list[Sample] = [client_sample(c, origin, closing) for c in wrapper.get("clientSamples", ())]
     samples.extend(_sfu_sample(s, origin) for s in wrapper.get("sfuSamples", ()))

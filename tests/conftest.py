@@ -56,10 +56,17 @@ REPORT_SCHEMA_FILES = {
 _parsed_schemas: dict[str, Any] = {}
 
 
-def assert_valid_report(report_type: str, payload: dict[str, Any]) -> None:
-    """Raise unless ``payload`` validates against the 2.2.11 Avro schema of ``report_type`` (strictly)."""
+def assert_valid_report(report_type: str, payload: Any) -> None:
+    """Raise unless ``payload`` validates against the 2.2.11 Avro schema of ``report_type`` (strictly).
+
+    A typed payload (a ``ReportRecord``) is checked as the builtins it encodes to.
+    """
     import fastavro
+    import msgspec
     from fastavro.validation import validate
+
+    if not isinstance(payload, dict):
+        payload = msgspec.to_builtins(payload)
 
     assert report_type in REPORT_SCHEMA_FILES, f"unknown report type {report_type}"
     if report_type not in _parsed_schemas:

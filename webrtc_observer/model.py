@@ -193,6 +193,37 @@ class TurnSample(msgspec.Struct, gc=False, omit_defaults=True):
 Sample = ClientSample | SfuSample | TurnSample
 
 
+class ReportRecord(msgspec.Struct, gc=False, omit_defaults=True, kw_only=True):
+    """A report payload typed by its Avro schema: one subclass per report type (``processors._report_schemas``).
+
+    It encodes (JSON, msgpack) as the record, absent fields left out, and reads like the dict it
+    encodes to: ``payload["callId"]``, ``payload.get("label")``, ``"label" in payload``, ``dict(payload)``.
+    A field that is None is absent.
+    """
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = getattr(self, name, None)
+        return default if value is None else value
+
+    def __getitem__(self, name: str) -> Any:
+        value = getattr(self, name, None)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and getattr(self, name, None) is not None
+
+    def keys(self) -> list[str]:
+        return [name for name in self.__struct_fields__ if getattr(self, name) is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+
+
+Payload = ReportRecord | dict[str, Any]
+
+
 class Report(msgspec.Struct, gc=False, rename={"schema_version": "schemaVersion"}):
     """One ObserveRTC report: ``type`` is the report type (``CALL_EVENT``...), ``payload`` its record.
 
@@ -200,11 +231,14 @@ class Report(msgspec.Struct, gc=False, rename={"schema_version": "schemaVersion"
     """
 
     type: str
-    payload: dict[str, Any]
+    payload: Any
+    """A :class:`ReportRecord` (as the reports processor builds them) or a plain dict of the same fields."""
     schema_version: str = "2.2.11"
 
     def envelope(self) -> dict[str, Any]:
-        return {"type": self.type, "schemaVersion": self.schema_version, "payload": self.payload}
+        """The report as plain builtins: ``{"type", "schemaVersion", "payload"}``."""
+        payload = self.payload if isinstance(self.payload, dict) else msgspec.to_builtins(self.payload)
+        return {"type": self.type, "schemaVersion": self.schema_version, "payload": payload}
 
 
 class Batch(msgspec.Struct, gc=False, omit_defaults=True):
