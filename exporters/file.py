@@ -20,6 +20,11 @@ from webrtc_observer.config import Duration
 from webrtc_observer.model import Batch
 from webrtc_observer.records import json_lines
 
+_LINGER_UNTIL = 64
+"""Batches already waiting that make lingering pointless: a busy writer writes at once."""
+_MAX_BATCHES_PER_WRITE = 4096
+"""A busy collector's loop turns slowly; each turn of the writer takes all that waits, up to this."""
+
 
 @dataclass
 class RotationConfig:
@@ -107,10 +112,10 @@ class FileExporter:
     async def _drain(self) -> None:
         while True:
             batch = await self._queue.get()
-            if self._config.linger and not self._closing:
+            if self._config.linger and not self._closing and self._queue.qsize() < _LINGER_UNTIL:
                 await asyncio.sleep(self._config.linger)
             batches = [batch]
-            while not self._queue.empty() and len(batches) < 256:  # write what is waiting in one go
+            while not self._queue.empty() and len(batches) < _MAX_BATCHES_PER_WRITE:  # what waits, in one go
                 batches.append(self._queue.get_nowait())
             data, records = json_lines(batches)
             self._inflight = records

@@ -14,6 +14,7 @@ and skipped; the connection and its good frames carry on.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -237,6 +238,9 @@ class ObservertcReceiver:
                 self._log.error("failed to handle a message", transport="websocket", exc_info=True)
                 self._refuse("websocket", "internal_error")
                 await ws.send_bytes(orjson.dumps({"error": "internal_error", "detail": "message not accepted"}))
+            # A frame already buffered is read without yielding, and a pipeline that only queues never
+            # yields either: give other connections and the exporters their turn after each frame.
+            await asyncio.sleep(0)
 
     # -- common -------------------------------------------------------------------------------------
     def _origin(self, request: web.Request) -> Origin:
