@@ -113,16 +113,31 @@ def run_observer_js(messages: list[Message]) -> dict[str, Any] | None:
 # -- ours, in-process ----------------------------------------------------------------------------
 
 
-async def run_in_process(messages: list[Message], schema: str) -> dict[str, Any]:
+ISSUE_PIPELINE = ("correlation", "reports")
+"""What the performance issue measures: correlation → reports → exporter."""
+DEFAULT_PIPELINE = ("correlation", "quality", "reports")
+"""What ``collector.yaml`` runs: quality histograms too."""
+
+
+def _processors_yaml(processors: tuple[str, ...], idle: str = "10m") -> str:
+    options = {
+        "correlation": f"{{client_idle_timeout: {idle}, call_empty_timeout: {idle}}}",
+        "quality": "{}",
+        "reports": "{}",
+    }
+    return "{" + ", ".join(f"{p}: {options[p]}" for p in processors) + "}"
+
+
+async def run_in_process(messages: list[Message], processors: tuple[str, ...] = ISSUE_PIPELINE) -> dict[str, Any]:
     from webrtc_observer.model import Batch, Origin
     from webrtc_observer.receiver._decoding import decode
     from webrtc_observer.testing import running_collector
 
-    yaml_text = """
-receivers: {observertc: {endpoint: "127.0.0.1:0"}}
-processors: {correlation: {}, quality: {}, reports: {}}
-exporters: {recording: {}}
-service: {pipelines: {p: {receivers: [observertc], processors: [correlation, quality, reports], exporters: [recording]}}}
+    yaml_text = f"""
+receivers: {{observertc: {{endpoint: "127.0.0.1:0"}}}}
+processors: {_processors_yaml(processors)}
+exporters: {{recording: {{}}}}
+service: {{pipelines: {{p: {{receivers: [observertc], processors: [{", ".join(processors)}], exporters: [recording]}}}}}}
 """
     bodies = [m.frame.encode() for m in messages]
     async with running_collector(yaml_text) as c:
@@ -281,18 +296,20 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def _collector(workdir: Path, sink: Sink, workers: int, idle: str = "10m") -> AsyncIterator[Running]:
+async def _collector(
+    workdir: Path, sink: Sink, workers: int, processors: tuple[str, ...], idle: str = "10m"
+) -> AsyncIterator[Running]:
     """The collector as its own process (``workers`` of them), exporting to ``sink``."""
     port = _free_port()
     config = workdir / "bench.yaml"
     config.write_text(
         f"""
 receivers: {{observertc: {{endpoint: "127.0.0.1:{port}", websocket_heartbeat: 0}}}}
-processors: {{correlation: {{client_idle_timeout: {idle}, call_empty_timeout: {idle}}}, quality: {{}}, reports: {{}}}}
+processors: {_processors_yaml(processors, idle)}
 exporters: {{{sink.config()}}}
 service:
   workers: {workers}
-  pipelines: {{p: {{receivers: [observertc], processors: [correlation, quality, reports], exporters: [{sink.config().split(":")[0]}]}}}}
+  pipelines: {{p: {{receivers: [observertc], processors: [{", ".join(processors)}], exporters: [{sink.config().split(":")[0]}]}}}}
 """
     )
     command = [sys.executable, "-m", "webrtc_observer", "run", "--config", str(config)]
@@ -333,29 +350,88 @@ def _by_sender(messages: list[Message]) -> dict[str, list[Message]]:
     return out
 
 
-async def _connect(c: Running, senders: list[str]) -> dict[str, aiohttp.ClientWebSocketResponse]:
-    path = "/samples/bench/bench"
-    return {s: await c.http.ws_connect(f"ws://127.0.0.1:{c.port}{path}", compress=0) for s in senders}
+class _WebSocket:
+    """A minimal WebSocket client whose frames are built before the clock starts.
+
+    The load generator shares this machine's two cores with the collector, so sending must cost as
+    little as possible: each message is one pre-built frame (a text frame with an all-zero mask key,
+    so the masked payload is the payload), written with one call. What the collector answers (only
+    errors) is read and counted.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self.answers = 0
+        self._reading = asyncio.create_task(self._read(reader))
+
+    @classmethod
+    async def connect(cls, port: int, path: str) -> _WebSocket:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise RuntimeError(f"no WebSocket upgrade: {head[:80]!r}")
+        return cls(reader, writer)
+
+    @staticmethod
+    def frame(text: str) -> bytes:
+        payload = text.encode()
+        n = len(payload)
+        if n < 126:
+            head = bytes((0x81, 0x80 | n))
+        elif n < 1 << 16:
+            head = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+        else:
+            head = bytes((0x81, 0x80 | 127)) + n.to_bytes(8, "big")
+        return head + b"\0\0\0\0" + payload
+
+    async def send(self, frame: bytes) -> None:
+        self._writer.write(frame)
+        await self._writer.drain()
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(Exception):
+            while await reader.read(65536):
+                self.answers += 1
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.write(b"\x88\x80\0\0\0\0")  # close frame, no payload
+            await self._writer.drain()
+            self._writer.close()
+        self._reading.cancel()
+
+
+async def _connect(c: Running, senders: list[str]) -> dict[str, _WebSocket]:
+    return {s: await _WebSocket.connect(c.port, "/samples/bench/bench") for s in senders}
 
 
 async def run_end_to_end(
-    messages: list[Message], make_sink: Callable[[Path], Sink], expected: int, workers: int
+    messages: list[Message],
+    make_sink: Callable[[Path], Sink],
+    expected: int,
+    workers: int,
+    processors: tuple[str, ...] = ISSUE_PIPELINE,
 ) -> dict[str, Any]:
     """Peak: every client sends all its samples as fast as the collector takes them."""
     by_sender = _by_sender(messages)
     with tempfile.TemporaryDirectory() as tmp:
         sink = make_sink(Path(tmp))
         try:
-            async with _collector(Path(tmp), sink, workers) as c:
+            async with _collector(Path(tmp), sink, workers, processors) as c:
                 sockets = await _connect(c, list(by_sender))
+                frames = {sender: [_WebSocket.frame(m.frame) for m in ms] for sender, ms in by_sender.items()}
                 pids = c.pids()
                 cpu_before = _cpu_seconds(pids)
                 started, started_monotonic = time.perf_counter(), time.monotonic()
 
                 async def send(sender: str) -> None:
                     ws = sockets[sender]
-                    for m in by_sender[sender]:
-                        await ws.send_str(m.frame)
+                    for frame in frames[sender]:
+                        await ws.send(frame)
 
                 await asyncio.gather(*(send(s) for s in by_sender))
                 # Done when every report arrived (the in-process run says how many), or when nothing
@@ -379,21 +455,23 @@ async def run_end_to_end(
     return {"samples": len(messages), "seconds": seconds, "cpuSeconds": cpu, "reports": reports, "peakRssBytes": peak}
 
 
-async def run_paced(messages: list[Message], rate: float) -> dict[str, Any]:
-    """One worker at ``rate`` samples/s: latency from sending a sample to its first report, resident
-    memory per client in steady state, and memory once every call has ended."""
-    by_sender = _by_sender(messages)
+async def run_paced(rounds: list[list[Message]], rate: float, processors: tuple[str, ...] = DEFAULT_PIPELINE) -> dict[str, Any]:
+    """One worker at ``rate`` samples/s, one round of calls after another (new clients each round).
+
+    Per round: the latency from sending a sample to its first report (all rounds pooled for
+    p50/p99), resident memory once every client of the round is active (steady), and once its calls
+    have ended (idle timeouts of 3 s). The first round warms the process up (imports, caches, the
+    allocator's pools); what is left after later rounds shows whether memory comes back.
+    """
     sent_at: dict[tuple[str, int], float] = {}
     seen_at: dict[tuple[str, int], float] = {}
+    steady, ended = [], []
     with tempfile.TemporaryDirectory() as tmp:
         sink = FileSink(Path(tmp))
-        # Short idle timeouts, so that state of ended calls is released within the run.
-        async with _collector(Path(tmp), sink, 1, idle="3s") as c:
-            sockets = await _connect(c, list(by_sender))
+        async with _collector(Path(tmp), sink, 1, processors, idle="3s") as c:
             baseline = _status([c.pid], "VmRSS")
-            done = asyncio.Event()
 
-            async def tail() -> None:
+            async def tail(done: asyncio.Event) -> None:
                 while not (done.is_set() and len(seen_at) >= len(sent_at)):
                     await asyncio.sleep(0.005)
                     if not sink.path.exists():
@@ -405,32 +483,37 @@ async def run_paced(messages: list[Message], rate: float) -> dict[str, Any]:
                         if key in sent_at and key not in seen_at:
                             seen_at[key] = now
 
-            tailer = asyncio.create_task(tail())
-            order = sorted(messages, key=lambda m: m.key[1])  # by sample time, interleaving the clients
-            started = time.perf_counter()
-            for i, m in enumerate(order):
-                delay = started + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                sent_at[m.key] = time.perf_counter()
-                await sockets[m.sender].send_str(m.frame)
-            done.set()
-            await asyncio.wait_for(tailer, 120)
-            steady = _status([c.pid], "VmRSS")
-            for ws in sockets.values():
-                await ws.close()
-            await asyncio.sleep(8)  # idle timeouts end every client and call
-            ended = _status([c.pid], "VmRSS")
+            for messages in rounds:
+                by_sender = _by_sender(messages)
+                sockets = await _connect(c, list(by_sender))
+                done = asyncio.Event()
+                tailer = asyncio.create_task(tail(done))
+                frames = {m.key: _WebSocket.frame(m.frame) for m in messages}
+                order = sorted(messages, key=lambda m: m.key[1])  # by sample time, interleaving the clients
+                started = time.perf_counter()
+                for i, m in enumerate(order):
+                    delay = started + i / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    sent_at[m.key] = time.perf_counter()
+                    await sockets[m.sender].send(frames[m.key])
+                done.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(tailer, 60)
+                steady.append(_status([c.pid], "VmRSS") - baseline)
+                for ws in sockets.values():
+                    await ws.close()
+                await asyncio.sleep(8)  # idle timeouts end every client and call of the round
+                ended.append(_status([c.pid], "VmRSS") - baseline)
     latencies = sorted(seen_at[k] - sent_at[k] for k in seen_at)
-    clients = len(by_sender)
     return {
         "rate": rate,
         "p50Seconds": latencies[len(latencies) // 2],
         "p99Seconds": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-        "rssPerClientBytes": (steady - baseline) / clients,
-        "afterEndBytes": ended - baseline,
-        "steadyBytes": steady - baseline,
-        "clients": clients,
+        "answered": len(seen_at) / len(sent_at),
+        "steadyBytes": steady,
+        "endedBytes": ended,
+        "clients": [len(_by_sender(r)) for r in rounds],
     }
 
 
@@ -443,7 +526,7 @@ def main() -> None:
     parser.add_argument("--schema", choices=("2", "3"), default="2")
     parser.add_argument("--exporter", choices=("file", "kafka"), default="file")
     parser.add_argument("--workers", default="1,2", help="worker counts of the end-to-end runs (default: %(default)s)")
-    parser.add_argument("--no-paced", action="store_true", help="skip the latency and memory run")
+    parser.add_argument("--no-paced", action="store_true", help="skip the latency and memory runs")
     args = parser.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",")]
     print(f"# {time.strftime('%Y-%m-%d')} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}")
@@ -456,47 +539,67 @@ def main() -> None:
     def line(name: str, r: dict[str, Any], extra: str = "") -> None:
         per_cpu = r["samples"] / r["cpuSeconds"] if r.get("cpuSeconds") else float("nan")
         print(
-            f"{name:24s}: {r['samples'] / r['seconds']:7.0f} samples/s, {per_cpu:7.0f} per CPU-second,"
+            f"{name:34s}: {r['samples'] / r['seconds']:6.0f} samples/s, {per_cpu:6.0f} per CPU-second,"
             f" {r['reports'] / r['samples']:5.1f} reports/sample{extra}"
         )
 
     anchor = run_observer_js(messages) if args.schema == "2" else None
     if anchor:
-        line("observer-js 0.40.32", anchor)
-    ours = asyncio.run(run_in_process(messages, args.schema))
-    line("ours in-process", ours)
+        line("observer-js 0.40.32 (in-process)", anchor)
     sink_type: Callable[[Path], Sink] = (lambda _: KafkaSink()) if args.exporter == "kafka" else FileSink
-    peaks = {}
-    for workers in worker_counts:
-        e2e = asyncio.run(run_end_to_end(messages, sink_type, ours["reports"], workers))
-        peaks[workers] = e2e
-        line(
-            f"ours e2e {args.exporter} {workers} worker{'s' if workers > 1 else ''}",
-            e2e,
-            f", peak RSS {e2e['peakRssBytes'] / 2**20:.0f} MiB",
-        )
-    if len(peaks) > 1:
-        low, high = min(peaks), max(peaks)
-        speedup = (peaks[high]["samples"] / peaks[high]["seconds"]) / (peaks[low]["samples"] / peaks[low]["seconds"])
+    runs: dict[str, dict[str, Any]] = {}
+    for processors in (ISSUE_PIPELINE, DEFAULT_PIPELINE):
+        name = " > ".join(p[:4] for p in processors)
+        ours = asyncio.run(run_in_process(messages, processors))
+        line(f"ours in-process {name}", ours)
+        runs[f"in-process {name}"] = ours
+        for workers in worker_counts if processors == ISSUE_PIPELINE else [1]:
+            e2e = asyncio.run(run_end_to_end(messages, sink_type, ours["reports"], workers, processors))
+            label = f"e2e {name} > {args.exporter} {workers}w"
+            line(f"ours {label}", e2e, f", peak RSS {e2e['peakRssBytes'] / 2**20:.0f} MiB")
+            runs[label] = e2e
+    issue = {w: runs[f"e2e corr > repo > {args.exporter} {w}w"] for w in worker_counts}
+    if len(issue) > 1:
+        low, high = min(issue), max(issue)
+        speedup = (issue[high]["samples"] / issue[high]["seconds"]) / (issue[low]["samples"] / issue[low]["seconds"])
         print(f"scaling {low} -> {high} workers: {speedup:.2f}x samples/s")
-    if not args.no_paced:
-        one = peaks.get(1) or asyncio.run(run_end_to_end(messages, sink_type, ours["reports"], 1))
-        paced = asyncio.run(run_paced(messages, one["samples"] / one["seconds"] / 2))
-        print(
-            f"ours at half peak       : {paced['rate']:7.0f} samples/s, latency p50 {paced['p50Seconds'] * 1000:.0f} ms,"
-            f" p99 {paced['p99Seconds'] * 1000:.0f} ms; RSS {paced['rssPerClientBytes'] / 1024:.1f} KiB per client"
-            f" in steady state ({paced['clients']} clients), {paced['afterEndBytes'] / 2**20:+.1f} MiB over the"
-            f" baseline after every call ended (steady: {paced['steadyBytes'] / 2**20:+.1f} MiB)"
-        )
     if anchor:
-        js_rate = anchor["samples"] / anchor["seconds"]
-        js_cpu = anchor["samples"] / anchor["cpuSeconds"]
-        parts = [f"in-process {ours['samples'] / ours['cpuSeconds'] / js_cpu:.2f}"]
-        for workers, e2e in peaks.items():
-            parts.append(f"end-to-end {workers}w {e2e['samples'] / e2e['cpuSeconds'] / js_cpu:.2f}")
-        print("ratio ours/observer-js per CPU-second: " + ", ".join(parts))
-        parts = [f"end-to-end {w}w {e['samples'] / e['seconds'] / js_rate:.2f}" for w, e in peaks.items()]
-        print("ratio ours/observer-js wall clock: " + ", ".join(parts))
+        js = anchor["samples"] / anchor["cpuSeconds"]
+        print(
+            "ratio ours/observer-js per CPU-second: "
+            + ", ".join(f"{k} {r['samples'] / r['cpuSeconds'] / js:.2f}" for k, r in runs.items() if "2w" not in k)
+        )
+        js_wall = anchor["samples"] / anchor["seconds"]
+        print(
+            "ratio ours/observer-js wall clock: "
+            + ", ".join(f"{k} {r['samples'] / r['seconds'] / js_wall:.2f}" for k, r in runs.items() if k.startswith("e2e"))
+        )
+    if not args.no_paced:
+        one = runs[f"e2e corr > qual > repo > {args.exporter} 1w"]
+        rate = one["samples"] / one["seconds"] / 2
+        rounds = [workload(args.calls, args.clients_per_call, args.ticks, args.seed + r, args.schema) for r in range(3)]
+        paced = asyncio.run(run_paced(rounds, rate))
+        mib = [f"{b / 2**20:+.1f}" for b in paced["steadyBytes"]]
+        after = [f"{b / 2**20:+.1f}" for b in paced["endedBytes"]]
+        print(
+            f"ours at half peak ({rate:.0f} samples/s, corr > qual > repo > file): latency p50"
+            f" {paced['p50Seconds'] * 1000:.0f} ms, p99 {paced['p99Seconds'] * 1000:.0f} ms"
+            f" ({paced['answered']:.0%} of samples traced)"
+        )
+        print(
+            f"  RSS over the baseline, rounds of {paced['clients'][0]} new clients: steady {', '.join(mib)} MiB;"
+            f" after their calls ended {', '.join(after)} MiB"
+        )
+        half = workload(max(1, args.calls // 2), args.clients_per_call, args.ticks, args.seed + 10, args.schema)
+        full = workload(args.calls, args.clients_per_call, args.ticks, args.seed + 10, args.schema)
+        small = asyncio.run(run_paced([rounds[0], half], rate))
+        large = asyncio.run(run_paced([rounds[0], full], rate))
+        extra = len(_by_sender(full)) - len(_by_sender(half))
+        per_client = (large["steadyBytes"][1] - small["steadyBytes"][1]) / extra
+        print(
+            f"  resident memory per active client (warm process, {len(_by_sender(full))} vs"
+            f" {len(_by_sender(half))} clients at once): {per_client / 1024:.1f} KiB"
+        )
 
 
 if __name__ == "__main__":

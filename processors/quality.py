@@ -52,6 +52,8 @@ place (about 200 bytes a track). State is bounded three ways:
 * A client without samples for ``track_idle_timeout`` is forgotten. That is checked on each batch
   from the old end of the LRU order, so no timer is needed.
 * A track that a client's sample no longer carries is forgotten.
+* A client is forgotten when the batch carries its ``CLIENT_LEFT`` call event (the ``correlation``
+  processor, placed before this one, emits it).
 
 What is skipped:
 
@@ -315,6 +317,12 @@ class QualityProcessor:
                 except Exception:  # a metric must never break the pipeline
                     self._failed.add(1, self._label)
                     self._log.error("quality measurement failed", exc_info=True, client_id=sample.client_id)
+        for report in batch.reports:  # the correlation processor says who left: forget them now
+            if report.type == "CALL_EVENT" and report.payload.get("name") == "CLIENT_LEFT":
+                state = self._clients.pop((report.payload.get("serviceId"), report.payload.get("clientId")), None)
+                if state is not None:
+                    self._track_count -= len(state.tracks)
+                    self._evicted.add(len(state.tracks), self._label, "left")
         self._tracks_gauge.set(self._track_count, self._label)
 
     def _expire(self, now: float) -> None:

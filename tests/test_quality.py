@@ -357,6 +357,19 @@ async def test_a_track_the_client_stops_reporting_is_forgotten(http):
         assert c.telemetry.get("quality_tracks").value("quality") == 2
 
 
+async def test_a_client_that_leaves_is_forgotten_at_once(http):
+    # After the correlation processor, quality sees the CLIENT_LEFT event of a leaving client.
+    yaml_text = _yaml().replace("processors: [quality]", "processors: [correlation, quality]")
+    yaml_text = yaml_text.replace("processors:\n  quality:", "processors:\n  correlation: {}\n  quality:")
+    async with testing.running_collector(yaml_text) as c:
+        await post(c, http, wrapper(v2(T0, 0), v2(T0, 0, client_id="c-bob")))
+        quality = next(p for _, pid, p in c.service.processors if pid.type == "quality")
+        assert quality.tracked == 8
+        await post(c, http, _samples.samples_v2(v2(T0 + 5000, 1), sfu=False, close=True))
+        assert quality.tracked == 4
+        assert c.telemetry.get("quality_tracks_evicted").value("quality", "left") == 4
+
+
 async def test_a_resent_sample_is_counted_once(http):
     async with collector() as c:
         body = wrapper(v2(T0, 0))
