@@ -117,19 +117,20 @@ class FileExporter:
             batches = [batch]
             while not self._queue.empty() and len(batches) < _MAX_BATCHES_PER_WRITE:  # what waits, in one go
                 batches.append(self._queue.get_nowait())
-            data, records = json_lines(batches)
+            chunks, records = json_lines(batches)
             self._inflight = records
-            await self._write_with_retry(data, records)
+            await self._write_with_retry(chunks, records)
             self._inflight = 0
             for _ in batches:
                 self._queue.task_done()
             self._queue_gauge.set(self._queue.qsize(), self._label)
 
-    async def _write_with_retry(self, data: bytes, records: int) -> None:
+    async def _write_with_retry(self, chunks: list[bytes], records: int) -> None:
+        pending = [memoryview(chunk) for chunk in chunks]
         delay = 0.5
         while True:
             try:
-                await asyncio.to_thread(self._write, data)
+                await asyncio.to_thread(self._write, pending)
                 self._sent.add(records, self._label)
                 self._failing_since = None
                 return
@@ -141,16 +142,23 @@ class FileExporter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._config.retry_max_interval)
 
-    def _write(self, data: bytes) -> None:
-        """Runs on a worker thread: rotate if needed, append, flush to the OS."""
-        if self._max_bytes and self._size and self._size + len(data) > self._max_bytes and self._path.is_file():
+    def _write(self, pending: list[memoryview]) -> None:
+        """Runs on a worker thread: rotate if needed, then append ``pending``, taking off what is written.
+
+        The file is unbuffered, and ``pending`` keeps only what has not reached it yet: a retry after
+        a failed write (disk full) goes on where the failure stopped, with no line written twice.
+        """
+        size = sum(map(len, pending))
+        if self._max_bytes and self._size and self._size + size > self._max_bytes and self._path.is_file():
             self._rotate()
-        # Unbuffered: a failed write leaves nothing in a buffer to be written twice on retry.
-        view = memoryview(data)
-        while view:
-            written = self._file.write(view)  # type: ignore[attr-defined]
+        while pending:
+            written = self._file.write(pending[0])  # type: ignore[attr-defined]
             self._size += written
-            view = view[written:]
+            rest = pending[0][written:]
+            if rest:
+                pending[0] = rest
+            else:
+                pending.pop(0)
 
     def _rotate(self) -> None:
         self._file.close()  # type: ignore[attr-defined]

@@ -99,3 +99,46 @@ service:
         assert c.telemetry.get("exporter_write_errors").value("file") >= 1
     lost = c.telemetry.get("exporter_send_failed_records").value("file")
     assert lost > 0 and c.telemetry.get("exporter_sent_records").value("file") == 0
+
+
+class _FailingOnce:
+    """The real file, except that its first write stops half-way and the next fails (the disk filled up)."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+        self._state = "half"
+        self.failed = False
+
+    def write(self, data) -> int:
+        if self._state == "half":
+            self._state = "fail"
+            return self._real.write(data[: len(data) // 2])
+        if self._state == "fail":
+            self._state = "ok"
+            self.failed = True
+            raise OSError(28, "No space left on device")
+        return self._real.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+async def test_a_write_that_fails_half_way_goes_on_where_it_stopped(tmp_path):
+    path = tmp_path / "r.jsonl"
+    yaml_text = f"""
+receivers: {{observertc: {{endpoint: "127.0.0.1:0"}}}}
+exporters: {{file: {{path: "{path}", retry_max_interval: 50ms, linger: 0s}}}}
+service: {{pipelines: {{p: {{receivers: [observertc], exporters: [file]}}}}}}
+"""
+    async with running_collector(yaml_text) as c:
+        exporter = c.service.exporters[ComponentId("file")]
+        flaky = exporter._file = _FailingOnce(exporter._file)
+        await exporter.consume(Batch(reports=[_report(i) for i in range(5000)]))  # several chunks
+        for _ in range(200):
+            if c.telemetry.get("exporter_sent_records").value("file") == 5000:
+                break
+            await asyncio.sleep(0.05)
+    assert flaky.failed
+    assert c.telemetry.get("exporter_write_errors").value("file") == 1
+    timestamps = [json.loads(line)["payload"]["timestamp"] for line in path.read_text().splitlines()]
+    assert timestamps == list(range(5000)), "every line once, in order"

@@ -26,13 +26,19 @@ def json_records(batch: Batch) -> Iterator[bytes]:
         yield encode({"type": type(sample).__name__, "payload": sample})
 
 
-def json_lines(batches: Iterable[Batch]) -> tuple[bytes, int]:
-    """The records of ``batches`` as JSON lines (each line ends with a newline), and how many."""
+def json_lines(batches: Iterable[Batch], chunk_records: int = 2048) -> tuple[list[bytes], int]:
+    """The records of ``batches`` as JSON lines (each ending with a newline), in chunks of at most
+    ``chunk_records`` records, and how many records in all.
+
+    Chunks, not one buffer: encoding a few thousand records at a time keeps the output buffer in
+    the allocator's reach; one buffer of tens of megabytes costs twice as much per record.
+    """
     records: list[Any] = []
     for batch in batches:
         records.extend(batch.reports)
         records.extend({"type": type(sample).__name__, "payload": sample} for sample in batch.samples)
-    return _encoder.encode_lines(records), len(records)
+    encode = _encoder.encode_lines
+    return [encode(records[i : i + chunk_records]) for i in range(0, len(records), chunk_records)], len(records)
 
 
 def record_types(batch: Batch) -> Iterator[str]:
