@@ -459,7 +459,7 @@ def test_defaults():
     assert (options.encoding, options.key, options.compression, options.acks, options.client) == (
         "json",
         "call",
-        "gzip",
+        "lz4",
         "all",
         "auto",
     )
@@ -638,6 +638,15 @@ async def test_avro_without_reports_drops_the_samples_and_says_so(kafka_broker, 
         logger.removeHandler(captured)
     warnings = [r for r in captured.records if "avro encoding sends reports only" in r.getMessage()]
     assert len(warnings) == 1  # once, not per sample
+
+
+async def test_kafka_python_sends_with_the_default_lz4(kafka_broker, http):
+    options = {"brokers": [kafka_broker.bootstrap], "client": "kafka-python"}
+    async with collector(options, ["two_reports"]) as c:
+        assert await post(c, http, sample(8)) == 202
+        await delivered(c.exporter("kafka"))
+        messages = await read(kafka_broker, "reports", 2)
+    assert ids_of(messages) == expected_ids([8])
 
 
 @pytest.mark.parametrize("compression", ["none", "snappy", "lz4", "zstd"])
