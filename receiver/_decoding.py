@@ -6,6 +6,7 @@ inputs and refuse bad ones with the same reasons.
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import KeysView
 from dataclasses import dataclass
@@ -96,12 +97,15 @@ def _sniff(data: bytes) -> Encoding:
     return "protobuf"
 
 
+_WRAPPER_START = re.compile(rb'^\s*\{\s*"(?:clientSamples|sfuSamples|turnSamples)"')
 # Top-level keys only: nested values stay unparsed, so telling the generation costs one quick scan.
 _TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 def _decode_json(data: bytes, origin: Origin, route: Route) -> Decoded:
-    if route == "samples":  # the 2.x wrapper in one pass; anything else is told apart below
+    if route == "samples" and _WRAPPER_START.search(data, 0, 64):
+        # What 2.x clients send, in one pass; anything else (or a wrapper with other keys first) is
+        # told apart below.
         from . import _v2
 
         try:
