@@ -610,16 +610,36 @@ def main() -> None:
             f"  RSS over the baseline, rounds of {paced['clients'][0]} new clients: steady {', '.join(mib)} MiB;"
             f" after their calls ended {', '.join(after)} MiB"
         )
+        # Memory per active client: the slope between N and 2N clients at once, each in a process
+        # warmed up by a few calls only (a large first round would leave freed memory to reuse).
+        warm = workload(2, args.clients_per_call, args.ticks, args.seed + 20, args.schema)
         half = workload(max(1, args.calls // 2), args.clients_per_call, args.ticks, args.seed + 10, args.schema)
         full = workload(args.calls, args.clients_per_call, args.ticks, args.seed + 10, args.schema)
-        small = asyncio.run(run_paced([rounds[0], half], rate))
-        large = asyncio.run(run_paced([rounds[0], full], rate))
+        small = asyncio.run(run_paced([warm, half], rate))
+        large = asyncio.run(run_paced([warm, full], rate))
         extra = len(_by_sender(full)) - len(_by_sender(half))
         per_client = (large["steadyBytes"][1] - small["steadyBytes"][1]) / extra
+        connection = asyncio.run(idle_connection_bytes())
         print(
-            f"  resident memory per active client (warm process, {len(_by_sender(full))} vs"
-            f" {len(_by_sender(half))} clients at once): {per_client / 1024:.1f} KiB"
+            f"  resident memory per active client ({len(_by_sender(full))} vs {len(_by_sender(half))} clients"
+            f" at once): {per_client / 1024:.1f} KiB, of which an idle WebSocket connection is"
+            f" {connection / 1024:.1f} KiB"
         )
+
+
+async def idle_connection_bytes(connections: int = 400) -> float:
+    """Resident memory of one idle WebSocket connection to the collector (aiohttp's share of a client)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        async with _collector(Path(tmp), FileSink(Path(tmp)), 1, DEFAULT_PIPELINE) as c:
+            warm = await _connect(c, [f"warm-{i}" for i in range(50)])
+            await asyncio.sleep(0.5)
+            before = _status([c.pid], "VmRSS")
+            sockets = await _connect(c, [f"idle-{i}" for i in range(connections)])
+            await asyncio.sleep(0.5)
+            after = _status([c.pid], "VmRSS")
+            for ws in [*warm.values(), *sockets.values()]:
+                await ws.close()
+    return (after - before) / connections
 
 
 if __name__ == "__main__":
