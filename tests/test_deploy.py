@@ -516,6 +516,22 @@ def test_service_monitor_replicas_and_salt_secret(helm, tmp_path):
         assert config.pipelines["reports"].processors[0] == ComponentId("obfuscation")
 
 
+def test_workers_get_a_metrics_port_each_and_the_config_says_so(helm, tmp_path):
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"workers": 3, "serviceMonitor": {"enabled": True}}))
+    kinds = by_kind(render(helm, "-f", str(values)))
+    (container,) = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"samples": 7080, "metrics": 9464, "metrics-1": 9465, "metrics-2": 9466}
+    service_ports = {p["name"]: (p["port"], p["targetPort"]) for p in kinds["Service"]["spec"]["ports"]}
+    assert service_ports["metrics-2"] == (9466, "metrics-2")
+    assert [e["port"] for e in kinds["ServiceMonitor"]["spec"]["endpoints"]] == ["metrics", "metrics-1", "metrics-2"]
+    text = kinds["ConfigMap"]["data"]["collector.yaml"]
+    assert yaml.safe_load(text)["service"]["workers"] == 3
+    if "kafka" in builtin_factories()["exporters"]:
+        assert load_text(text, config_types()).workers == 3
+
+
 def test_notes_warn_about_correlation_with_several_replicas(helm):
     def notes(*args: str) -> str:
         out = helm("install", "obs", str(CHART), "--dry-run=client", "--namespace", "observability", *args).stdout

@@ -53,5 +53,10 @@ exporter (`kafka` or `kafka/<name>`) of the config.
 {{- $_ := set $exporters $id $kafka }}
 {{- end }}
 {{- end }}
+{{- if gt (int .Values.workers) 1 }}
+{{- $service := get $config "service" | default dict }}
+{{- $_ := set $service "workers" (int .Values.workers) }}
+{{- $_ := set $config "service" $service }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
