@@ -25,6 +25,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+import msgspec
 import orjson
 
 from webrtc_observer.model import (
@@ -45,11 +46,11 @@ from ._wire_types import WireError, client_sample_v3, validate
 __all__ = ["decode_client_sample_v3"]
 
 Conversion = Callable[[Any], Any]
-Plan = tuple[frozenset[str], tuple[tuple[str, str, Conversion | None], ...]]
-"""(3.x fields copied as they are, (3.x name, 2.x name, conversion or None) for the rest).
+Plan = tuple[type[msgspec.Struct], tuple[tuple[str, str, Conversion | None], ...]]
+"""(a Struct of the 3.x fields copied as they are, (3.x name, 2.x name, conversion or None) for the rest).
 
-Most fields keep name and type, so they go through one dict comprehension; the few renamed or
-converted ones are looked up one by one.
+Most fields keep name and type, so msgspec picks them out of a record in C (``convert`` to the
+Struct, then ``to_builtins``); the few renamed or converted ones are looked up one by one.
 """
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +222,13 @@ def _plans() -> dict[str, Plan]:
                 keep.add(src)
             else:
                 special.append((src, dst, conv))
-        plans[name] = (frozenset(keep), tuple(special))
+        picker = msgspec.defstruct(
+            f"_Keep{name.replace('/', '_').replace('-', '_')}",
+            [(field, Any, None) for field in sorted(keep)],
+            omit_defaults=True,
+            gc=False,
+        )
+        plans[name] = (picker, tuple(special))
     return plans
 
 
@@ -237,8 +244,8 @@ def _quality_limitation_fields() -> dict[str, tuple[tuple[str, str], ...]]:
 
 def _mapped(rec: dict[str, Any], plan: Plan) -> Stats:
     """The fields of ``rec`` that ``plan`` knows, renamed and converted to their 2.x type."""
-    keep, special = plan
-    out = {k: v for k, v in rec.items() if k in keep}
+    picker, special = plan
+    out: Stats = msgspec.to_builtins(msgspec.convert(rec, picker))
     for src, dst, conv in special:
         if src in rec:
             value = rec[src]
