@@ -56,8 +56,6 @@ class Message:
     """(clientId, sample timestamp): how a report is traced back to the sample it came from."""
     body: dict[str, Any]
     frame: str
-    last: bool
-    """The sender's last message (its client leaves)."""
 
 
 def workload(calls: int, clients_per_call: int, ticks: int, seed: int, schema: str) -> list[Message]:
@@ -76,7 +74,7 @@ def workload(calls: int, clients_per_call: int, ticks: int, seed: int, schema: s
         sample = body["clientSamples"][0] if "clientSamples" in body else body
         if "clientId" not in sample:
             continue
-        out.append(Message(tick.sender, (sample["clientId"], int(sample["timestamp"])), body, json.dumps(body), tick.last))
+        out.append(Message(tick.sender, (sample["clientId"], int(sample["timestamp"])), body, json.dumps(body)))
     return out
 
 

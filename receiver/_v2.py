@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
-
-import msgspec
 
 from webrtc_observer.model import (
     ClientEvent,
@@ -45,17 +42,7 @@ def wrapper_in_json(data: bytes) -> dict[str, Any] | None:
     ``msgspec.DecodeError`` for bytes that are not JSON and ``WireError`` for a wrapper that breaks
     the schema; JSON that is not an object also raises ``WireError``.
     """
-    try:
-        wrapper = _wrapper_decoder().decode(data)
-    except msgspec.ValidationError as exc:
-        raise WireError(str(exc)) from None
-    builtins: dict[str, Any] = msgspec.to_builtins(wrapper)
-    return builtins or None
-
-
-@cache
-def _wrapper_decoder() -> msgspec.json.Decoder[Any]:
-    return msgspec.json.Decoder(samples_v2(), strict=False)
+    return validate(data, samples_v2()) or None
 
 
 def samples_of(wrapper: dict[str, Any], origin: Origin) -> tuple[list[Sample], bool]:

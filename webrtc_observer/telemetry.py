@@ -103,8 +103,7 @@ class Histogram(Metric):
             return key, series
 
     def _key_for(self, labels: LabelValues) -> LabelValues:
-        if len(labels) != len(self.labels):
-            raise ValueError(f"{self.name} takes labels {self.labels}, got {labels}")
+        """``labels`` (checked by ``bind``), or the ``_other`` series once ``max_series`` is reached."""
         if labels in self._series or len(self._series) < self.max_series:
             return labels
         return (OTHER,) * len(labels)
