@@ -60,6 +60,17 @@ class RetryLater(Exception):
         self.retry_after = retry_after
 
 
+class Refused(Exception):
+    """A stage refuses this input for good: its content is at fault (status 400) or its sender is over a
+    quota (429). Nothing of it was kept; receivers answer with ``status`` and ``reason`` and count it."""
+
+    def __init__(self, reason: str, detail: str, status: int = 400) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+
+
 class Host(Protocol):
     """What the running collector offers every component."""
 

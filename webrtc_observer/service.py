@@ -19,25 +19,25 @@ from webrtc_observer.config import CollectorConfig, ComponentId
 from webrtc_observer.logs import get_logger
 from webrtc_observer.model import Batch
 from webrtc_observer.telemetry import Metric, Telemetry
+from webrtc_observer.transaction import Transactional
 from webrtc_observer.workers import Peers
 
 _KIND = {"receivers": "receiver", "processors": "processor", "exporters": "exporter"}
 
 
 class FanOut:
-    """Hands one batch to several consumers; succeeds only if all of them took it."""
+    """Hands one batch to several consumers in turn; succeeds only if all of them took it.
+
+    In turn, not concurrently: inside a transaction (:mod:`webrtc_observer.transaction`) every stage
+    only applies or reserves, so the walk never suspends, and the first refusal aborts the whole of it.
+    """
 
     def __init__(self, consumers: Sequence[Consumer]) -> None:
         self._consumers = list(consumers)
 
     async def consume(self, batch: Batch) -> None:
-        if len(self._consumers) == 1:
-            await self._consumers[0].consume(batch)
-            return
-        results = await asyncio.gather(*(c.consume(batch) for c in self._consumers), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        for consumer in self._consumers:
+            await consumer.consume(batch)
 
 
 class _Counted:
@@ -141,7 +141,7 @@ class Service:
 
         for rid, consumers in entry_points.items():
             options = cfg.components["receivers"][rid]
-            entry: Consumer = FanOut(consumers)
+            entry: Consumer = Transactional(FanOut(consumers))
             if self._peers is not None:
                 entry = self._peers.router(str(rid), entry)
             self.receivers[rid] = factories["receivers"][rid.type].create(self._settings("receivers", rid), options, entry)
