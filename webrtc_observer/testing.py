@@ -18,6 +18,7 @@ from webrtc_observer.components import builtin_factories, config_types
 from webrtc_observer.config import ComponentId, load_text
 from webrtc_observer.model import Batch, ClientSample, Report, Sample
 from webrtc_observer.service import Service
+from webrtc_observer.transaction import after_commit
 
 
 @dataclass
@@ -45,6 +46,9 @@ class RecordingExporter:
     async def consume(self, batch: Batch) -> None:
         if self.refuse:
             raise RetryLater("recording exporter told to refuse", retry_after=2)
+        await after_commit(lambda: self._record(batch))
+
+    async def _record(self, batch: Batch) -> None:
         self.batches.append(batch)
         async with self._arrived:
             self._arrived.notify_all()
