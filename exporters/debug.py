@@ -15,6 +15,7 @@ from webrtc_observer.component import Factory, Settings
 from webrtc_observer.config import Duration
 from webrtc_observer.model import Batch
 from webrtc_observer.records import json_records, record_types
+from webrtc_observer.transaction import after_commit
 
 
 @dataclass
@@ -36,6 +37,9 @@ class DebugExporter:
         self._task = asyncio.create_task(self._tick())
 
     async def consume(self, batch: Batch) -> None:
+        await after_commit(lambda: self._record(batch))
+
+    def _record(self, batch: Batch) -> None:
         self._counts.update(record_types(batch))
         if self._config.verbosity == "detailed":
             for line in json_records(batch):

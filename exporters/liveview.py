@@ -23,6 +23,7 @@ from webrtc_observer.http_server import endpoint_issues, serve
 from webrtc_observer.model import Batch
 from webrtc_observer.processors import _emodel
 from webrtc_observer.telemetry import Histogram, Telemetry
+from webrtc_observer.transaction import after_commit
 
 _TRACK_TYPES = {
     "INBOUND_AUDIO_TRACK": ("inbound", "audio"),
@@ -232,7 +233,7 @@ class LiveViewExporter:
 
     async def consume(self, batch: Batch) -> None:
         if batch.reports:
-            self._view.update(batch)
+            await after_commit(lambda: self._view.update(batch))
 
     async def shutdown(self) -> None:
         runner, self._runner = self._runner, None

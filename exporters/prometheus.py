@@ -30,6 +30,7 @@ from webrtc_observer.config import Duration
 from webrtc_observer.http_server import endpoint_issues, serve
 from webrtc_observer.model import Batch
 from webrtc_observer.telemetry import Histogram, Telemetry
+from webrtc_observer.transaction import after_commit
 
 
 @dataclass
@@ -212,8 +213,9 @@ class PrometheusExporter:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def consume(self, batch: Batch) -> None:
-        if self._per_call is not None and batch.reports:
-            self._per_call.update(batch, time.monotonic())
+        per_call = self._per_call
+        if per_call is not None and batch.reports:
+            await after_commit(lambda: per_call.update(batch, time.monotonic()))
 
     async def shutdown(self) -> None:
         runner, self._runner = self._runner, None

@@ -24,7 +24,7 @@ import msgspec
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from webrtc_observer.component import Consumer, Factory, RetryLater, Settings
+from webrtc_observer.component import Consumer, Factory, Refused, RetryLater, Settings
 from webrtc_observer.config import ByteSize, Duration
 from webrtc_observer.http_server import endpoint_issues, serve
 from webrtc_observer.model import Batch, Origin
@@ -145,6 +145,9 @@ class ObservertcReceiver:
             except RefusedInput as exc:
                 self._refuse("http", exc.reason)
                 return _error(exc.status, exc.reason, exc.detail)
+            except Refused as exc:
+                self._refuse("http", exc.reason)
+                return _error(exc.status, exc.reason, exc.detail)
             except RetryLater as exc:
                 self._refuse("http", "pipeline_full")
                 return _error(503, "pipeline_full", exc.reason, headers={"Retry-After": str(max(1, round(exc.retry_after)))})
@@ -228,7 +231,7 @@ class ObservertcReceiver:
             try:
                 decoded = decode(data, stamped, route=route, encoding=frame_encoding, gzipped=None, limit=limit)
                 await self._deliver(decoded.samples, stamped, "websocket")
-            except RefusedInput as exc:
+            except (RefusedInput, Refused) as exc:
                 self._refuse("websocket", exc.reason)
                 await ws.send_bytes(orjson.dumps({"error": exc.reason, "detail": exc.detail}))
             except RetryLater as exc:
