@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= collector.yaml
 
-.PHONY: install install-test run validate test lint clean
+.PHONY: install install-test run validate test lint typecheck clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ test: install-test
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(MAKE) typecheck
+
+# mypy cannot follow setuptools' package-dir mapping (config/ installs as webrtc_observer.config...):
+# it checks a tree of links laid out as the installed package.
+TYPECHECK := $(VENV)/typecheck
+typecheck: install-test
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/webrtc_observer
+	for f in webrtc_observer/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/webrtc_observer/; done
+	for d in config receiver processors exporters; do ln -s "$(CURDIR)/$$d" $(TYPECHECK)/webrtc_observer/$$d; done
+	cd $(TYPECHECK) && MYPYPATH=. $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p webrtc_observer
 
 clean:
 	rm -rf $(VENV) .pytest_cache data

@@ -74,7 +74,7 @@ def _convert(value: Any, tp: Any, path: str, issues: list[ConfigIssue]) -> Any:
             if converted is not _MISSING:
                 out[str(k)] = converted
         return out
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _dataclass(value, tp, path, issues)
     if tp in (Duration, ByteSize):
         try:

@@ -7,6 +7,7 @@ and receivers last, and shuts them down in the opposite order so that data in fl
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
@@ -123,6 +124,6 @@ class Factory(Generic[C]):
 
     kind: Kind
     type: str
-    config_type: type[C]
+    config_type: builtins.type[C]
     create: Callable[[Settings, C, Any], Any]
     description: str = ""

@@ -218,7 +218,7 @@ class ReportRecord(msgspec.Struct, gc=False, omit_defaults=True, kw_only=True):
         return [name for name in self.__struct_fields__ if getattr(self, name) is not None]
 
     def to_dict(self) -> dict[str, Any]:
-        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+        return msgspec.to_builtins(self)
 
 
 Payload = ReportRecord | dict[str, Any]

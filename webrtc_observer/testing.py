@@ -74,7 +74,7 @@ class RecordingExporter:
         return self.samples
 
 
-RECORDING = Factory(
+RECORDING: Factory[RecordingExporterConfig] = Factory(
     kind="exporter",
     type="recording",
     config_type=RecordingExporterConfig,
@@ -95,7 +95,7 @@ class RunningCollector:
     service: Service
 
     def port(self, receiver: str = "observertc") -> int:
-        return self.service.receivers[ComponentId.parse(receiver)].bound_port  # type: ignore[no-any-return]
+        return self.service.receivers[ComponentId.parse(receiver)].bound_port
 
     def url(self, path: str = "", receiver: str = "observertc", scheme: str = "http") -> str:
         return f"{scheme}://127.0.0.1:{self.port(receiver)}{path}"

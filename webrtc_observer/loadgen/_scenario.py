@@ -760,7 +760,7 @@ class Scenario:
         client.seq += 1
         if goodbye:
             client.said_goodbye = True
-        route = "pcsamples" if client.generation == "legacy" else "samples"
+        route: Literal["samples", "pcsamples"] = "pcsamples" if client.generation == "legacy" else "samples"
         return [
             Tick(
                 at=t,
@@ -942,9 +942,16 @@ def _v2_samples(sc: Scenario, client: Client, t: float, first: bool, goodbye: bo
         ] + ([{"id": "cam-0", "kind": "videoinput", "label": "HD camera"}] if client.camera else [])
         sample["iceServers"] = ["turns:turn.example.com:443?transport=tcp", "stun:stun.example.com:3478"]
         sample["customCallEvents"] = [{"name": "JOINED_ROOM", "value": client.call.room_id, "timestamp": ts}]
-    transports, pairs, local_cands, remote_cands, codecs = [], [], [], [], []
+    transports: list[dict[str, Any]] = []
+    pairs: list[dict[str, Any]] = []
+    local_cands: list[dict[str, Any]] = []
+    remote_cands: list[dict[str, Any]] = []
+    codecs: list[dict[str, Any]] = []
     sources: dict[str, dict[str, Any]] = {}
-    in_audio, in_video, out_audio, out_video = [], [], [], []
+    in_audio: list[dict[str, Any]] = []
+    in_video: list[dict[str, Any]] = []
+    out_audio: list[dict[str, Any]] = []
+    out_video: list[dict[str, Any]] = []
     sfu = client.call.topology == "sfu"
     for pc in client.pcs.values():
         outbound = sc.outbound_flows(pc, t)
