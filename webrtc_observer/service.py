@@ -111,7 +111,7 @@ class Service:
 
     def _build(self, factories: Mapping[str, Mapping[str, Factory[Any]]]) -> None:
         cfg = self.config
-        used = {kind: set() for kind in _KIND}
+        used: dict[str, set[ComponentId]] = {kind: set() for kind in _KIND}
         for pipeline in cfg.pipelines.values():
             used["exporters"].update(pipeline.exporters)
             used["receivers"].update(pipeline.receivers)
