@@ -7,7 +7,6 @@ listing every problem with its YAML path.
 
 from ._document import CollectorConfig, ComponentId, LogsConfig, PipelineConfig, TelemetryConfig, load_file, load_text
 from ._errors import ConfigError, ConfigIssue
-from ._options import option_names
 from ._units import ByteSize, Duration
 
 __all__ = [
@@ -22,5 +21,4 @@ __all__ = [
     "TelemetryConfig",
     "load_file",
     "load_text",
-    "option_names",
 ]

@@ -25,10 +25,6 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def option_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
 def decode(value: Any, cls: type, path: str, issues: list[ConfigIssue]) -> Any:
     """Decode ``value`` (parsed YAML) as ``cls``; problems go to ``issues``; returns None if unusable."""
     result = _convert(value, cls, path, issues)
