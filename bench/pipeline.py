@@ -224,7 +224,7 @@ class FileSink(Sink):
 
     def config(self) -> str:
         # No rotation: every line stays in the files counted here.
-        return f'file: {{path: "{self.path}", queue_size: 100000, rotation: {{max_megabytes: 0}}}}'
+        return f'file: {{path: "{self.path}", sending_queue: {{queue_size: 100000}}, rotation: {{max_megabytes: 0}}}}'
 
     def files(self) -> list[Path]:
         return sorted(self.path.parent.glob(f"{self.path.stem}*{self.path.suffix}"))
@@ -259,7 +259,7 @@ class KafkaSink(Sink):
         self.topic = f"bench-{time.monotonic_ns()}"
 
     def config(self) -> str:
-        return f'kafka: {{brokers: ["{self.broker.bootstrap}"], topic: "{self.topic}", queue_size: 100000}}'
+        return f'kafka: {{brokers: ["{self.broker.bootstrap}"], topic: "{self.topic}", sending_queue: {{queue_size: 100000}}}}'
 
     async def arrived(self, running: Running) -> int:
         # What the broker acknowledged (acks=all), as the exporter counts it; reading the topic's

@@ -100,9 +100,12 @@ def _dataclass(value: Any, cls: type, path: str, issues: list[ConfigIssue]) -> A
     hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     ok = True
+    renamed = getattr(cls, "RENAMED_OPTIONS", {})  # old option name -> hint naming the new one
     for key in value:
         if key not in fields:
-            issues.append(ConfigIssue(join(path, str(key)), f"unknown option (valid: {', '.join(fields)})"))
+            hint = renamed.get(key)
+            message = f"no longer an option: {hint}" if hint else f"unknown option (valid: {', '.join(fields)})"
+            issues.append(ConfigIssue(join(path, str(key)), message))
             ok = False
     for name, field in fields.items():
         if name in value:

@@ -1,8 +1,8 @@
 """The kafka exporter's seam to a Kafka client library: one small protocol, two implementations.
 
-The exporter owns the queue, retries, backoff and counting. A client only hands records to its library
-and reports each record's outcome exactly once through ``on_result``, from whatever thread the library
-calls back on (the exporter moves it to the event loop). Client methods may block, so the exporter calls
+The exporter helper owns the queue, retries, backoff and counting. A client only hands records to its
+library and reports each record's outcome exactly once through ``on_result``, from whatever thread the
+library calls back on (the exporter moves it to the event loop). Client methods may block, so the exporter calls
 them from a worker thread of its own, never from the event loop.
 
 * ``confluent`` (confluent-kafka, librdkafka): ``produce()`` does not block but raises ``BufferError``
@@ -45,29 +45,40 @@ RESERVED_OPTIONS: dict[str, frozenset[str]] = {
 
 
 class OutRecord:
-    """One Kafka record, and the exporter's bookkeeping of it across attempts."""
+    """One Kafka record of a chunk being sent; ``index`` is its place in the chunk, ``chunk`` the
+    sender's bookkeeping of the chunk's outcomes."""
 
-    __slots__ = ("first_try", "headers", "in_flight", "key", "seq", "topic", "value")
+    __slots__ = ("chunk", "headers", "index", "item", "key", "topic", "value")
 
-    def __init__(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], seq: int) -> None:
+    def __init__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        index: int = 0,
+        chunk: Any = None,
+        item: bytes = b"",
+    ) -> None:
         self.topic = topic
         self.key = key
         self.value = value
         self.headers = headers
-        self.seq = seq
-        self.first_try = 0.0
-        """Monotonic time the record was first handed to a client (0 until then)."""
-        self.in_flight = False
-        """Handed to the client, outcome not yet known."""
+        self.index = index
+        self.chunk = chunk
+        self.item = item
+        """The queue item the record was decoded from."""
 
 
 @dataclass(frozen=True, slots=True)
-class SendError:
+class RecordError:
+    """Why the library did not deliver a record; ``retriable`` False: sending it again cannot help."""
+
     message: str
     retriable: bool
 
 
-OnResult = Callable[[OutRecord, SendError | None], None]
+OnResult = Callable[[OutRecord, RecordError | None], None]
 OnClientError = Callable[[str], None]
 
 
@@ -107,9 +118,10 @@ def resolve(kind: Literal["auto", "confluent", "kafka-python"]) -> ClientKind | 
     """The client library to use: ``auto`` is confluent-kafka if installed, else kafka-python."""
     if kind != "auto":
         return kind if available(kind) else None
-    for candidate in ("confluent", "kafka-python"):
-        if available(candidate):  # type: ignore[arg-type]
-            return candidate  # type: ignore[return-value]
+    order: tuple[ClientKind, ...] = ("confluent", "kafka-python")
+    for candidate in order:
+        if available(candidate):
+            return candidate
     return None
 
 
@@ -241,7 +253,7 @@ class ConfluentClient:
         code = err.code()
         if code in self._replace_after:
             self._replace_producer = True
-        self._on_result(record, SendError(err.str(), code not in self._permanent))
+        self._on_result(record, RecordError(err.str(), code not in self._permanent))
 
     def send(self, records: Sequence[OutRecord]) -> None:
         from confluent_kafka import KafkaException
@@ -263,7 +275,7 @@ class ConfluentClient:
                     except BufferError:
                         # librdkafka's queue is full: the poll thread is serving deliveries; wait a little.
                         if waited >= self._BUFFER_FULL_WAIT:
-                            error = SendError("librdkafka's queue is full", True)
+                            error = RecordError("librdkafka's queue is full", True)
                             for rest in records[i:]:
                                 self._on_result(rest, error)
                             return
@@ -273,10 +285,10 @@ class ConfluentClient:
                         kerr = exc.args[0]
                         if kerr.code() == self._fatal_code:
                             self._replace_producer = True
-                        self._on_result(record, SendError(kerr.str(), kerr.code() not in self._permanent))
+                        self._on_result(record, RecordError(kerr.str(), kerr.code() not in self._permanent))
                         break
                     except (TypeError, ValueError) as exc:
-                        self._on_result(record, SendError(str(exc), False))
+                        self._on_result(record, RecordError(str(exc), False))
                         break
 
     def close(self, timeout: float) -> None:
@@ -379,13 +391,13 @@ class KafkaPythonClient:
     def _failed(self, record: OutRecord, exc: BaseException) -> None:
         if isinstance(exc, self._replace_after):
             self._replace_producer = True
-        self._on_result(record, SendError(_describe(exc), not isinstance(exc, self._permanent)))
+        self._on_result(record, RecordError(_describe(exc), not isinstance(exc, self._permanent)))
 
     def send(self, records: Sequence[OutRecord]) -> None:
         try:
             producer = self._ensure()
         except Exception as exc:
-            error = SendError(f"cannot connect: {_describe(exc)}", True)
+            error = RecordError(f"cannot connect: {_describe(exc)}", True)
             self._on_error(error.message)
             for record in records:
                 self._on_result(record, error)
@@ -396,7 +408,7 @@ class KafkaPythonClient:
                 future = send(record.topic, value=record.value, key=record.key, headers=record.headers)
             except self._errors.KafkaTimeoutError as exc:
                 # No metadata within max_block_ms: the cluster is unreachable; do not wait once per record.
-                error = SendError(_describe(exc), True)
+                error = RecordError(_describe(exc), True)
                 for rest in records[i:]:
                     self._on_result(rest, error)
                 return

@@ -1,9 +1,14 @@
 """Exporter ``file``: appends one JSON record per line to a local file, rotating it by size.
 
-Batches wait in a bounded queue; a single writer task drains it and does the file I/O on a worker
-thread so the event loop never blocks on disk. When the queue is full the pipeline is told to retry
-later (receivers answer 503) rather than growing memory. A write that fails (disk full) is retried
-with backoff; on shutdown the queue is drained and flushed before the file closes.
+Queueing, retries, the drain at shutdown, health and the standard telemetry are the exporter
+helper's (:mod:`webrtc_observer.exporterhelper`; ``sending_queue.storage: file`` keeps the queue on
+disk). This module encodes (a batch → one JSON line per record) and writes (a chunk of lines →
+the file, on a worker thread of its own so the event loop never blocks on disk).
+
+Before each chunk it checks that the path still names the open file (device and inode): a file
+deleted or moved away is reopened at the path, creating missing folders. A write that fails (disk
+full, folder gone) is counted in ``exporter_write_errors`` and retried by the helper; a write that
+stopped half-way goes on where it stopped, so no line is written twice or torn.
 """
 
 from __future__ import annotations
@@ -11,19 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO, ClassVar
 
-from webrtc_observer.component import Factory, RetryLater, Settings, Worker
-from webrtc_observer.config import Duration
+import msgspec
+
+from webrtc_observer.component import Factory, Settings, Worker
+from webrtc_observer.exporterhelper import QueuedExporter, QueuedExporterConfig, SendError, renamed_options
+from webrtc_observer.logs import Logger
 from webrtc_observer.model import Batch
-from webrtc_observer.records import json_lines
+from webrtc_observer.telemetry import Metric
 
-_LINGER_UNTIL = 64
-"""Batches already waiting that make lingering pointless: a busy writer writes at once."""
-_MAX_BATCHES_PER_WRITE = 4096
-"""A busy collector's loop turns slowly; each turn of the writer takes all that waits, up to this."""
+_encoder = msgspec.json.Encoder()
 
 
 @dataclass
@@ -43,157 +50,184 @@ class RotationConfig:
 
 
 @dataclass
-class FileExporterConfig:
+class FileExporterConfig(QueuedExporterConfig):
+    RENAMED_OPTIONS: ClassVar[Mapping[str, str]] = renamed_options(
+        queue_size="use sending_queue.queue_size (counted in records, not batches)",
+        drain_timeout="use shutdown_timeout",
+        retry_max_interval="use retry_on_failure.max_interval",
+        linger="removed: each write takes what waits in the sending queue, up to 2048 records",
+    )
     path: str = "data/reports.jsonl"
     rotation: RotationConfig = field(default_factory=RotationConfig)
-    queue_size: int = 1000
-    """Batches that may wait for the disk; when full, the pipeline is asked to retry later."""
-    retry_max_interval: Duration = Duration(30)
-    drain_timeout: Duration = Duration(10)
-    """On shutdown, how long queued records may take to reach the disk before they are counted as failed."""
-    linger: Duration = Duration(0.005)
-    """How long the writer waits for more batches after the first, so that a busy collector writes
-    fewer, larger chunks (each write is a hand-over to a thread); 0 writes what is there at once."""
 
     def validate(self) -> list[tuple[str, str]]:
-        issues = []
+        issues = super().validate()
         if not self.path:
             issues.append(("path", "must not be empty"))
-        if not 0 <= self.linger <= 1:
-            issues.append(("linger", "must be between 0 and 1s"))
-        if self.queue_size < 1:
-            issues.append(("queue_size", "must be at least 1"))
         return issues
 
 
-class FileExporter:
-    def __init__(self, settings: Settings, config: FileExporterConfig) -> None:
-        self._config = config
-        self._log = settings.logger
-        self._path = _worker_path(Path(config.path), settings.worker)
-        self._max_bytes = config.rotation.max_megabytes * 1024 * 1024
-        self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=config.queue_size)
-        self._writer: asyncio.Task[None] | None = None
-        self._file: object | None = None
-        self._size = 0
-        self._closing = False
-        self._failing_since: float | None = None
-        self._inflight = 0
-        label = str(settings.id)
-        t = settings.telemetry
-        self._sent = t.counter("exporter_sent_records", "Records written or delivered", ("exporter",))
-        self._failed = t.counter("exporter_send_failed_records", "Records that could not be written or delivered", ("exporter",))
-        self._write_errors = t.counter("exporter_write_errors", "Failed write attempts (retried)", ("exporter",))
-        self._queue_gauge = t.gauge("exporter_queue_size", "Batches waiting in the exporter queue", ("exporter",))
-        self._queue_gauge.set(0, label)
-        t.gauge("exporter_queue_capacity", "Capacity of the exporter queue", ("exporter",)).set(config.queue_size, label)
-        self._label = label
+def _encode(batch: Batch) -> list[bytes]:
+    """One JSON line (newline included) per record: reports as envelopes, samples as ``{type, payload}``."""
+    encode = _encoder.encode
+    lines = [encode(report) + b"\n" for report in batch.reports]
+    lines.extend(encode({"type": type(sample).__name__, "payload": sample}) + b"\n" for sample in batch.samples)
+    return lines
 
-    def failing_since(self) -> float | None:
-        """When the current streak of failed writes began (``/health`` turns unhealthy after a while)."""
-        return self._failing_since
+
+class _FileSender:
+    """Writes chunks of lines to the file (the exporter helper's ``Sender``)."""
+
+    def __init__(self, path: Path, rotation: RotationConfig, log: Logger, write_errors: Metric, label: str) -> None:
+        self._path = path
+        self._max_bytes = rotation.max_megabytes * 1024 * 1024
+        self._backups = rotation.max_backups
+        self._log = log
+        self._write_errors = write_errors
+        self._label = label
+        self._file: Any = None  # a raw (unbuffered) file, or a test's stand-in for one
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        self._size = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"file-{label}")
+        self._running: asyncio.Future[list[int]] | None = None
+        # Progress of the chunk being written, across failed attempts (the objects, so ids stay unique):
+        self._written: dict[int, bytes] = {}
+        self._partial: tuple[bytes, int] | None = None
+        self._error = ""
 
     async def start(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = await asyncio.to_thread(open, self._path, "ab", 0)
-        self._size = self._path.stat().st_size
-        self._writer = asyncio.create_task(self._drain(), name=f"file-exporter-{self._label}")
-        self._log.info("writing records", path=str(self._path))
-
-    async def consume(self, batch: Batch) -> None:
-        if self._closing:
-            raise RetryLater("exporter is shutting down")
         try:
-            self._queue.put_nowait(batch)
-        except asyncio.QueueFull:
-            raise RetryLater(f"file exporter queue is full ({self._config.queue_size} batches)") from None
-        self._queue_gauge.set(self._queue.qsize(), self._label)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._ensure_open)
+        except OSError as exc:  # not fatal: each write tries again, and failing writes turn health unhealthy
+            self._log.error("cannot open the output file yet", path=str(self._path), error=str(exc))
+        else:
+            self._log.info("writing records", path=str(self._path))
 
-    async def _drain(self) -> None:
-        while True:
-            batch = await self._queue.get()
-            if self._config.linger and not self._closing and self._queue.qsize() < _LINGER_UNTIL:
-                await asyncio.sleep(self._config.linger)
-            batches = [batch]
-            while not self._queue.empty() and len(batches) < _MAX_BATCHES_PER_WRITE:  # what waits, in one go
-                batches.append(self._queue.get_nowait())
-            chunks, records = json_lines(batches)
-            self._inflight = records
-            await self._write_with_retry(chunks, records)
-            self._inflight = 0
-            for _ in batches:
-                self._queue.task_done()
-            self._queue_gauge.set(self._queue.qsize(), self._label)
+    async def send(self, items: Sequence[bytes]) -> None:
+        if self._running is not None and not self._running.done():
+            # An earlier attempt timed out but its thread still writes: let it end first (it records what it wrote).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._running)
+        self._running = asyncio.get_running_loop().run_in_executor(self._executor, self._write_chunk, items)
+        failed = await asyncio.shield(self._running)
+        if failed:
+            self._write_errors.add(1, self._label)
+            raise SendError(f"writing {self._path} failed: {self._error}", failed=failed)
 
-    async def _write_with_retry(self, chunks: list[bytes], records: int) -> None:
-        pending = [memoryview(chunk) for chunk in chunks]
-        delay = 0.5
-        while True:
-            try:
-                await asyncio.to_thread(self._write, pending)
-                self._sent.add(records, self._label)
-                self._failing_since = None
-                return
-            except OSError as exc:
-                if self._failing_since is None:
-                    self._failing_since = time.monotonic()
-                self._write_errors.add(1, self._label)
-                self._log.error("write failed, will retry", path=str(self._path), error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._config.retry_max_interval)
+    def _write_chunk(self, items: Sequence[bytes]) -> list[int]:
+        """Runs on the thread: write what of ``items`` is not written yet; the indexes left on failure."""
+        if self._written:  # a retry: skip what an earlier attempt wrote
+            todo = [i for i, item in enumerate(items) if self._written.get(id(item)) is not item]
+        else:
+            todo = list(range(len(items)))
+        skip = 0  # bytes of the first item an earlier attempt wrote
+        done = 0  # bytes of the joined chunk written now
+        try:
+            self._ensure_open()  # a reopened file forgets the partial line: it is in the old file
+            if todo and self._partial is not None and self._partial[0] is items[todo[0]]:
+                skip = self._partial[1]
+            data = memoryview(b"".join([items[i] for i in todo]))[skip:]
+            if self._max_bytes and self._size and self._size + len(data) > self._max_bytes:
+                self._rotate()
+            while done < len(data):
+                written = self._file.write(data[done:])
+                self._size += written
+                done += written
+        except OSError as exc:
+            self._error = str(exc)
+            self._log.error("write failed", path=str(self._path), error=str(exc))
+            return self._progress(items, todo, skip + done)
+        self._written.clear()
+        self._partial = None
+        return []
 
-    def _write(self, pending: list[memoryview]) -> None:
-        """Runs on a worker thread: rotate if needed, then append ``pending``, taking off what is written.
+    def _progress(self, items: Sequence[bytes], todo: list[int], written: int) -> list[int]:
+        """After a failed write of ``written`` bytes of ``todo``'s items: remember them; the indexes left."""
+        for n, i in enumerate(todo):
+            item = items[i]
+            if written >= len(item):
+                written -= len(item)
+                self._written[id(item)] = item
+                continue
+            self._partial = (item, written) if written else None
+            return todo[n:]
+        return []
 
-        The file is unbuffered, and ``pending`` keeps only what has not reached it yet: a retry after
-        a failed write (disk full) goes on where the failure stopped, with no line written twice.
-        """
-        size = sum(map(len, pending))
-        if self._max_bytes and self._size and self._size + size > self._max_bytes and self._path.is_file():
-            self._rotate()
-        while pending:
-            written = self._file.write(pending[0])  # type: ignore[attr-defined]
-            self._size += written
-            rest = pending[0][written:]
-            if rest:
-                pending[0] = rest
-            else:
-                pending.pop(0)
+    def _ensure_open(self) -> None:
+        """Open the path, or reopen it when the open file is no longer there (deleted, moved, replaced)."""
+        try:
+            st = os.stat(self._path)
+            current: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            current = None
+        if self._file is not None and current is not None and current == self._identity:
+            return
+        if self._file is not None:
+            self._log.warning("output file deleted or moved; reopening the path", path=str(self._path))
+            self._close()
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        f: BinaryIO = open(self._path, "ab", buffering=0)
+        st = os.fstat(f.fileno())
+        self._file, self._identity, self._size = f, (st.st_dev, st.st_ino), st.st_size
+        self._partial = None  # the first part of a torn line is in the file that went away
 
     def _rotate(self) -> None:
-        self._file.close()  # type: ignore[attr-defined]
-        backups = self._config.rotation.max_backups
-        if backups == 0:
+        self._close()
+        if self._backups == 0:
             self._path.unlink(missing_ok=True)
         else:
-            oldest = self._path.with_name(f"{self._path.name}.{backups}")
-            oldest.unlink(missing_ok=True)
-            for i in range(backups - 1, 0, -1):
+            self._path.with_name(f"{self._path.name}.{self._backups}").unlink(missing_ok=True)
+            for i in range(self._backups - 1, 0, -1):
                 src = self._path.with_name(f"{self._path.name}.{i}")
                 if src.exists():
                     os.replace(src, self._path.with_name(f"{self._path.name}.{i + 1}"))
             os.replace(self._path, self._path.with_name(f"{self._path.name}.1"))
-        self._file = open(self._path, "ab", buffering=0)
-        self._size = 0
+        self._ensure_open()
         self._log.info("rotated", path=str(self._path))
 
+    def _close(self) -> None:
+        f, self._file, self._identity = self._file, None, None
+        if f is not None:
+            with contextlib.suppress(OSError):  # not a regular file (/dev/stdout), or the disk failed
+                os.fsync(f.fileno())
+            with contextlib.suppress(OSError):
+                f.close()
+
     async def shutdown(self) -> None:
-        """Write everything already accepted, then close the file."""
-        self._closing = True
-        if self._writer is not None:
-            try:
-                await asyncio.wait_for(self._queue.join(), self._config.drain_timeout)
-            except TimeoutError:
-                lost = self._inflight + sum(len(b) for b in _drain_nowait(self._queue))
-                self._failed.add(lost, self._label)
-                self._log.error("records not written before the drain timeout", records=lost, path=str(self._path))
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-            self._writer = None
-        if self._file is not None:
-            f, self._file = self._file, None
-            await asyncio.to_thread(_sync_close, f)
-            self._log.info("file closed", path=str(self._path), records=int(self._sent.value(self._label)))
+        if self._running is not None and not self._running.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._running)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=False)
+
+
+class FileExporter:
+    """The ``file`` exporter: the helper's queue in front of :class:`_FileSender`."""
+
+    def __init__(self, settings: Settings, config: FileExporterConfig) -> None:
+        self._path = _worker_path(Path(config.path), settings.worker)
+        label = str(settings.id)
+        write_errors = settings.telemetry.counter("exporter_write_errors", "Failed write attempts (retried)", ("exporter",))
+        self._sender = _FileSender(self._path, config.rotation, settings.logger, write_errors, label)
+        self._helper = QueuedExporter(settings, config, self._sender, _encode)
+
+    async def start(self) -> None:
+        await self._helper.start()
+
+    async def consume(self, batch: Batch) -> None:
+        await self._helper.consume(batch)
+
+    async def shutdown(self) -> int:
+        """Write what was accepted within ``shutdown_timeout``, close the file; the records lost."""
+        return await self._helper.shutdown()
+
+    def failing_since(self) -> float | None:
+        """When the current streak of failed writes began (``/health`` turns unhealthy after a while)."""
+        return self._helper.failing_since()
+
+    @property
+    def queued(self) -> int:
+        return self._helper.queued
 
 
 def _worker_path(path: Path, worker: Worker) -> Path:
@@ -201,21 +235,6 @@ def _worker_path(path: Path, worker: Worker) -> Path:
     if worker.count == 1:
         return path
     return path.with_name(f"{path.stem}-{worker.index}{path.suffix}")
-
-
-def _drain_nowait(queue: asyncio.Queue[Batch]) -> list[Batch]:
-    batches = []
-    while not queue.empty():
-        batches.append(queue.get_nowait())
-        queue.task_done()
-    return batches
-
-
-def _sync_close(f: object) -> None:
-    # Not a regular file (/dev/stdout), or the disk failed: that was counted when the write failed.
-    with contextlib.suppress(OSError):
-        os.fsync(f.fileno())  # type: ignore[attr-defined]
-    f.close()  # type: ignore[attr-defined]
 
 
 def _create(settings: Settings, config: FileExporterConfig, _next: None) -> FileExporter:

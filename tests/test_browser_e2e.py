@@ -78,7 +78,7 @@ def broker() -> Iterator[Any]:
 
 
 def pipeline(page_origin: str, broker: Any) -> str:
-    kafka = f'  kafka: {{brokers: ["{broker.bootstrap}"], topic: {TOPIC}, flush_timeout: 5s}}\n' if broker else ""
+    kafka = f'  kafka: {{brokers: ["{broker.bootstrap}"], topic: {TOPIC}, shutdown_timeout: 5s}}\n' if broker else ""
     exporters = ["recording", "liveview", *(["kafka"] if broker else [])]
     return f"""
 receivers:

@@ -86,7 +86,7 @@ exporters:
   file:
     path: ${env:MISSING_DIR}/x.jsonl
     rotation: {max_megabytes: "ten"}
-    queue_size: 0
+    sending_queue: {queue_size: 0}
   Bad Id!: {}
 extensions: {}
 service:
@@ -109,7 +109,7 @@ EXPECTED = [
     "receivers.zeromq: unknown receiver type 'zeromq' (known: observertc)",
     "exporters.file.path: environment variable MISSING_DIR is not set",
     "exporters.file.rotation.max_megabytes: expected an integer",
-    "exporters.file.queue_size: must be at least 1",
+    "exporters.file.sending_queue.queue_size: must be at least 1",
     "exporters.Bad Id!: 'Bad Id!' is not a component id",
     "extensions: unknown top-level section",
     "service.pipelines.samples.processors[0]: processor 'batch' is not defined under processors",
@@ -130,10 +130,10 @@ def test_every_error_is_reported_at_once_with_its_yaml_path():
 def test_queue_size_is_validated_when_other_file_options_are_fine():
     text = """
 receivers: {observertc: {}}
-exporters: {file: {queue_size: 0}}
+exporters: {file: {sending_queue: {queue_size: 0}}}
 service: {pipelines: {p: {receivers: [observertc], exporters: [file]}}}
 """
-    with pytest.raises(ConfigError, match=r"exporters\.file\.queue_size: must be at least 1"):
+    with pytest.raises(ConfigError, match=r"exporters\.file\.sending_queue\.queue_size: must be at least 1"):
         load(text)
 
 

@@ -23,7 +23,7 @@ async def test_the_same_reports_reach_kafka_and_the_file_across_a_broker_outage(
 receivers: {{observertc: {{endpoint: "127.0.0.1:0"}}}}
 processors: {{correlation: {{}}, quality: {{}}, reports: {{}}}}
 exporters:
-  kafka: {{brokers: ["{kafka_broker.bootstrap}"], timeout: 2s, retry: {{initial_interval: 100ms, max_interval: 500ms}}}}
+  kafka: {{brokers: ["{kafka_broker.bootstrap}"], timeout: 2s, retry_on_failure: {{initial_interval: 100ms, max_interval: 500ms}}}}
   prometheus: {{endpoint: "127.0.0.1:0"}}
   otlp: {{protocol: http/protobuf, endpoint: "{otlp_endpoint}", interval: 300ms}}
   file: {{path: "{out}"}}

@@ -8,13 +8,23 @@ import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from webrtc_observer import __version__
 from webrtc_observer.component import Worker
 from webrtc_observer.components import builtin_factories, config_types
 from webrtc_observer.config import CollectorConfig, ConfigError, load_file
 from webrtc_observer.logs import configure
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""The configuration is invalid, or the collector could not start (a port taken...)."""
+EXIT_LOST = 3
+"""``run`` stopped, but records accepted (answered 202) could not be delivered before the shutdown
+deadline and were lost: they were counted in ``exporter_lost_records`` and logged. Exporters with a
+persistent queue (``sending_queue.storage: file``) lose nothing: their records wait on disk."""
 
 
 def _load(path: str) -> CollectorConfig | None:
@@ -31,6 +41,10 @@ def _validate(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
+    for kind, configs in config.components.items():
+        for cid, component in configs.items():
+            for option, message in getattr(component, "warnings", list)():
+                print(f"warning: {kind}.{cid}.{option}: {message}", file=sys.stderr)
     for name, p in config.pipelines.items():
         stages = [", ".join(map(str, p.receivers)), *map(str, p.processors), ", ".join(map(str, p.exporters))]
         print(f"pipeline {name}: {' -> '.join(stages)}")
@@ -57,28 +71,27 @@ def _serve(config: CollectorConfig, worker: Worker | None = None, directory: str
 
     service = Service(config, builtin_factories(), peers=Peers(worker, directory) if worker is not None else None)
     try:
-        _event_loop_runner(service.run_until_signal())
+        lost = _event_loop_runner(service.run_until_signal())
     except OSError as exc:  # e.g. the port is taken
         print(f"webrtc-observer: cannot start: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     finally:
         # The drain is done: a repeated Ctrl-C or SIGTERM during interpreter exit must not turn a
         # clean stop into a kill.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    return 0
+    return EXIT_LOST if lost else EXIT_OK
 
 
-def _event_loop_runner(main: Coroutine[Any, Any, None]) -> None:
+def _event_loop_runner(main: Coroutine[Any, Any, T]) -> T:
     """uvloop where it is installed (it is a dependency on Linux and macOS): its sockets and
     callbacks cost less per message than asyncio's own loop."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
-        return
+        return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main)
+        return runner.run(main)
 
 
 # -- loadgen and demo -------------------------------------------------------------------------------
@@ -270,10 +283,7 @@ async def _demo_main(config: CollectorConfig, path: str, args: argparse.Namespac
         print(summary.render(), flush=True)
         return 0
     finally:
-        try:
-            await asyncio.wait_for(service.shutdown(), config.shutdown_timeout)
-        except TimeoutError:
-            print("webrtc-observer demo: shutdown did not finish in time", file=sys.stderr)
+        await service.shutdown()  # bounded by service.shutdown_timeout
 
 
 def _add_loadgen_arguments(sub: argparse.ArgumentParser) -> None:

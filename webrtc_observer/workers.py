@@ -263,7 +263,8 @@ _STABLE_AFTER = 60.0
 
 
 def supervise(count: int, worker_main: WorkerMain) -> int:
-    """Fork ``count`` workers and keep them running until SIGTERM/SIGINT; 0 if every worker stopped cleanly."""
+    """Fork ``count`` workers and keep them running until SIGTERM/SIGINT; 0 if every worker stopped
+    cleanly, 3 if one lost records at shutdown, else 1."""
     log = get_logger(component="supervisor")
     directory = tempfile.mkdtemp(prefix="webrtc-observer-")
     context = multiprocessing.get_context("fork")
@@ -301,8 +302,7 @@ def supervise(count: int, worker_main: WorkerMain) -> int:
                 process = processes.pop(index)
                 process.join()
                 if stopping:
-                    if process.exitcode != 0:
-                        exit_code = 1
+                    exit_code = _combined_exit(exit_code, process.exitcode)
                     log.info("worker stopped", worker=index, exit_code=process.exitcode)
                     continue
                 ran = time.monotonic() - started_at[index]
@@ -322,6 +322,18 @@ def supervise(count: int, worker_main: WorkerMain) -> int:
             signal.signal(sig, handler)
         shutil.rmtree(directory, ignore_errors=True)
     return exit_code
+
+
+_EXIT_LOST = 3
+"""A worker lost records at shutdown (see ``webrtc_observer.cli.EXIT_LOST``)."""
+
+
+def _combined_exit(so_far: int, worker_exit: int | None) -> int:
+    """The supervisor's exit code after one more worker stopped: 3 if any worker lost records,
+    else 1 if any failed (a worker killed by a signal has no exit code: that is a failure), else 0."""
+    if worker_exit == _EXIT_LOST or so_far == _EXIT_LOST:
+        return _EXIT_LOST
+    return 0 if worker_exit == 0 and so_far == 0 else 1
 
 
 def _worker_entry(worker_main: WorkerMain, worker: Worker, directory: str) -> None:
