@@ -113,7 +113,7 @@ def _field_plan(report_type: str, field: Mapping[str, Any]) -> _Field:
         if avro.get("type") == "enum":
             return _ENUM, optional, frozenset(avro["symbols"])
         avro = avro.get("type")
-    primitive = _PRIMITIVES.get(avro)  # type: ignore[arg-type]
+    primitive = _PRIMITIVES.get(avro)
     if primitive is None:
         raise ValueError(f"{report_type}.{field['name']}: Avro type {avro!r} is not supported in a report")
     return primitive[0], optional, primitive[1]
@@ -176,7 +176,7 @@ def required_of(report_type: str) -> frozenset[str]:
     return _plan(report_type).required
 
 
-def build(report_type: str, fields: Mapping[str, Any]) -> Payload | None:
+def build(report_type: str, fields: Mapping[str, Any], dropped: list[str] | None = None) -> Payload | None:
     """A payload of ``report_type`` made from ``fields``, or None if a required field is missing or invalid.
 
     The payload is the type's :class:`~webrtc_observer.model.ReportRecord` (a dict only for a schema
@@ -193,20 +193,21 @@ def build(report_type: str, fields: Mapping[str, Any]) -> Payload | None:
     * enum: only one of the symbols (no report schema of 2.2.11 has one, but a future version may);
     * bytes: bytes as they are, str as UTF-8.
 
-    A refused value is dropped if the field is nullable, and makes the whole payload invalid if not.
+    A refused value is dropped if the field is nullable, and makes the whole payload invalid if not;
+    the names of refused fields are appended to ``dropped`` when given (for counting).
     Raises ``KeyError`` for an unknown report type.
     """
     plan = _plan(report_type)
     if plan.struct is None:
-        return _coerced(plan, fields)
+        return _coerced(plan, fields, dropped)
     try:
         return msgspec.convert(fields, plan.struct)  # type: ignore[return-value]
     except msgspec.ValidationError:
-        coerced = _coerced(plan, fields)
+        coerced = _coerced(plan, fields, dropped)
     return None if coerced is None else msgspec.convert(coerced, plan.struct)  # type: ignore[return-value]
 
 
-def _coerced(plan: _Plan, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+def _coerced(plan: _Plan, fields: Mapping[str, Any], dropped: list[str] | None = None) -> dict[str, Any] | None:
     """build() field by field: the rules in full, for payloads the fast path refused."""
     spec = plan.fields
     out: dict[str, Any] = {}
@@ -239,11 +240,15 @@ def _coerced(plan: _Plan, fields: Mapping[str, Any]) -> dict[str, Any] | None:
         elif kind == _BYTES:
             value = _to_bytes(value)
         if value is None:
+            if dropped is not None:
+                dropped.append(name)
             if not entry[1]:
                 return None
             continue
         out[name] = value
     if plan.required and not plan.required.issubset(out.keys()):
+        if dropped is not None:
+            dropped.extend(sorted(plan.required - out.keys()))
         return None
     return {name: out[name] for name in plan.names if name in out}  # schema order, as the fast path gives
 

@@ -10,19 +10,28 @@ Endings: a client leaves when it says so (a ``CLIENT_LEFT`` event or ``controls.
 client's samples or idle out; a call ends ``call_empty_timeout`` after its last client left. End events
 carry the time of the last sample seen.
 
-State is bounded by ``max_calls`` and ``max_clients``: samples that would need a new call or client past
-the limit are passed on uncorrelated (no reports) and counted; existing calls are never evicted, since
-ending them early would report calls that did not end. The state lives in this process: with several
-collectors, route all samples of a call to the same one (Kafka partitions keyed by call, or the
-``workers`` option).
+A message is applied whole or not at all: every change to the tables is recorded in an undo journal
+(:mod:`._undo`) and undone when the message is refused, here (bad content: ``Refused`` 400; a
+service over its quota: ``Refused("quota")`` 429; the tables full: ``RetryLater``) or anywhere
+downstream, also after ``consume`` returned. A retried message then yields exactly the events a first,
+accepted attempt would have. Counters and histograms are updated when the message commits. The idle
+sweep works the same way: if its events are refused, nothing ended and the next sweep tries again.
+
+State is bounded by ``max_calls`` and ``max_clients``, and per service by ``max_calls_per_service`` and
+``max_clients_per_service``; existing calls are never evicted, since ending them early would report
+calls that did not end. The state lives in this process: with several collectors, route all samples of
+a call to the same one (Kafka partitions keyed by call, or the ``workers`` option).
+
+Lifecycle payloads are built by the schema-coerced path of the other reports: a value the 2.2.11
+schema cannot represent is left out and counted in ``report_fields_dropped{type, field}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,9 +39,13 @@ from typing import Any, Literal
 import msgspec
 import orjson
 
-from webrtc_observer.component import Consumer, Factory, RetryLater, Settings
+from webrtc_observer import transaction
+from webrtc_observer.component import Consumer, Factory, Refused, RetryLater, Settings
 from webrtc_observer.config import Duration
 from webrtc_observer.model import Batch, ClientSample, PadLink, Report, SfuSample, Track
+
+from ._report_schemas import SCHEMA_VERSION, build
+from ._undo import Journal, Recency
 
 CallIdMode = Literal["auto", "room", "client"]
 _LIFECYCLE = frozenset(
@@ -51,6 +64,9 @@ _LIFECYCLE = frozenset(
 
 _DURATION_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0)
 _PARTICIPANT_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 20.0, 50.0, 100.0, 500.0)
+_LONG = (-(2**63), 2**63 - 1)
+_FULL_RETRY_AFTER = 5.0
+"""Retry-After (seconds) when ``max_calls``/``max_clients`` are reached: calls end at their own pace."""
 
 
 @dataclass
@@ -68,17 +84,38 @@ class CorrelationConfig:
     """An SFU, transport, pad or SCTP channel not reported for this long is gone."""
     max_calls: int = 100_000
     max_clients: int = 1_000_000
+    max_calls_per_service: int | None = None
+    """Calls in progress per serviceId; default a tenth of ``max_calls``."""
+    max_clients_per_service: int | None = None
+    """Clients in calls per serviceId; default a tenth of ``max_clients``."""
     sweep_interval: Duration = Duration(1)
     """How often idle entities are looked for."""
 
     def validate(self) -> list[tuple[str, str]]:
         issues = []
         for name in ("max_calls", "max_clients"):
-            if getattr(self, name) < 1:
-                issues.append((name, "must be at least 1"))
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                issues.append((name, "must be a whole number, at least 1"))
+        for name, total in (("max_calls_per_service", "max_calls"), ("max_clients_per_service", "max_clients")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                issues.append((name, "must be a whole number, at least 1"))
+            elif isinstance(getattr(self, total), int) and value > getattr(self, total):
+                issues.append((name, f"must not exceed {total} ({getattr(self, total)})"))
         if self.sweep_interval <= 0:
             issues.append(("sweep_interval", "must be more than 0"))
         return issues
+
+    def calls_per_service(self) -> int:
+        return self.max_calls_per_service if self.max_calls_per_service is not None else max(1, self.max_calls // 10)
+
+    def clients_per_service(self) -> int:
+        if self.max_clients_per_service is not None:
+            return self.max_clients_per_service
+        return max(1, self.max_clients // 10)
 
 
 # -- state -----------------------------------------------------------------------------------------
@@ -197,24 +234,37 @@ class CorrelationProcessor:
         self._calls: dict[tuple[str, str], _Call] = {}
         self._rooms: dict[tuple[str, str], str] = {}
         # Ordered by last sample (oldest first), so the idle sweep stops at the first live one.
-        self._clients: OrderedDict[tuple[str, str], _Client] = OrderedDict()
-        self._empty_calls: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._clients: Recency[tuple[str, str], _Client] = Recency()
+        self._empty_calls: Recency[tuple[str, str], float] = Recency()
         self._ssrc_calls: dict[tuple[str, int], str] = {}
         self._streams: dict[tuple[str, str], _Publisher] = {}
         self._sinks: dict[tuple[str, str], _Publisher] = {}
         self._sink_streams: dict[tuple[str, str], str] = {}
         self._sfu_outbound: dict[tuple[str, str, int], tuple[str, str | None, str | None, str | None]] = {}
-        self._sfus: OrderedDict[tuple[str, str], _Sfu] = OrderedDict()
-        self._undelivered: list[Report] = []
+        self._sfus: Recency[tuple[str, str], _Sfu] = Recency()
+        self._service_calls: dict[str, int] = {}
+        self._service_clients: dict[str, int] = {}
+        self._max_calls_per_service = config.calls_per_service()
+        self._max_clients_per_service = config.clients_per_service()
+        self._j = Journal()
+        """The journal of the message (or sweep) being applied; set by the entry points."""
         self._sweeper: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
         label = str(settings.id)
         t = settings.telemetry
         self._refused = t.counter(
             "correlation_refused_samples", "Client samples left uncorrelated, by reason", ("processor", "reason")
         )
         self._events = t.counter("call_events", "Lifecycle events emitted", ("processor", "name"))
-        self._dropped = t.counter("correlation_dropped_events", "Lifecycle events that could not be delivered", ("processor",))
+        self._dropped = t.counter(
+            "correlation_dropped_events",
+            "Lifecycle events emitted with a minimal payload: a required field could not be represented",
+            ("processor",),
+        )
+        self._fields_dropped = t.counter(
+            "report_fields_dropped",
+            "Report fields left out because the 2.2.11 schema cannot represent their value",
+            ("processor", "type", "field"),
+        )
         self._durations = t.histogram(
             "call_duration", "Duration of ended calls, first to last sample", ("service_id",), _DURATION_BUCKETS, unit="seconds"
         )
@@ -236,8 +286,6 @@ class CorrelationProcessor:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
-        if self._undelivered:
-            await self._deliver([])
         if self._calls or self._sfus:
             # A restart is not the end of the calls: their end is not reported, only logged.
             self._log.info(
@@ -257,7 +305,8 @@ class CorrelationProcessor:
             "sink_streams": len(self._sink_streams),
             "sfu_outbound_pads": len(self._sfu_outbound),
             "sfus": len(self._sfus),
-            "undelivered_events": len(self._undelivered),
+            "services_with_calls": len(self._service_calls),
+            "services_with_clients": len(self._service_clients),
         }
 
     def _count_pcs(self) -> int:
@@ -265,10 +314,27 @@ class CorrelationProcessor:
 
     # -- consume ------------------------------------------------------------------------------------
     async def consume(self, batch: Batch) -> None:
+        txn = transaction.current()
+        if txn is None:  # called directly (a unit test, a tool): the message is still all or nothing
+            await transaction.run(self, batch)
+            return
+        out = self._apply(batch)  # changes nothing if it raises
+        journal, self._j = self._j, Journal()
+        txn.on_abort(journal.rollback)  # refused downstream, now or after we returned
+        txn.on_commit(journal.commit)
+        await self._next.consume(out)
+
+    def _apply(self, batch: Batch) -> Batch:
+        """Apply the message to the tables, recording every change in ``self._j``; the batch to hand on."""
+        for sample in batch.samples:  # content at fault is refused before anything changes
+            if isinstance(sample, ClientSample):
+                _check_client(sample)
+            elif isinstance(sample, SfuSample):
+                _check_sfu(sample)
         events: list[Report] = []
         samples: list[Any] = []
         now = time.monotonic()
-        async with self._lock:  # the sweeper and this path touch the same tables
+        try:
             for sample in batch.samples:
                 if isinstance(sample, ClientSample):
                     samples.append(self._client_sample(sample, now, events))
@@ -276,14 +342,32 @@ class CorrelationProcessor:
                     samples.append(self._sfu_sample(sample, now, events))
                 else:
                     samples.append(sample)
-            pending, self._undelivered = self._undelivered, []
-        try:
-            await self._next.consume(Batch(samples=samples, reports=[*pending, *batch.reports, *events]))
-        except RetryLater:
-            # The samples go back to their sender, but the state already moved on: keep its events,
-            # so a join or leave is reported once the pipeline has room again.
-            self._undelivered = [*pending, *events, *self._undelivered]
+        except BaseException:
+            journal, self._j = self._j, Journal()
+            journal.rollback()
             raise
+        self._count_events(events)
+        return Batch(samples=samples, reports=[*batch.reports, *events]) if events or samples else batch
+
+    def _count_events(self, events: list[Report]) -> None:
+        if not events:
+            return
+
+        def count() -> None:
+            for report in events:
+                self._events.add(1, self._label, report.payload.get("name"))
+
+        self._j.later(count)
+
+    def _count_later(self, counter: Any, *labels: str) -> None:
+        self._j.later(lambda: counter.add(1, *labels))
+
+    def _bump(self, table: dict[str, int], service: str, delta: int) -> None:
+        n = table.get(service, 0) + delta
+        if n > 0:
+            self._j.set(table, service, n)
+        else:
+            self._j.pop(table, service)
 
     # -- clients ------------------------------------------------------------------------------------
     def _settle_call_id(self, sample: ClientSample, known: _Client | None) -> tuple[str | None, str | None]:
@@ -298,7 +382,7 @@ class CorrelationProcessor:
             return self._room_call(service, sample.room_id), None
         if sample.call_id:
             if sample.room_id:
-                self._rooms[(service, sample.room_id)] = sample.call_id  # the latest call of the room
+                self._j.set(self._rooms, (service, sample.room_id), sample.call_id)  # the latest call of the room
             return sample.call_id, None
         if sample.room_id:
             return self._room_call(service, sample.room_id), None
@@ -316,44 +400,56 @@ class CorrelationProcessor:
         key = (service, room_id)
         call_id = self._rooms.get(key)
         if call_id is None:
-            call_id = self._rooms[key] = str(uuid.uuid4())
+            call_id = str(uuid.uuid4())
+            self._j.set(self._rooms, key, call_id)
         return call_id
 
     def _client_sample(self, sample: ClientSample, now: float, events: list[Report]) -> ClientSample:
+        j = self._j
         service = sample.origin.service_id
         client_key = (service, sample.client_id)
         client = self._clients.get(client_key)
         call_id, reason = self._settle_call_id(sample, client)
         if call_id is None:
-            self._refused.add(1, self._label, reason or "unknown")
+            self._count_later(self._refused, self._label, reason or "unknown")
             return sample
         if client is not None and client.call.call_id != call_id:
-            self._remove_client(client, events)  # the client moved to another call
+            self._remove_client(client, events, now)  # the client moved to another call
             client = None
-        if client is None and len(self._clients) >= self._config.max_clients:
-            self._refused.add(1, self._label, "max_clients")
-            return sample
+        if client is None:
+            if self._service_clients.get(service, 0) >= self._max_clients_per_service:
+                raise Refused(
+                    "quota", f"service {service!r} has {self._max_clients_per_service} clients (max_clients_per_service)", 429
+                )
+            if len(self._clients) >= self._config.max_clients:
+                raise RetryLater("correlation: max_clients reached", retry_after=_FULL_RETRY_AFTER)
         call = self._calls.get((service, call_id))
         if call is None:
+            if self._service_calls.get(service, 0) >= self._max_calls_per_service:
+                raise Refused(
+                    "quota", f"service {service!r} has {self._max_calls_per_service} calls (max_calls_per_service)", 429
+                )
             if len(self._calls) >= self._config.max_calls:
-                self._refused.add(1, self._label, "max_calls")
-                return sample
-            call = self._calls[(service, call_id)] = _Call(service, call_id, sample.room_id, sample)
+                raise RetryLater("correlation: max_calls reached", retry_after=_FULL_RETRY_AFTER)
+            call = _Call(service, call_id, sample.room_id, sample)
+            j.set(self._calls, (service, call_id), call)
+            self._bump(self._service_calls, service, 1)
             events.append(self._call_event("CALL_STARTED", call, None, sample.timestamp))
-        self._empty_calls.pop((service, call_id), None)
+        self._empty_calls.pop((service, call_id), j)
         joined = client is None
         if client is None:
-            client = self._clients[client_key] = _Client(sample.client_id, call, sample, now)
-            call.clients[sample.client_id] = client
-            call.peak_clients = max(call.peak_clients, len(call.clients))
+            client = _Client(sample.client_id, call, sample, now)
+            self._clients.set(client_key, client, j)
+            self._bump(self._service_clients, service, 1)
+            j.set(call.clients, sample.client_id, client)
+            j.attr(call, "peak_clients", max(call.peak_clients, len(call.clients)))
         else:
-            self._clients.move_to_end(client_key)
-        client.last_seen = now
-        client.last_ts = max(client.last_ts, sample.timestamp)
-        call.last_ts = max(call.last_ts, sample.timestamp)
+            self._clients.move_to_end(client_key, j)
+        j.stamp(client, now, max(client.last_ts, sample.timestamp))
+        j.attr(call, "last_ts", max(call.last_ts, sample.timestamp))
         if sample.user_id:
-            client.user_id = sample.user_id
-        client.seq = sample.sample_seq if sample.sample_seq is not None else client.seq + 1
+            j.attr(client, "user_id", sample.user_id)
+        j.attr(client, "seq", sample.sample_seq if sample.sample_seq is not None else client.seq + 1)
         if joined:
             events.append(self._call_event("CLIENT_JOINED", call, client, sample.timestamp))
 
@@ -371,11 +467,12 @@ class CorrelationProcessor:
             events=kept_events if len(kept_events) != len(sample.events) else sample.events,
         )
         if leaving:
-            self._remove_client(client, events)
+            self._remove_client(client, events, now)
         return out
 
     def _update_media(self, client: _Client, sample: ClientSample, now: float, events: list[Report]) -> list[Track]:
         """Open/close peer connections and tracks; return the inbound tracks with their senders."""
+        j = self._j
         call = client.call
         service = call.service_id
         ts = sample.timestamp
@@ -388,17 +485,19 @@ class CorrelationProcessor:
                 return None
             pc = client.pcs.get(pc_id)
             if pc is None:
-                pc = client.pcs[pc_id] = _PeerConnection(pc_id, ts, now)
+                pc = _PeerConnection(pc_id, ts, now)
+                j.keep(client.pcs)
+                client.pcs[pc_id] = pc
                 events.append(self._call_event("PEER_CONNECTION_OPENED", call, client, ts, pc_id=pc_id))
-            pc.last_seen = now
-            pc.last_ts = ts
+            elif pc_id not in seen_pcs:
+                j.stamp(pc, now, ts)
             seen_pcs.add(pc_id)
             return pc
 
         for info in sample.peer_connections:
             pc = pc_of(info.peer_connection_id)
             if pc is not None and info.label:
-                pc.label = info.label
+                j.attr(pc, "label", info.label)
         for records in (sample.transports, sample.candidate_pairs, sample.data_channels):
             for rec in records:
                 pc_of(rec.get("peerConnectionId"))
@@ -413,25 +512,27 @@ class CorrelationProcessor:
                 seen_tracks.add((pc.pc_id, key))
                 state = pc.tracks.get(key)
                 if state is None:
-                    state = pc.tracks[key] = _Track(key, direction, track, ts, now)
+                    state = _Track(key, direction, track, ts, now)
+                    j.keep(pc.tracks)
+                    pc.tracks[key] = state
                     events.append(self._track_event("MEDIA_TRACK_ADDED", call, client, pc.pc_id, state, track.ssrc, ts))
-                state.last_seen = now
-                state.last_ts = ts
+                else:
+                    j.stamp(state, now, ts)
                 if track.ssrc not in state.ssrcs:
-                    state.ssrcs.add(track.ssrc)
-                    self._ssrc_calls[(service, track.ssrc)] = call.call_id
+                    j.add(state.ssrcs, track.ssrc)
+                    j.set(self._ssrc_calls, (service, track.ssrc), call.call_id)
                     if direction == "out":
-                        call.outbound_by_ssrc[track.ssrc] = (client, pc.pc_id, state)
+                        j.set(call.outbound_by_ssrc, track.ssrc, (client, pc.pc_id, state))
                 if direction == "out" and track.sfu_stream_id:
-                    state.sfu_stream_id = track.sfu_stream_id
-                    self._streams[(service, track.sfu_stream_id)] = _Publisher(
-                        call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id
-                    )
+                    j.attr(state, "sfu_stream_id", track.sfu_stream_id)
+                    publisher = _Publisher(call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id)
+                    if self._streams.get((service, track.sfu_stream_id)) != publisher:
+                        j.set(self._streams, (service, track.sfu_stream_id), publisher)
                 elif direction == "in" and track.sfu_sink_id:
-                    state.sfu_sink_id = track.sfu_sink_id
-                    self._sinks[(service, track.sfu_sink_id)] = _Publisher(
-                        call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id
-                    )
+                    j.attr(state, "sfu_sink_id", track.sfu_sink_id)
+                    subscriber = _Publisher(call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id)
+                    if self._sinks.get((service, track.sfu_sink_id)) != subscriber:
+                        j.set(self._sinks, (service, track.sfu_sink_id), subscriber)
 
         # What disappeared: peer connections absent from a sample that describes peer connections;
         # tracks absent from their peer connection's tracks in this sample; anything idle too long.
@@ -475,78 +576,93 @@ class CorrelationProcessor:
 
     # -- removals -----------------------------------------------------------------------------------
     def _remove_track(self, client: _Client, pc: _PeerConnection, state: _Track, events: list[Report]) -> None:
+        j = self._j
         call = client.call
         service = call.service_id
+        j.keep(pc.tracks)
         del pc.tracks[state.key]
         for ssrc in state.ssrcs:
             if self._ssrc_calls.get((service, ssrc)) == call.call_id:
-                del self._ssrc_calls[(service, ssrc)]
+                j.pop(self._ssrc_calls, (service, ssrc))
             owner = call.outbound_by_ssrc.get(ssrc)
             if owner is not None and owner[2] is state:
-                del call.outbound_by_ssrc[ssrc]
+                j.pop(call.outbound_by_ssrc, ssrc)
         if state.sfu_stream_id:
             pub = self._streams.get((service, state.sfu_stream_id))
             if pub is not None and pub.client_id == client.client_id:
-                del self._streams[(service, state.sfu_stream_id)]
+                j.pop(self._streams, (service, state.sfu_stream_id))
         if state.sfu_sink_id:
             sub = self._sinks.get((service, state.sfu_sink_id))
             if sub is not None and sub.client_id == client.client_id:
-                del self._sinks[(service, state.sfu_sink_id)]
+                j.pop(self._sinks, (service, state.sfu_sink_id))
         first_ssrc = min(state.ssrcs) if state.ssrcs else None
         events.append(self._track_event("MEDIA_TRACK_REMOVED", call, client, pc.pc_id, state, first_ssrc, state.last_ts))
 
     def _close_pc(self, client: _Client, pc: _PeerConnection, events: list[Report]) -> None:
         for state in list(pc.tracks.values()):
             self._remove_track(client, pc, state, events)
+        self._j.keep(client.pcs)
         del client.pcs[pc.pc_id]
         events.append(self._call_event("PEER_CONNECTION_CLOSED", client.call, client, pc.last_ts, pc_id=pc.pc_id))
 
-    def _remove_client(self, client: _Client, events: list[Report], now: float | None = None) -> None:
+    def _remove_client(self, client: _Client, events: list[Report], now: float) -> None:
         call = client.call
         for pc in list(client.pcs.values()):
             self._close_pc(client, pc, events)
-        self._clients.pop((call.service_id, client.client_id), None)
-        call.clients.pop(client.client_id, None)
+        if self._clients.pop((call.service_id, client.client_id), self._j) is not None:
+            self._bump(self._service_clients, call.service_id, -1)
+        self._j.pop(call.clients, client.client_id)
         events.append(self._call_event("CLIENT_LEFT", call, client, client.last_ts))
-        self._end_call_if_empty(call, time.monotonic() if now is None else now)
+        self._end_call_if_empty(call, now)
 
     def _end_call_if_empty(self, call: _Call, now: float) -> None:
         if not call.clients:
-            self._empty_calls[(call.service_id, call.call_id)] = now
-            self._empty_calls.move_to_end((call.service_id, call.call_id))
+            key = (call.service_id, call.call_id)
+            self._empty_calls.set(key, now, self._j)
+            self._empty_calls.move_to_end(key, self._j)
 
     def _end_call(self, call: _Call, events: list[Report]) -> None:
+        j = self._j
         key = (call.service_id, call.call_id)
-        self._calls.pop(key, None)
-        self._empty_calls.pop(key, None)
+        if j.pop(self._calls, key) is not None:
+            self._bump(self._service_calls, call.service_id, -1)
+        self._empty_calls.pop(key, j)
         if call.room_id and self._rooms.get((call.service_id, call.room_id)) == call.call_id:
-            del self._rooms[(call.service_id, call.room_id)]
+            j.pop(self._rooms, (call.service_id, call.room_id))
         events.append(self._call_event("CALL_ENDED", call, None, call.last_ts))
-        self._durations.observe(max(0, call.last_ts - call.started_ts) / 1000, call.service_id)
-        self._participants.observe(call.peak_clients, call.service_id)
+        duration, peak, service = max(0, call.last_ts - call.started_ts) / 1000, call.peak_clients, call.service_id
+
+        def observe() -> None:
+            self._durations.observe(duration, service)
+            self._participants.observe(peak, service)
+
+        j.later(observe)
 
     # -- SFUs ---------------------------------------------------------------------------------------
     def _sfu_sample(self, sample: SfuSample, now: float, events: list[Report]) -> SfuSample:
+        j = self._j
         service = sample.origin.service_id
         key = (service, sample.sfu_id)
         sfu = self._sfus.get(key)
         ts = sample.timestamp
         if sfu is None:
-            sfu = self._sfus[key] = _Sfu(sample, now)
+            sfu = _Sfu(sample, now)
+            self._sfus.set(key, sfu, j)
             events.append(self._sfu_event("SFU_JOINED", sfu, ts))
         else:
-            self._sfus.move_to_end(key)
-        sfu.last_seen = now
-        sfu.last_ts = max(sfu.last_ts, ts)
+            self._sfus.move_to_end(key, j)
+        j.stamp(sfu, now, max(sfu.last_ts, ts))
 
         def touch(kind: str, entity_key: Any, fields: dict[str, Any], added: str) -> _SfuEntity:
             table = sfu.entities[kind]
             entity = table.get(entity_key)
             if entity is None:
-                entity = table[entity_key] = _SfuEntity(fields, ts, now)
+                entity = _SfuEntity(fields, ts, now)
+                j.keep(table)
+                table[entity_key] = entity
                 events.append(self._sfu_event(added, sfu, ts, **fields))
-            entity.last_seen = now
-            entity.last_ts = ts
+            else:
+                j.stamp(entity, now, ts)
             return entity
 
         for transport in sample.transports:
@@ -557,12 +673,13 @@ class CorrelationProcessor:
                 # sink → stream lets a subscriber's inbound track find its publisher; stream+SSRC lets
                 # a cascaded SFU's inbound pad find this outbound pad.
                 if pad.get("sinkId"):
-                    self._sink_streams[(service, pad["sinkId"])] = pad["streamId"]
-                    entity.index_keys.append((service, pad["sinkId"]))
+                    j.set(self._sink_streams, (service, pad["sinkId"]), pad["streamId"])
+                    j.append(entity.index_keys, (service, pad["sinkId"]))
                 if "ssrc" in pad:
                     key3 = (service, pad["streamId"], pad["ssrc"])
-                    self._sfu_outbound[key3] = (sample.sfu_id, pad.get("transportId"), pad.get("sinkId"), pad.get("padId"))
-                    entity.index_keys.append(key3)
+                    found = (sample.sfu_id, pad.get("transportId"), pad.get("sinkId"), pad.get("padId"))
+                    j.set(self._sfu_outbound, key3, found)
+                    j.append(entity.index_keys, key3)
         for pad in sample.inbound_rtp_pads:
             touch("inbound", pad["padId"], _pad_fields(pad), "SFU_RTP_PAD_ADDED")
         for channel in sample.sctp_channels:
@@ -617,6 +734,7 @@ class CorrelationProcessor:
             table = sfu.entities[kind]
             for entity_key, entity in list(table.items()):
                 if entity.last_seen < limit:
+                    self._j.keep(table)
                     del table[entity_key]
                     self._forget_pad(sfu, kind, entity)
                     events.append(self._sfu_event(removed[kind], sfu, entity.last_ts, **entity.fields))
@@ -626,99 +744,119 @@ class CorrelationProcessor:
         pad_id = entity.fields.get("rtpPadId")
         for key in entity.index_keys:
             if len(key) == 2:
-                if self._sink_streams.get(key) == stream:  # type: ignore[arg-type]
-                    del self._sink_streams[key]  # type: ignore[arg-type]
+                if self._sink_streams.get(key) == stream:
+                    self._j.pop(self._sink_streams, key)
             else:
-                found = self._sfu_outbound.get(key)  # type: ignore[arg-type]
+                found = self._sfu_outbound.get(key)
                 if found is not None and found[0] == sfu.sfu_id and found[3] == pad_id:
-                    del self._sfu_outbound[key]  # type: ignore[arg-type]
+                    self._j.pop(self._sfu_outbound, key)
 
     def _remove_sfu(self, sfu: _Sfu, events: list[Report]) -> None:
         self._expire_sfu_entities(sfu, float("inf"), events)
-        self._sfus.pop((sfu.service_id, sfu.sfu_id), None)
+        self._sfus.pop((sfu.service_id, sfu.sfu_id), self._j)
         events.append(self._sfu_event("SFU_LEFT", sfu, sfu.last_ts))
 
     # -- idle sweep ---------------------------------------------------------------------------------
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self._config.sweep_interval)
+            now = time.monotonic()
             try:
-                async with self._lock:
-                    events = self.sweep(time.monotonic())
-                await self._deliver(events)
+                await self._sweep_and_deliver(now)
+            except RetryLater:
+                pass  # nothing ended: the next sweep finds the same ends and tries again
+            except Refused as exc:  # refused for good: trying again would not help, end without the events
+                ended = self.sweep(now)
+                self._log.warning("idle sweep events refused downstream", reason=exc.reason, events=len(ended))
             except Exception:  # the sweeper must outlive a bad day downstream
                 self._log.error("idle sweep failed", exc_info=True)
 
+    async def _sweep_and_deliver(self, now: float) -> None:
+        """End what idled out, as one transaction: if the pipeline refuses the events, nothing ended."""
+        try:
+            events = self._sweep(now)
+        except BaseException:
+            journal, self._j = self._j, Journal()
+            journal.rollback()
+            raise
+        journal, self._j = self._j, Journal()
+        if not events:
+            journal.commit()
+            return
+        await transaction.run(_Journaled(journal, self._next), Batch(reports=events))
+
     def sweep(self, now: float) -> list[Report]:
-        """End what idled out by ``now`` (monotonic seconds); return the events."""
+        """End what idled out by ``now`` (monotonic seconds), for good; return the events."""
+        events = self._sweep(now)
+        journal, self._j = self._j, Journal()
+        journal.commit()
+        return events
+
+    def _sweep(self, now: float) -> list[Report]:
         events: list[Report] = []
         client_limit = now - self._config.client_idle_timeout
-        while self._clients:
-            client = next(iter(self._clients.values()))
+        while (oldest := self._clients.first()) is not None:
+            client = oldest[1]
             if client.last_seen >= client_limit:
                 break
             self._remove_client(client, events, now)
         call_limit = now - self._config.call_empty_timeout
-        while self._empty_calls:
-            key, since = next(iter(self._empty_calls.items()))
+        while (entry := self._empty_calls.first()) is not None:
+            key, since = entry
             if since >= call_limit:
                 break
             call = self._calls.get(key)
             if call is None or call.clients:
-                self._empty_calls.pop(key)
+                self._empty_calls.pop(key, self._j)
                 continue
             self._end_call(call, events)
         sfu_limit = now - self._config.sfu_idle_timeout
-        while self._sfus:
-            sfu = next(iter(self._sfus.values()))
+        while (first := self._sfus.first()) is not None:
+            sfu = first[1]
             if sfu.last_seen >= sfu_limit:
                 break
             self._remove_sfu(sfu, events)
+        self._count_events(events)
         return events
 
-    async def _deliver(self, events: list[Report]) -> None:
-        """Hand timer-driven events downstream; keep them for later if the pipeline is full."""
-        pending, self._undelivered = [*self._undelivered, *events], []
-        if not pending:
-            return
-        try:
-            await self._next.consume(Batch(reports=pending))
-        except RetryLater:
-            kept = [*pending, *self._undelivered]
-            limit = 100_000  # events of ~100k entities; past that, count what is dropped
-            if len(kept) > limit:
-                self._dropped.add(len(kept) - limit, self._label)
-                self._log.error("lifecycle events dropped: the pipeline refused them too long", dropped=len(kept) - limit)
-                kept = kept[:limit]
-            self._undelivered = kept
-
     # -- reports ------------------------------------------------------------------------------------
+    def _report(self, report_type: str, fields: dict[str, Any]) -> Report:
+        dropped: list[str] = []
+        payload = build(report_type, fields, dropped)
+        if dropped:
+            label = self._label
+
+            def count() -> None:
+                for field in dropped:
+                    self._fields_dropped.add(1, label, report_type, field)
+
+            self._j.later(count)
+        if payload is None:  # cannot happen with checked samples; kept on schema all the same
+            self._count_later(self._dropped, self._label)
+            payload = build(report_type, {"serviceId": str(fields.get("serviceId")), "timestamp": 0, "name": fields["name"]})
+        return Report(type=report_type, payload=payload, schema_version=SCHEMA_VERSION)
+
     def _call_event(
         self, name: str, call: _Call, client: _Client | None, ts: int, pc_id: str | None = None, **extra: Any
     ) -> Report:
-        self._events.add(1, self._label, name)
-        payload: dict[str, Any] = {
+        fields: dict[str, Any] = {
             "serviceId": call.service_id,
             "mediaUnitId": client.media_unit_id if client else call.media_unit_id,
             "timestamp": ts,
             "callId": call.call_id,
             "name": name,
+            "roomId": call.room_id,
+            "marker": client.marker if client else call.marker,
         }
-        if call.room_id:
-            payload["roomId"] = call.room_id
-        marker = client.marker if client else call.marker
-        if marker:
-            payload["marker"] = marker
         if client is not None:
-            payload["clientId"] = client.client_id
-            if client.user_id:
-                payload["userId"] = client.user_id
-            payload["sampleSeq"] = client.seq
-            payload["sampleTimestamp"] = client.last_ts
+            fields["clientId"] = client.client_id
+            fields["userId"] = client.user_id
+            fields["sampleSeq"] = client.seq
+            fields["sampleTimestamp"] = client.last_ts
         if pc_id:
-            payload["peerConnectionId"] = pc_id
-        payload.update({k: v for k, v in extra.items() if v is not None})
-        return Report(type="CALL_EVENT", payload=payload)
+            fields["peerConnectionId"] = pc_id
+        fields.update(extra)
+        return self._report("CALL_EVENT", fields)
 
     def _track_event(
         self, name: str, call: _Call, client: _Client, pc_id: str, state: _Track, ssrc: int | None, ts: int
@@ -740,18 +878,169 @@ class CorrelationProcessor:
         )
 
     def _sfu_event(self, name: str, sfu: _Sfu, ts: int, **fields: Any) -> Report:
-        self._events.add(1, self._label, name)
-        payload: dict[str, Any] = {
-            "serviceId": sfu.service_id,
-            "mediaUnitId": sfu.media_unit_id,
-            "timestamp": ts,
-            "sfuId": sfu.sfu_id,
-            "name": name,
-        }
-        if sfu.marker:
-            payload["marker"] = sfu.marker
-        payload.update({k: v for k, v in fields.items() if v is not None})
-        return Report(type="SFU_EVENT", payload=payload)
+        return self._report(
+            "SFU_EVENT",
+            {
+                **fields,
+                "serviceId": sfu.service_id,
+                "mediaUnitId": sfu.media_unit_id,
+                "timestamp": ts,
+                "sfuId": sfu.sfu_id,
+                "name": name,
+                "marker": sfu.marker,
+            },
+        )
+
+
+class _Journaled:
+    """Hands a batch on inside the open transaction, keeping or undoing ``journal`` with it."""
+
+    def __init__(self, journal: Journal, next_consumer: Consumer) -> None:
+        self._journal = journal
+        self._next = next_consumer
+
+    async def consume(self, batch: Batch) -> None:
+        txn = transaction.current()
+        assert txn is not None
+        txn.on_abort(self._journal.rollback)
+        txn.on_commit(self._journal.commit)
+        await self._next.consume(batch)
+
+
+# -- checks: content that correlation cannot use is refused before anything changes --------------
+
+
+def _bad(where: str, what: str) -> Refused:
+    return Refused("invalid_sample", f"{where}: {what}")
+
+
+def _id(value: Any, where: str, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if type(value) is not str:
+        raise _bad(where, f"expected a string, got {type(value).__name__}")
+
+
+_ANY: tuple[float, float] = (-math.inf, math.inf)
+
+
+def _whole(value: Any, where: str, optional: bool = False, bounds: tuple[float, float] = _LONG) -> None:
+    if value is None and optional:
+        return
+    if type(value) is not int:
+        raise _bad(where, f"expected an integer, got {type(value).__name__}")
+    if not bounds[0] <= value <= bounds[1]:
+        raise _bad(where, f"{value} is out of range")
+
+
+def _scalar(value: Any, where: str) -> None:
+    if value is not None and type(value) not in (str, int, float):
+        raise _bad(where, f"expected a string or number, got {type(value).__name__}")
+
+
+_STR_OR_NONE = (str, type(None))
+
+
+def _check_client(s: ClientSample) -> None:
+    """Refuse (400) a sample correlation cannot use. The common, valid case costs one pass of type checks."""
+    ok = (
+        type(s.client_id) is str
+        and s.client_id
+        and type(s.call_id) in _STR_OR_NONE
+        and type(s.room_id) in _STR_OR_NONE
+        and type(s.user_id) in _STR_OR_NONE
+        and type(s.marker) in _STR_OR_NONE
+        and type(s.timestamp) is int
+        and _LONG[0] <= s.timestamp <= _LONG[1]
+        and type(s.sample_seq) in (int, type(None))
+        and type(s.closing) is bool
+        and all(type(ev.name) is str for ev in s.events)
+        and all(type(t.ssrc) is int and type(t.kind) is str and _track_ids_ok(t) for t in s.outbound_tracks)
+        and all(type(t.ssrc) is int and type(t.kind) is str and _track_ids_ok(t) for t in s.inbound_tracks)
+        and all(type(pc.peer_connection_id) is str and type(pc.label) in _STR_OR_NONE for pc in s.peer_connections)
+        and all(
+            type(rec) is dict and type(rec.get("peerConnectionId")) in _STR_OR_NONE
+            for records in (s.transports, s.candidate_pairs, s.data_channels)
+            for rec in records
+        )
+    )
+    if not ok:
+        _explain_client(s)
+
+
+def _track_ids_ok(t: Track) -> bool:
+    return (
+        type(t.peer_connection_id) in _STR_OR_NONE
+        and type(t.track_id) in _STR_OR_NONE
+        and type(t.sfu_stream_id) in _STR_OR_NONE
+        and type(t.sfu_sink_id) in _STR_OR_NONE
+    )
+
+
+def _explain_client(s: ClientSample) -> None:
+    """The field-by-field check, for the message of the refusal."""
+    _id(s.client_id, "clientId", optional=False)
+    if not s.client_id:
+        raise _bad("clientId", "must not be empty")
+    for name, value in (("callId", s.call_id), ("roomId", s.room_id), ("userId", s.user_id), ("marker", s.marker)):
+        _id(value, name)
+    _whole(s.timestamp, "timestamp")
+    _whole(s.sample_seq, "sampleSeq", optional=True, bounds=_ANY)
+    if type(s.closing) is not bool:
+        raise _bad("controls.close", "expected a boolean")
+    for i, ev in enumerate(s.events):
+        _id(ev.name, f"events[{i}].name", optional=False)
+    for i, pc in enumerate(s.peer_connections):
+        _id(pc.peer_connection_id, f"peerConnections[{i}].peerConnectionId", optional=False)
+        _id(pc.label, f"peerConnections[{i}].label")
+    for attr, wire in (
+        ("transports", "pcTransports"),
+        ("candidate_pairs", "iceCandidatePairs"),
+        ("data_channels", "dataChannels"),
+    ):
+        for i, rec in enumerate(getattr(s, attr)):
+            if type(rec) is not dict:
+                raise _bad(f"{wire}[{i}]", "expected an object")
+            _id(rec.get("peerConnectionId"), f"{wire}[{i}].peerConnectionId")
+    for wire, tracks in (("outboundTracks", s.outbound_tracks), ("inboundTracks", s.inbound_tracks)):
+        for i, t in enumerate(tracks):
+            where = f"{wire}[{i}]"
+            _whole(t.ssrc, f"{where}.ssrc", bounds=_ANY)  # beyond 64 bits: left out of the reports, counted
+            _id(t.kind, f"{where}.kind", optional=False)
+            for name, value in (
+                ("peerConnectionId", t.peer_connection_id),
+                ("trackId", t.track_id),
+                ("sfuStreamId", t.sfu_stream_id),
+                ("sfuSinkId", t.sfu_sink_id),
+            ):
+                _id(value, f"{where}.{name}")
+    raise _bad("clientSample", "a field has a type correlation cannot use")
+
+
+def _check_sfu(s: SfuSample) -> None:
+    _id(s.sfu_id, "sfuId", optional=False)
+    _whole(s.timestamp, "timestamp")
+    _id(s.marker, "marker")
+    for i, rec in enumerate(s.transports):
+        if not isinstance(rec, dict):
+            raise _bad(f"sfuTransports[{i}]", "expected an object")
+        _id(rec.get("transportId"), f"sfuTransports[{i}].transportId", optional=False)
+    for wire, pads in (("inboundRtpPads", s.inbound_rtp_pads), ("outboundRtpPads", s.outbound_rtp_pads)):
+        for i, pad in enumerate(pads):
+            where = f"{wire}[{i}]"
+            if not isinstance(pad, dict):
+                raise _bad(where, "expected an object")
+            _id(pad.get("padId"), f"{where}.padId", optional=False)
+            for name in ("streamId", "sinkId", "transportId", "callId", "clientId", "trackId"):
+                _id(pad.get(name), f"{where}.{name}")
+            if "ssrc" in pad:
+                _whole(pad["ssrc"], f"{where}.ssrc", bounds=_ANY)
+    for i, channel in enumerate(s.sctp_channels):
+        where = f"sctpChannels[{i}]"
+        if not isinstance(channel, dict):
+            raise _bad(where, "expected an object")
+        for name in ("transportId", "streamId", "channelId"):
+            _scalar(channel.get(name), f"{where}.{name}")
 
 
 def _pad_fields(pad: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from typing import Any, Literal
 import msgspec
 import orjson
 
+from webrtc_observer import transaction
 from webrtc_observer.component import Consumer, Factory, Settings
 from webrtc_observer.model import Batch, ClientSample, MetaItem, Sample, SfuSample, Stats, TurnSample
 
@@ -167,15 +168,27 @@ class ObfuscationProcessor:
         pass
 
     async def consume(self, batch: Batch) -> None:
-        await self._next.consume(self.process(batch))
+        counts: Counter[str] = Counter()
+        await self._next.consume(self.process(batch, counts))
+        if counts:  # counted when the message commits: a refused message is counted when retried
+            await transaction.after_commit(lambda: self._count(counts))
+
+    def _count(self, counts: Counter[str]) -> None:
+        for field, count in counts.items():
+            self._counter.add(count, self._label, field)
 
     # -- transformation -------------------------------------------------------------------------
-    def process(self, batch: Batch) -> Batch:
-        """The batch with obfuscated copies of the samples that changed; ``batch`` itself if none did."""
-        counts: Counter[str] = Counter()
+    def process(self, batch: Batch, counts: Counter[str] | None = None) -> Batch:
+        """The batch with obfuscated copies of the samples that changed; ``batch`` itself if none did.
+
+        With ``counts``, the obfuscated fields are added there for the caller to count; without, they
+        are counted at once. The caches only remember pure functions of their input: no state."""
+        counting = counts is None
+        counts = Counter() if counts is None else counts
         samples: list[Sample] = []
         changed = False
         for sample in batch.samples:
+            new: Sample
             if isinstance(sample, ClientSample):
                 new = self._client(sample, counts)
             elif isinstance(sample, SfuSample):
@@ -186,8 +199,8 @@ class ObfuscationProcessor:
                 new = sample
             changed = changed or new is not sample
             samples.append(new)
-        for field, count in counts.items():
-            self._counter.add(count, self._label, field)
+        if counting:
+            self._count(counts)
         if not changed:
             return batch
         return Batch(samples=samples, reports=batch.reports)

@@ -1,9 +1,10 @@
 """Processor ``quality``: quality histograms per service, media unit and media kind, from client samples.
 
 It records into the collector's telemetry registry, which the Prometheus and OTLP exporters publish.
-It does not change the batch: it hands the very batch it got to the next stage, then observes it.
-Observing after the hand-over means a batch refused downstream (``RetryLater``, resent by the client)
-is counted once, when it finally goes through.
+It does not change the batch: it hands the very batch it got to the next stage, and observes it when
+the message's transaction commits (:func:`webrtc_observer.transaction.after_commit`). A message
+refused anywhere (``RetryLater``, ``Refused``, a sibling pipeline) leaves no trace in the baselines or
+the histograms, and is counted once, when its retry goes through.
 
 Histograms (names without prefix or unit suffix, as everywhere in the registry). Labels are
 service_id, media_unit_id and kind unless said otherwise:
@@ -82,6 +83,7 @@ from typing import Any
 
 import msgspec
 
+from webrtc_observer import transaction
 from webrtc_observer.component import Consumer, Factory, Settings
 from webrtc_observer.config import Duration
 from webrtc_observer.model import Batch, ClientSample, Stats, Track
@@ -298,7 +300,9 @@ class QualityProcessor:
 
     async def consume(self, batch: Batch) -> None:
         await self._next.consume(batch)
-        self.observe(batch)
+        # Tracks' baselines and histograms change only when the message commits: a message refused
+        # here, downstream or by a sibling pipeline leaves no trace, and its retry is counted once.
+        await transaction.after_commit(lambda: self.observe(batch))
 
     @property
     def tracked(self) -> int:
@@ -367,7 +371,7 @@ class QualityProcessor:
         origin = sample.origin
         service, media_unit = origin.service_id, origin.media_unit_id
         score = sample.score
-        if score is not None and math.isfinite(score) and 0.0 <= score <= 5.0:
+        if isinstance(score, (int, float)) and not isinstance(score, bool) and 0.0 <= score <= 5.0:  # false for NaN
             self._client_score.observe(score, service, media_unit)
         if not sample.inbound_tracks and not sample.outbound_tracks:
             return
@@ -491,8 +495,9 @@ class QualityProcessor:
             buffer = _jitter_buffer_delay(before, after, jitter)
             series.mos.observe(_emodel.audio_mos(rtt, buffer, fraction_lost))
         elif bitrate is not None:
-            fps: float | None = _counter(m.framesPerSecond)
-            if not fps > 0:  # also NaN
+            reported_fps = _counter(m.framesPerSecond)
+            fps: float | None = reported_fps
+            if not reported_fps > 0:  # also NaN
                 d_frames = _delta(after[5], before[_FRAMES])
                 fps = d_frames / interval if d_frames else None
             width, height = _counter(m.frameWidth), _counter(m.frameHeight)

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from webrtc_observer import transaction
 from webrtc_observer.component import Consumer, Factory, Settings
 from webrtc_observer.model import Batch, ClientSample, PadLink, Report, SfuSample, Stats
 
@@ -116,11 +117,20 @@ class _MetaCache:
         return len(self._clients)
 
     def known(self, key: ClientKey) -> dict[int, None] | None:
-        """The client's fingerprints (marks the client recently used), or None."""
-        known = self._clients.get(key)
-        if known is not None:
-            self._clients.move_to_end(key)
-        return known
+        """The client's fingerprints, or None; read only (:meth:`touch` marks them used, at commit)."""
+        return self._clients.get(key)
+
+    def touch(self, seen: list[tuple[ClientKey, int]]) -> None:
+        """Mark fingerprints seen again (and their clients) as the most recently used."""
+        clients = self._clients
+        for key, fp in seen:
+            known = clients.get(key)
+            if known is None:
+                continue
+            clients.move_to_end(key)
+            if fp in known:
+                del known[fp]  # keep it among the newest, last to be forgotten
+                known[fp] = None
 
     def commit(self, staged: dict[ClientKey, dict[int, None]]) -> None:
         clients = self._clients
@@ -156,7 +166,7 @@ class _Derivation:
     sent again by the client and must then give the same reports, and be counted once.
     """
 
-    __slots__ = ("counts", "forget", "invalid", "reports", "staged", "uncorrelated")
+    __slots__ = ("counts", "dropped", "forget", "invalid", "reports", "seen", "staged", "uncorrelated")
 
     def __init__(self) -> None:
         self.reports: list[Report] = []
@@ -165,6 +175,8 @@ class _Derivation:
         self.uncorrelated = 0
         self.staged: dict[ClientKey, dict[int, None]] = {}
         self.forget: list[ClientKey] = []
+        self.seen: list[tuple[ClientKey, int]] = []
+        self.dropped: dict[tuple[str, str], int] = {}
 
 
 class ReportsProcessor:
@@ -184,6 +196,11 @@ class ReportsProcessor:
         self._invalid = t.counter(
             "reports_dropped_invalid", "Reports dropped because a required field was missing or invalid", ("processor", "type")
         )
+        self._fields_dropped = t.counter(
+            "report_fields_dropped",
+            "Report fields left out because the 2.2.11 schema cannot represent their value",
+            ("processor", "type", "field"),
+        )
         self._meta_clients = t.gauge("reports_meta_cache_clients", "Clients in the meta-report cache", ("processor",))
         self._meta_clients.set(0, self._label)
 
@@ -196,13 +213,16 @@ class ReportsProcessor:
     async def consume(self, batch: Batch) -> None:
         d = self.derive(batch)
         if not d.reports and not (self._forward_samples and batch.samples):
-            self._commit(d)
+            await transaction.after_commit(lambda: self._commit(d))
             return
         out = Batch(samples=batch.samples if self._forward_samples else [], reports=d.reports)
         await self._next.consume(out)  # RetryLater propagates: the sender resends, the cache stays as it was
-        self._commit(d)
+        # Remember and count when the message commits: a sibling pipeline may still refuse it.
+        await transaction.after_commit(lambda: self._commit(d))
 
     def _commit(self, d: _Derivation) -> None:
+        if d.seen:
+            self._meta.touch(d.seen)
         if d.staged:
             self._meta.commit(d.staged)
         if d.forget:
@@ -215,6 +235,8 @@ class ReportsProcessor:
             self._invalid.add(n, self._label, report_type)
         if d.uncorrelated:
             self._uncorrelated.add(d.uncorrelated, self._label)
+        for (report_type, field_name), n in d.dropped.items():
+            self._fields_dropped.add(n, self._label, report_type, field_name)
 
     # -- derivation ---------------------------------------------------------------------------------
     def derive(self, batch: Batch) -> _Derivation:
@@ -240,7 +262,10 @@ class ReportsProcessor:
         return d
 
     def _emit(self, d: _Derivation, report_type: str, fields: dict[str, Any]) -> None:
-        payload = build(report_type, fields)
+        dropped: list[str] = []
+        payload = build(report_type, fields, dropped)
+        for field_name in dropped:
+            d.dropped[(report_type, field_name)] = d.dropped.get((report_type, field_name), 0) + 1
         if payload is None:
             d.invalid[report_type] = d.invalid.get(report_type, 0) + 1
             self._log.debug(
@@ -280,7 +305,7 @@ class ReportsProcessor:
                         **track.stats,
                         **base,
                         "peerConnectionId": pc_id,
-                        "label": labels.get(pc_id) if labels else None,  # type: ignore[arg-type]
+                        "label": labels.get(pc_id) if labels else None,
                         "trackId": track.track_id,
                         "sfuStreamId": track.sfu_stream_id,
                         "sfuSinkId": track.sfu_sink_id,
@@ -333,7 +358,10 @@ class ReportsProcessor:
                     "sampleTimestamp": s.timestamp,
                 }
                 if ev.timestamp is not None:
-                    fields["timestamp"] = ev.timestamp
+                    if _is_long(ev.timestamp):
+                        fields["timestamp"] = ev.timestamp
+                    else:  # left out (the sample's time stands in) and counted
+                        d.dropped[("CALL_EVENT", "timestamp")] = d.dropped.get(("CALL_EVENT", "timestamp"), 0) + 1
                 self._emit(d, "CALL_EVENT", fields)
 
         if s.issues and "OBSERVER_EVENT" in enabled:
@@ -346,7 +374,10 @@ class ReportsProcessor:
                     "sampleTimestamp": s.timestamp,
                 }
                 if issue.timestamp is not None:
-                    fields["timestamp"] = issue.timestamp
+                    if _is_long(issue.timestamp):
+                        fields["timestamp"] = issue.timestamp
+                    else:
+                        d.dropped[("OBSERVER_EVENT", "timestamp")] = d.dropped.get(("OBSERVER_EVENT", "timestamp"), 0) + 1
                 self._emit(d, "OBSERVER_EVENT", fields)
 
     def _meta_items(self, s: ClientSample) -> Iterator[tuple[str, str | None, Any, int | None]]:
@@ -368,8 +399,7 @@ class ReportsProcessor:
             text = _json_text(payload)
             fp = hash((meta_type, pc_id, text))
             if known is not None and fp in known:
-                del known[fp]  # seen again: keep it among the newest, last to be forgotten
-                known[fp] = None
+                d.seen.append((key, fp))  # seen again: kept among the newest when the message commits
                 continue
             if staged is None:
                 staged = d.staged[key] = {}
@@ -384,7 +414,10 @@ class ReportsProcessor:
                 "sampleTimestamp": s.timestamp,
             }
             if timestamp is not None:
-                fields["timestamp"] = timestamp
+                if _is_long(timestamp):
+                    fields["timestamp"] = timestamp
+                else:
+                    d.dropped[("CALL_META_DATA", "timestamp")] = d.dropped.get(("CALL_META_DATA", "timestamp"), 0) + 1
             self._emit(d, "CALL_META_DATA", fields)
 
     def _sfu(self, s: SfuSample, d: _Derivation) -> None:
@@ -454,12 +487,21 @@ class ReportsProcessor:
                     "mediaSinkId": ev.get("mediaSinkId", ev.get("sfuSinkId")),
                 }
                 if ev.get("timestamp") is not None:
-                    fields["timestamp"] = ev["timestamp"]
+                    if _is_long(ev["timestamp"]):
+                        fields["timestamp"] = ev["timestamp"]
+                    else:
+                        fields["timestamp"] = s.timestamp
+                        d.dropped[("SFU_EVENT", "timestamp")] = d.dropped.get(("SFU_EVENT", "timestamp"), 0) + 1
                 if ev.get("callId") is None and links:
                     link = links.get(ev.get("rtpPadId")) or by_transport.get(ev.get("transportId"))  # type: ignore[arg-type]
                     if link is not None:
                         fields["callId"] = link.call_id
                 self._emit(d, "SFU_EVENT", fields)
+
+
+def _is_long(value: Any) -> bool:
+    """An Avro long: an int (not a bool) in the signed 64-bit range."""
+    return type(value) is int and -(2**63) <= value < 2**63
 
 
 def _pc_labels(s: ClientSample) -> dict[str, str]:

@@ -400,15 +400,22 @@ async def test_every_sample_generation_is_correlated(http):
 
 
 async def test_state_is_bounded(http):
-    async with running_collector(pipeline(max_calls=2, max_clients=3, client_idle_timeout="10s")) as c:
-        await post(
-            c, http, client("a", call_id="c1", out=(1,)), client("b", call_id="c2", out=(2,)), client("x", call_id="c3", out=(3,))
-        )
-        assert c.telemetry.get("correlation_refused_samples").value("correlation", "max_calls") == 1
-        await post(c, http, client("c", call_id="c1", out=(4,)), client("d", call_id="c1", out=(5,)))
-        assert c.telemetry.get("correlation_refused_samples").value("correlation", "max_clients") == 1
+    """Full tables refuse the message cleanly (503 + Retry-After), never a silent 202 without reports."""
+    config = pipeline(max_calls=2, max_clients=3, max_calls_per_service=2, max_clients_per_service=3, client_idle_timeout="10s")
+    async with running_collector(config) as c:
+        await post(c, http, client("a", call_id="c1", out=(1,)))
+        await post(c, http, client("b", call_id="c2", out=(2,)), path="/rest/samples/svc2/web")
+        body = {"clientSamples": [client("x", call_id="c3", out=(3,))]}  # svc3 is under its quota
+        async with http.post(c.url("/rest/samples/svc3/web"), json=body) as resp:
+            assert resp.status == 503 and "Retry-After" in resp.headers, await resp.text()
+        await post(c, http, client("c", call_id="c1", out=(4,)))
+        body = {"clientSamples": [client("d", call_id="c1", out=(5,))]}
+        async with http.post(c.url("/rest/samples/svc/web"), json=body) as resp:
+            assert resp.status == 503 and "Retry-After" in resp.headers, await resp.text()
         assert processor(c).state_sizes()["clients"] == 3
         assert c.telemetry.get("calls_active").value() == 2 and c.telemetry.get("clients_active").value() == 3
+        assert {e["clientId"] for e in events(c, "CLIENT_JOINED")} == {"a", "b", "c"}
+        assert not events(c, "CALL_STARTED")[2:], "no call beyond max_calls"
 
 
 async def test_many_calls_leave_no_state_and_no_memory_behind(http):
@@ -448,7 +455,16 @@ async def test_many_calls_leave_no_state_and_no_memory_behind(http):
         assert after - before < 128 * 1024, f"{(after - before) / 1024:.0f} KiB left behind by 200 ended calls"
 
 
-@pytest.mark.parametrize("bad", [{"max_calls": 0}, {"call_id_mode": "master"}, {"client_idle_timeout": "soon"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_calls": 0},
+        {"call_id_mode": "master"},
+        {"client_idle_timeout": "soon"},
+        {"max_calls_per_service": 0},
+        {"max_clients_per_service": 2_000_000},
+    ],
+)
 def test_config_errors_name_their_path(bad):
     from webrtc_observer.components import config_types
     from webrtc_observer.config import ConfigError, load_text
