@@ -11,14 +11,16 @@ import zlib
 from collections.abc import KeysView
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
-import orjson
 
 from webrtc_observer.model import Origin, Sample
 
 from ._wire_types import WireError
+
+if TYPE_CHECKING:
+    from ._limits import LimitsConfig
 
 Encoding = Literal["json", "protobuf"]
 Route = Literal["samples", "pcsamples"]
@@ -44,8 +46,6 @@ class RefusedInput(Exception):
 @dataclass(frozen=True, slots=True)
 class Decoded:
     samples: list[Sample]
-    closing: bool
-    """The client announced it is leaving (2.x ``controls.close``)."""
 
 
 def inflate(data: bytes, limit: int) -> bytes:
@@ -70,8 +70,12 @@ def decode(
     encoding: Encoding | None,
     gzipped: bool | None,
     limit: int,
+    limits: LimitsConfig | None = None,
 ) -> Decoded:
-    """Decode one message. ``encoding``/``gzipped`` None means: tell from the bytes."""
+    """Decode one message. ``encoding``/``gzipped`` None means: tell from the bytes.
+
+    With ``limits``, a message whose samples exceed them is refused (reason ``limits``).
+    """
     if gzipped or (gzipped is None and data[:2] == _GZIP_MAGIC):
         data = inflate(data, limit)
     if not data.strip():
@@ -79,11 +83,18 @@ def decode(
     if encoding is None:
         encoding = _sniff(data)
     try:
-        if encoding == "json":
-            return _decode_json(data, origin, route)
-        return _decode_protobuf(data, origin, route)
+        decoded = _decode_json(data, origin, route) if encoding == "json" else _decode_protobuf(data, origin, route)
     except WireError as exc:
         raise RefusedInput("invalid_sample", str(exc)) from None
+    except msgspec.DecodeError as exc:  # invalid UTF-8, broken JSON text found while validating
+        raise RefusedInput("bad_json", f"body is not JSON ({exc})") from None
+    except RecursionError:
+        raise RefusedInput("too_deep", "the message nests deeper than the decoder follows") from None
+    if limits is not None:
+        from ._limits import check
+
+        check(decoded.samples, limits)
+    return decoded
 
 
 def _sniff(data: bytes) -> Encoding:
@@ -115,12 +126,12 @@ def _decode_json(data: bytes, origin: Origin, route: Route) -> Decoded:
         except WireError:
             wrapper = None  # not an object, or a broken wrapper: the checks below say which, precisely
         if wrapper is not None:
-            samples, closing = _v2.samples_of(wrapper, _with(origin, "2"))
-            return Decoded(samples, closing)
+            samples = _v2.samples_of(wrapper, _with(origin, "2"))
+            return Decoded(samples)
     try:
         top = _TOP_LEVEL.decode(data)
     except msgspec.ValidationError:
-        kind = type(orjson.loads(data)).__name__
+        kind = "an array" if data.lstrip()[:1] == b"[" else "a scalar"
         raise RefusedInput("invalid_sample", f"expected a JSON object, got {kind}") from None
     except msgspec.DecodeError as exc:
         raise RefusedInput("bad_json", f"body is not JSON ({exc})") from None
@@ -128,27 +139,22 @@ def _decode_json(data: bytes, origin: Origin, route: Route) -> Decoded:
     return _decode(data, top.keys(), origin, route)
 
 
-def decode_object(obj: dict[str, Any], origin: Origin, route: Route) -> Decoded:
-    """Tell the generation by shape (or the declared schemaVersion) and map it onto the model."""
-    return _decode(obj, obj.keys(), origin, route)
-
-
 def _decode(wire: dict[str, Any] | bytes, keys: KeysView[str], origin: Origin, route: Route) -> Decoded:
     """``wire`` is a parsed object or the JSON text of one; ``keys`` its top-level keys."""
     from . import _legacy, _v2, _v3
 
     if route == "pcsamples":
-        return Decoded([_legacy.decode_pc_sample(wire, _with(origin, "pcsample-v20200114"))], False)
+        return Decoded([_legacy.decode_pc_sample(wire, _with(origin, "pcsample-v20200114"))])
     generation = _generation(keys, origin.schema_version)
     if generation == "wrapper":
-        samples, closing = _v2.decode_samples(wire, _with(origin, "2"))
-        return Decoded(samples, closing)
+        samples = _v2.decode_samples(wire, _with(origin, "2"))
+        return Decoded(samples)
     if generation == "3":
-        return Decoded([_v3.decode_client_sample_v3(wire, _with(origin, "3"))], False)
+        return Decoded([_v3.decode_client_sample_v3(wire, _with(origin, "3"))])
     if generation == "2":
-        return Decoded([_v2.decode_client_sample(wire, _with(origin, "2"))], False)
+        return Decoded([_v2.decode_client_sample(wire, _with(origin, "2"))])
     if generation == "legacy":
-        return Decoded([_legacy.decode_pc_sample(wire, _with(origin, "pcsample-v20200114"))], False)
+        return Decoded([_legacy.decode_pc_sample(wire, _with(origin, "pcsample-v20200114"))])
     raise RefusedInput(
         "unknown_schema",
         f"not a Samples wrapper, a ClientSample (schema 2.x or 3.x) or a PeerConnectionSample; top-level keys: {sorted(keys)[:8]}",
@@ -182,7 +188,7 @@ def _decode_protobuf(data: bytes, origin: Origin, route: Route) -> Decoded:
         # A 3.x ClientSample uses fields up to 11 (7 is its timestamp); the 2.x Samples wrapper only 1-4.
         if declared_v3 or max(_protobuf.top_level_field_numbers(data), default=0) > 4:
             obj = _protobuf.decode(data, _protobuf.message_schema("v3_5_0", "ProtobufClientSampleV3.proto", "ClientSample"))
-            return Decoded([_v3.decode_client_sample_v3(obj, _with(origin, "3"))], False)
+            return Decoded([_v3.decode_client_sample_v3(obj, _with(origin, "3"))])
         try:
             obj = _protobuf.decode(data, _protobuf.message_schema("v2_2_11", "ProtobufSamples.proto", "Samples"))
         except _protobuf.ProtobufError:
@@ -191,8 +197,8 @@ def _decode_protobuf(data: bytes, origin: Origin, route: Route) -> Decoded:
             obj = _protobuf.decode(data, _proto3_samples())
     except _protobuf.ProtobufError as exc:
         raise RefusedInput("bad_protobuf", str(exc)) from None
-    samples, closing = _v2.decode_samples(obj, _with(origin, "2"))
-    return Decoded(samples, closing)
+    samples = _v2.decode_samples(obj, _with(origin, "2"))
+    return Decoded(samples)
 
 
 @cache

@@ -30,7 +30,7 @@ import msgspec
 from webrtc_observer.model import ClientSample, Extension, MediaKind, MetaItem, Origin, PeerConnection, Stats, Track
 from webrtc_observer.schemas import avro_schema
 
-from ._wire_types import WireError, validate
+from ._wire_types import INT32_MAX, INT32_MIN, LONG_MAX, LONG_MIN, Long, WireError, validate
 
 __all__ = ["PeerConnectionSample", "decode_pc_sample"]
 
@@ -43,19 +43,19 @@ __all__ = ["PeerConnectionSample", "decode_pc_sample"]
 
 class ICECandidatePair(msgspec.Struct, kw_only=True, omit_defaults=True):
     availableOutgoingBitrate: float | None = None  # "integer" in schema.md; 2.x is double
-    bytesReceived: int | None = None
-    bytesSent: int | None = None
-    consentRequestsSent: int | None = None
+    bytesReceived: Long | None = None
+    bytesSent: Long | None = None
+    consentRequestsSent: Long | None = None
     currentRoundTripTime: float | None = None
     id: str | None = None
     localCandidateId: str | None = None
     nominated: bool | None = None
     priority: float | None = None  # a 64-bit unsigned pair priority can exceed int64; unused anyway
     remoteCandidateId: str | None = None
-    requestsReceived: int | None = None
-    requestsSent: int | None = None
-    responsesReceived: int | None = None
-    responsesSent: int | None = None
+    requestsReceived: Long | None = None
+    requestsSent: Long | None = None
+    responsesReceived: Long | None = None
+    responsesSent: Long | None = None
     state: str | None = None
     totalRoundTripTime: float | None = None
     transportId: str | None = None
@@ -69,8 +69,8 @@ class ICELocalCandidate(msgspec.Struct, kw_only=True, omit_defaults=True):
     ip: str | None = None
     isRemote: bool | None = None
     networkType: str | None = None
-    port: int | None = None
-    priority: int | None = None
+    port: Long | None = None
+    priority: Long | None = None
     protocol: str | None = None
     transportId: str | None = None
 
@@ -81,8 +81,8 @@ class ICERemoteCandidate(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str | None = None
     ip: str | None = None
     isRemote: bool | None = None
-    port: int | None = None
-    priority: int | None = None
+    port: Long | None = None
+    priority: Long | None = None
     protocol: str | None = None
     transportId: str | None = None
 
@@ -94,27 +94,27 @@ class ICEStats(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class InboundRTPStreamStats(msgspec.Struct, kw_only=True, omit_defaults=True):
-    bytesReceived: int | None = None
+    bytesReceived: Long | None = None
     codecId: str | None = None
     decoderImplementation: str | None = None
     estimatedPlayoutTimestamp: float | None = None
-    fecPacketsDiscarded: int | None = None
-    fecPacketsReceived: int | None = None
-    firCount: int | None = None
-    framesDecoded: int | None = None
-    headerBytesReceived: int | None = None
+    fecPacketsDiscarded: Long | None = None
+    fecPacketsReceived: Long | None = None
+    firCount: Long | None = None
+    framesDecoded: Long | None = None
+    headerBytesReceived: Long | None = None
     id: str | None = None
     isRemote: bool | None = None
     jitter: float | None = None
-    keyFramesDecoded: int | None = None
+    keyFramesDecoded: Long | None = None
     lastPacketReceivedTimestamp: float | None = None
     mediaType: str | None = None
-    nackCount: int | None = None
-    packetsLost: int | None = None
-    packetsReceived: int | None = None
-    pliCount: int | None = None
+    nackCount: Long | None = None
+    packetsLost: Long | None = None
+    packetsReceived: Long | None = None
+    pliCount: Long | None = None
     qpSum: float | None = None
-    ssrc: int | None = None
+    ssrc: Long | None = None
     totalDecodeTime: float | None = None
     totalInterFrameDelay: float | None = None
     totalSquaredInterFrameDelay: float | None = None
@@ -123,28 +123,28 @@ class InboundRTPStreamStats(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class OutboundRTPStreamStats(msgspec.Struct, kw_only=True, omit_defaults=True):
-    bytesSent: int | None = None
+    bytesSent: Long | None = None
     codecId: str | None = None
     encoderImplementation: str | None = None
-    firCount: int | None = None
-    framesEncoded: int | None = None
-    headerBytesSent: int | None = None
+    firCount: Long | None = None
+    framesEncoded: Long | None = None
+    headerBytesSent: Long | None = None
     id: str | None = None
     isRemote: bool | None = None
-    keyFramesEncoded: int | None = None
+    keyFramesEncoded: Long | None = None
     mediaSourceId: str | None = None
     mediaType: str | None = None
-    nackCount: int | None = None
-    packetsSent: int | None = None
-    pliCount: int | None = None
+    nackCount: Long | None = None
+    packetsSent: Long | None = None
+    pliCount: Long | None = None
     qpSum: float | None = None
     qualityLimitationReason: str | None = None
-    qualityLimitationResolutionChanges: int | None = None
+    qualityLimitationResolutionChanges: Long | None = None
     remoteId: str | None = None
-    retransmittedBytesSent: int | None = None
-    retransmittedPacketsSent: int | None = None
-    ssrc: int | None = None
-    totalEncodedBytesTarget: int | None = None
+    retransmittedBytesSent: Long | None = None
+    retransmittedPacketsSent: Long | None = None
+    ssrc: Long | None = None
+    totalEncodedBytesTarget: Long | None = None
     totalEncodeTime: float | None = None
     totalPacketSendDelay: float | None = None
     trackId: str | None = None
@@ -157,9 +157,9 @@ class RemoteInboundRTPStreamStats(msgspec.Struct, kw_only=True, omit_defaults=Tr
     jitter: float | None = None
     localId: str | None = None
     mediaType: str | None = None
-    packetsLost: int | None = None
+    packetsLost: Long | None = None
     roundTripTime: float | None = None
-    ssrc: int | None = None
+    ssrc: Long | None = None
     transportId: str | None = None
 
 
@@ -176,27 +176,27 @@ class MediaSourceStats(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class RTCTrackStats(msgspec.Struct, kw_only=True, omit_defaults=True):
-    concealedSamples: int | None = None
-    concealmentEvents: int | None = None
+    concealedSamples: Long | None = None
+    concealmentEvents: Long | None = None
     detached: bool | None = None
     ended: bool | None = None
-    frameHeight: int | None = None  # DTO only (observer 0.8.0)
-    framesDecoded: int | None = None
-    framesDropped: int | None = None
-    framesReceived: int | None = None
-    frameWidth: int | None = None  # DTO only (observer 0.8.0)
-    hugeFramesSent: int | None = None
+    frameHeight: Long | None = None  # DTO only (observer 0.8.0)
+    framesDecoded: Long | None = None
+    framesDropped: Long | None = None
+    framesReceived: Long | None = None
+    frameWidth: Long | None = None  # DTO only (observer 0.8.0)
+    hugeFramesSent: Long | None = None
     id: str | None = None
-    insertedSamplesForDeceleration: int | None = None
+    insertedSamplesForDeceleration: Long | None = None
     jitterBufferDelay: float | None = None
-    jitterBufferEmittedCount: int | None = None
+    jitterBufferEmittedCount: Long | None = None
     mediaSourceId: str | None = None
     mediaType: str | None = None
     remoteSource: bool | None = None
-    removedSamplesForAcceleration: int | None = None
+    removedSamplesForAcceleration: Long | None = None
     samplesDuration: float | None = None
-    silentConcealedSamples: int | None = None
-    totalSamplesReceived: int | None = None
+    silentConcealedSamples: Long | None = None
+    totalSamplesReceived: Long | None = None
     trackIdentifier: str | None = None  # not in v20200114; the MediaStreamTrack id, if an integration sends it
 
 
@@ -259,8 +259,8 @@ class PeerConnectionSample(msgspec.Struct, kw_only=True, omit_defaults=True):
     peerConnectionId: str | None = None
     receiverStats: RTCStats | None = None
     senderStats: RTCStats | None = None
-    timeZoneOffsetInMinute: int | None = None
-    timestamp: int | None = None
+    timeZoneOffsetInMinute: Long | None = None
+    timestamp: Long | None = None
     callId: str | None = None
     userId: str | None = None
     extensions: list[ExtensionStat] | None = None
@@ -381,6 +381,7 @@ _NORMALISERS: dict[str, Callable[[Any], Any]] = {
 # --------------------------------------------------------------------------------------------------
 
 _INT_TYPES = frozenset({"int", "long"})
+_INT32 = "int32"  # the coercion target of an Avro int (``int`` stands for a long)
 _FLOAT_TYPES = frozenset({"float", "double"})
 
 
@@ -388,7 +389,7 @@ _FLOAT_TYPES = frozenset({"float", "double"})
 def _avro_records() -> dict[str, dict[str, Any]]:
     """Every record of the 2.x Samples schema: name -> {field name -> coercion target}.
 
-    The target is ``int``, ``float``, ``str``, ``bool`` or a frozenset of enum symbols.
+    The target is ``int`` (a long), ``_INT32``, ``float``, ``str``, ``bool`` or a frozenset of enum symbols.
     """
     records: dict[str, dict[str, Any]] = {}
 
@@ -403,6 +404,8 @@ def _avro_records() -> dict[str, dict[str, Any]]:
                 walk(t)
                 return None
             return leaf(t["type"])
+        if t == "int":
+            return _INT32
         if t in _INT_TYPES:
             return int
         if t in _FLOAT_TYPES:
@@ -435,13 +438,19 @@ def _allowed(record: str) -> dict[str, Any]:
 
 
 def _coerce(value: Any, target: Any) -> Any:
-    """Fit a validated legacy value to the 2.x type (e.g. legacy double ``qpSum`` -> 2.x long)."""
+    """Fit a validated legacy value to the 2.x type (e.g. legacy double ``qpSum`` -> 2.x long).
+
+    None (the field is left out) where the value has no 2.x representation.
+    """
+    if target is _INT32:
+        value = _coerce(value, int)
+        return value if value is not None and INT32_MIN <= value <= INT32_MAX else None
     if target is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
         if isinstance(value, float):
-            return round(value) if math.isfinite(value) else None
-        return value
+            value = round(value) if math.isfinite(value) else None
+        return value if value is not None and LONG_MIN <= value <= LONG_MAX else None
     if target is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
@@ -603,7 +612,7 @@ def _kind(*records: Mapping[str, Any] | None) -> MediaKind | None:
     (Chrome's ``RTCInboundRTPAudioStream_...``, ``RTCCodec_video_...``, ``RTCAudioSource_...``)."""
     for rec in records:
         if rec and rec.get("mediaType") in ("audio", "video"):
-            return rec["mediaType"]  # type: ignore[no-any-return]
+            return rec["mediaType"]
     hints = {
         m.group(0).lower()
         for rec in records

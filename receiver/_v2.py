@@ -30,8 +30,8 @@ _LIST_META = (
 )
 
 
-def decode_samples(obj: Any, origin: Origin) -> tuple[list[Sample], bool]:
-    """A ``Samples`` wrapper: its samples and whether ``controls.close`` was set."""
+def decode_samples(obj: Any, origin: Origin) -> list[Sample]:
+    """A ``Samples`` wrapper: its samples (with ``controls.close`` on each client sample's ``closing``)."""
     return samples_of(validate(obj, samples_v2()), origin)
 
 
@@ -45,13 +45,13 @@ def wrapper_in_json(data: bytes) -> dict[str, Any] | None:
     return validate(data, samples_v2()) or None
 
 
-def samples_of(wrapper: dict[str, Any], origin: Origin) -> tuple[list[Sample], bool]:
-    """The samples of a validated wrapper, and whether ``controls.close`` was set."""
+def samples_of(wrapper: dict[str, Any], origin: Origin) -> list[Sample]:
+    """The samples of a validated wrapper; ``controls.close`` sets each client sample's ``closing``."""
     closing = bool((wrapper.get("controls") or {}).get("close"))
     samples: list[Sample] = [client_sample(c, origin, closing) for c in wrapper.get("clientSamples", ())]
     samples.extend(_sfu_sample(s, origin) for s in wrapper.get("sfuSamples", ()))
     samples.extend(_turn_sample(t, origin) for t in wrapper.get("turnSamples", ()))
-    return samples, closing
+    return samples
 
 
 def decode_client_sample(obj: Any, origin: Origin) -> ClientSample:

@@ -33,6 +33,7 @@ from webrtc_observer.model import (
     ClientIssue,
     ClientSample,
     Extension,
+    MediaKind,
     MetaItem,
     Origin,
     PeerConnection,
@@ -41,7 +42,7 @@ from webrtc_observer.model import (
 )
 from webrtc_observer.schemas import avro_schema
 
-from ._wire_types import WireError, client_sample_v3, validate
+from ._wire_types import INT32_MAX, INT32_MIN, LONG_MAX, LONG_MIN, WireError, as_text, client_sample_v3, validate
 
 __all__ = ["decode_client_sample_v3"]
 
@@ -186,7 +187,8 @@ def _primitive(avro: Any) -> str:
 def _conversion(src: str, dst: str) -> Conversion | None:
     """How to turn a validated 3.x value into the 2.x field's type (None: already right)."""
     if dst in _INTEGRAL and src in _FRACTIONAL:
-        return int  # W3C doubles 2.x declares long/int: timestamps in ms, targetBitrate, qpSum
+        # W3C doubles 2.x declares long/int: timestamps in ms, targetBitrate, qpSum
+        return _to_int32 if dst == "int" else _to_long
     if dst in _FRACTIONAL and src in _INTEGRAL:
         return float
     if dst == "string" and (src in _INTEGRAL or src in _FRACTIONAL):
@@ -285,7 +287,7 @@ def _client_sample(c: dict[str, Any], client_id: str, origin: Origin) -> ClientS
     sample = ClientSample(
         origin=origin,
         client_id=client_id,
-        timestamp=int(c["timestamp"]),
+        timestamp=_to_long(c["timestamp"]),
         call_id=c.get("callId"),
         room_id=room_id,
         user_id=user_id,
@@ -332,11 +334,7 @@ def _peer_connection(pc: dict[str, Any], pc_index: int, sample: ClientSample, pl
         for rtp in inbound_rtps:
             kind = _kind(rtp, pc_index, "inboundRtps", pc)
             stats = _mapped(rtp, plans["inbound-rtp/" + kind])
-            remote = (
-                ro_by_id.get(rtp.get("remoteId"))  # type: ignore[arg-type]
-                or ro_by_local_id.get(rtp["id"])
-                or ro_by_ssrc.get(rtp["ssrc"])
-            )
+            remote = ro_by_id.get(rtp.get("remoteId")) or ro_by_local_id.get(rtp["id"]) or ro_by_ssrc.get(rtp["ssrc"])
             if remote is not None:
                 stats.update(_mapped(remote, plans["remote-outbound-rtp/" + kind]))
             if kind == "audio" and "playoutId" in rtp:
@@ -364,16 +362,13 @@ def _peer_connection(pc: dict[str, Any], pc_index: int, sample: ClientSample, pl
             durations = rtp.get("qualityLimitationDurations")
             if durations:
                 for key, name in quality_limitation[kind]:
-                    stats[name] = durations[key]
-            remote = (
-                ri_by_local_id.get(rtp["id"])
-                or ri_by_id.get(rtp.get("remoteId"))  # type: ignore[arg-type]
-                or ri_by_ssrc.get(rtp["ssrc"])
-            )
+                    if key in durations:  # a browser may leave one out
+                        stats[name] = durations[key]
+            remote = ri_by_local_id.get(rtp["id"]) or ri_by_id.get(rtp.get("remoteId")) or ri_by_ssrc.get(rtp["ssrc"])
             if remote is not None:
                 stats.update(_mapped(remote, plans["remote-inbound-rtp/" + kind]))
             track_id = None
-            source = sources.get(rtp.get("mediaSourceId"))  # type: ignore[arg-type]
+            source = sources.get(rtp.get("mediaSourceId"))
             if source is not None:
                 stats.update(_mapped(source, plans["media-source/" + kind]))
                 track_id = source.get("trackIdentifier")
@@ -426,8 +421,8 @@ def _extend(into: list[Stats], records: list[dict[str, Any]] | None, plan: Plan,
         into.extend(_with_pc(r, plan, pc_id) for r in records)
 
 
-def _kind(rtp: dict[str, Any], pc_index: int, field: str, pc: dict[str, Any]) -> str:
-    kind: str = rtp["kind"]
+def _kind(rtp: dict[str, Any], pc_index: int, field: str, pc: dict[str, Any]) -> MediaKind:
+    kind = rtp["kind"]
     if kind == "audio" or kind == "video":
         return kind
     at = f"$.peerConnections[{pc_index}].{field}[{pc[field].index(rtp)}].kind"
@@ -523,9 +518,7 @@ def _attached_identity(attachments: Any) -> tuple[str | None, str | None, str | 
 
 def _json_text(value: Any) -> str | None:
     """3.5 sends attachments/payloads as objects, earlier 3.x (and protobuf) as JSON text: keep text."""
-    if value is None or isinstance(value, str):
-        return value
-    return orjson.dumps(value).decode()
+    return as_text(value)
 
 
 def _scalar_text(value: Any) -> str | None:
@@ -541,4 +534,19 @@ def _text_or_none(value: Any) -> str | None:
 
 
 def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
+    return None if value is None else _to_long(value)
+
+
+def _to_long(value: Any) -> int:
+    """A W3C double where 2.x has an Avro ``long``, truncated; past 64 bits it cannot be represented."""
+    number = int(value)  # ValueError/OverflowError for NaN and infinities, turned into WireError above
+    if not LONG_MIN <= number <= LONG_MAX:
+        raise WireError(f"{value} is out of range for a long")
+    return number
+
+
+def _to_int32(value: Any) -> int:
+    number = int(value)
+    if not INT32_MIN <= number <= INT32_MAX:
+        raise WireError(f"{value} is out of range for an int")
+    return number

@@ -10,18 +10,24 @@ one into the other. Unknown fields are ignored.
 from __future__ import annotations
 
 from functools import cache
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
 import msgspec
-import orjson
 
 from webrtc_observer.schemas import avro_schema
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
+Int32 = Annotated[int, msgspec.Meta(ge=INT32_MIN, le=INT32_MAX)]
+"""An Avro ``int``: a value past 32 bits is refused where it is decoded (msgspec names the path)."""
+Long = Annotated[int, msgspec.Meta(ge=LONG_MIN, le=LONG_MAX)]
+"""An Avro ``long``: JSON integers are unbounded, a value past 64 bits is refused where it is decoded."""
 
 _PRIMITIVES: dict[str, Any] = {
     "string": str,
     "bytes": str,
-    "int": int,
-    "long": int,
+    "int": Int32,
+    "long": Long,
     "float": float,
     "double": float,
     "boolean": bool,
@@ -49,7 +55,7 @@ class _Builder:
             if self._raw_stats and avro in ("int", "long"):
                 # 3.x carries getStats() values as the browser reports them: a W3C timestamp or
                 # counter the schema calls long may arrive fractional. The mapping rounds it.
-                return int | float
+                return (Int32 if avro == "int" else Long) | float
             if avro in _PRIMITIVES:
                 return _PRIMITIVES[avro]
             return self._records[avro]  # a named record defined earlier in the file
@@ -70,7 +76,7 @@ class _Builder:
         return self.type_of(kind)
 
     def _record(self, avro: dict[str, Any]) -> type[msgspec.Struct]:
-        fields = []
+        fields: list[tuple[Any, ...]] = []
         for field in avro["fields"]:
             name = field["name"]
             self._field = name
@@ -99,7 +105,7 @@ class _Builder:
 
 
 def _build(version_dir: str, filename: str, prefix: str, raw_stats: bool = False) -> type[msgspec.Struct]:
-    return _Builder(prefix, raw_stats).type_of(avro_schema(version_dir, filename))  # type: ignore[no-any-return]
+    return _Builder(prefix, raw_stats).type_of(avro_schema(version_dir, filename))
 
 
 @cache
@@ -124,7 +130,7 @@ def _item_type(struct: type[msgspec.Struct], field: str) -> type[msgspec.Struct]
     for f in hints:
         if f.name == field:
             list_type = next(a for a in f.type.__args__ if a is not type(None))
-            return list_type.__args__[0]  # type: ignore[no-any-return]
+            return list_type.__args__[0]
     raise KeyError(field)
 
 
@@ -142,7 +148,7 @@ def validate(wire: Any, wire_type: type[msgspec.Struct]) -> dict[str, Any]:
             typed = msgspec.convert(wire, wire_type, strict=False)
     except msgspec.ValidationError as exc:
         raise WireError(str(exc)) from None
-    return msgspec.to_builtins(typed)  # type: ignore[no-any-return]
+    return msgspec.to_builtins(typed)
 
 
 @cache
@@ -151,7 +157,13 @@ def _json_decoder(wire_type: type[msgspec.Struct]) -> msgspec.json.Decoder[Any]:
 
 
 def as_text(value: Any) -> str | None:
-    """2.x carries attachments and payloads as JSON strings; accept an object and render it as one."""
+    """2.x carries attachments and payloads as JSON strings; accept an object and render it as one.
+
+    Any JSON the decoder took renders back (integers of any size included); ``WireError`` otherwise.
+    """
     if value is None or isinstance(value, str):
         return value
-    return orjson.dumps(value).decode()
+    try:
+        return msgspec.json.encode(value).decode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise WireError(f"attachments/payload cannot be rendered as JSON text ({exc})") from None
