@@ -4,12 +4,15 @@ It publishes the same telemetry registry as the Prometheus exporter through open
 MeterProvider: counters as observable counters, gauges as observable gauges, histograms as SDK
 histograms with the registry's bucket boundaries. Metric names are ``<namespace>.<name>``
 (``observertc.samples_received``) with UCUM units (``s``, ``1``, ``bit/s``). The SDK exports on its
-own thread every ``interval``, so the event loop never waits for the backend.
+own thread every ``interval``, so the event loop never waits for the backend. Attributes are the
+registry's bounded label sets (client-derived values cut to 64 characters, ``_overflow_`` series past
+``service.telemetry.metrics.max_series``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, ObservableCounter, UpDownCounter
+from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, ObservableCounter, ObservableGauge, UpDownCounter
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     MetricExporter,
@@ -161,7 +164,10 @@ class OtlpExporter:
         )
         exporter = _TrackedExporter(self._otlp_exporter(), self._on_result)
         reader = PeriodicExportingMetricReader(
-            exporter, export_interval_millis=cfg.interval * 1000, export_timeout_millis=cfg.timeout * 1000
+            exporter,
+            export_interval_millis=cfg.interval * 1000,
+            export_timeout_millis=cfg.timeout * 1000,
+            **_cardinality_limits(self._telemetry.max_series),
         )
         self._provider = MeterProvider(resource=resource, metric_readers=[reader], views=views)
         self._instrument_new_metrics()
@@ -210,6 +216,19 @@ class OtlpExporter:
         if provider is not None:
             # A last export of what was counted, then stop the SDK's thread (blocking: off the loop).
             await asyncio.to_thread(provider.shutdown, timeout_millis=self._config.timeout * 1000)
+
+
+def _cardinality_limits(max_series: int) -> dict[str, Any]:
+    """Room for every label set the registry keeps (its bound, overflow series included), so the SDK's
+    own limit (2000 by default, ``otel.metric.overflow``) never folds them differently.
+
+    Only SDKs that take the reader option get it; older ones keep their fixed limit of 2000.
+    """
+    if "cardinality_limits" not in inspect.signature(PeriodicExportingMetricReader.__init__).parameters:
+        return {}
+    limit = 2 * max_series + 1
+    kinds = (Counter, UpDownCounter, Histogram, ObservableCounter, ObservableGauge)
+    return {"cardinality_limits": {kind: limit for kind in kinds}}
 
 
 def _observe(metric: Metric) -> Callable[[CallbackOptions], Iterable[Observation]]:

@@ -173,3 +173,41 @@ async def test_a_failing_backend_turns_health_unhealthy_then_recovers(http, http
         while await health() != 200:
             assert asyncio.get_running_loop().time() < deadline + 15
             await asyncio.sleep(0.1)
+
+
+async def test_otlp_attributes_are_the_bounded_label_sets(http, http_sink):
+    """Hostile service ids reach OTLP cut to 64 characters, and past max_series in the overflow series."""
+    sink, endpoint = http_sink
+    config = f"""
+receivers: {{observertc: {{endpoint: "127.0.0.1:0"}}}}
+processors: {{correlation: {{}}, quality: {{}}}}
+exporters:
+  otlp: {{protocol: http/protobuf, endpoint: "{endpoint}", interval: 200ms, timeout: 2s}}
+service:
+  telemetry: {{metrics: {{max_series: 5}}}}
+  pipelines:
+    p: {{receivers: [observertc], processors: [correlation, quality], exporters: [otlp]}}
+"""
+    async with running_collector(config) as c:
+        for i in range(12):
+            sample = client(f"c{i}", call_id=f"call-{i}", inb=(1,))
+            sample["inboundAudioTracks"][0]["jitter"] = 0.004
+            await post(c, http, sample, path=f"/rest/samples/{i:02d}{'s' * 198}/web")
+
+        def received() -> dict[tuple[str, str], float]:
+            metric = sink.metrics().get("observertc.samples_received")
+            points = metric.sum.data_points if metric is not None else []
+            return {(attributes(p)["service_id"], attributes(p)["media_unit_id"]): p.as_double for p in points}
+
+        await wait_until(lambda: sum(received().values()) == 12)
+        points = received()
+        assert len(points) == 6 and points[("_overflow_", "_overflow_")] == 7
+        assert {service for service, _ in points} - {"_overflow_"} == {f"{i:02d}{'s' * 62}" for i in range(5)}
+
+        def jitter() -> dict[tuple[str, str], int]:
+            metric = sink.metrics().get("observertc.quality_jitter")
+            points = metric.histogram.data_points if metric is not None else []
+            return {(attributes(p)["service_id"], attributes(p)["kind"]): p.count for p in points}
+
+        await wait_until(lambda: sum(jitter().values()) == 12)
+        assert len(jitter()) == 6 and jitter()[("_overflow_", "audio")] == 7  # collector-derived `kind` kept

@@ -117,3 +117,25 @@ async def test_per_call_series_come_and_go_with_the_call(http):
         await asyncio.sleep(0.05)
         text, _ = await scrape(c, http)
         assert "c1" not in text  # the ended call left no series behind
+
+
+async def test_per_call_series_are_bounded_and_their_ids_cut(http):
+    extra = ", per_call: {enabled: true, max_series: 2}"
+    long_call = "call-" + "c" * 150
+    async with running_collector(PIPELINE.format(extra=extra)) as c:
+        alice = client("alice" + "a" * 150, call_id=long_call, inb=(2,))
+        await post(c, http, alice, client("bob", call_id=long_call, inb=(1,)))
+        await post(c, http, client("carol", call_id="c2", inb=(3,)))
+        text, _ = await scrape(c, http)
+        series = {
+            (s.labels["call_id"], s.labels["client_id"], s.labels["direction"])
+            for f in text_string_to_metric_families(text)
+            if f.name == "observertc_call_client_packets_lost"
+            for s in f.samples
+        }
+        # Two series kept (alice's and bob's inbound tracks); carol's was one too many, and counted.
+        assert series == {(long_call[:64], ("alice" + "a" * 150)[:64], "inbound"), (long_call[:64], "bob", "inbound")}
+        assert value(text, "observertc_prometheus_per_call_series_refused_total", exporter="prometheus") == 1
+        assert value(text, "observertc_call_participants_current", service_id="svc", call_id=long_call[:64]) == 2
+        assert "c" * 65 not in text
+        promtool_check(text)

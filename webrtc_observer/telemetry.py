@@ -2,9 +2,14 @@
 
 Components count what they accept, refuse, send and fail; the Prometheus and OTLP exporters publish
 the registry. Names have no prefix and no unit suffix here (``samples_received``); publishers add their
-conventions (``observertc_samples_received_total``). Label sets are bounded by ``max_series`` per
-metric: past it, new label sets are folded into one series labelled ``_other`` (and counted), so a
-client inventing service ids cannot grow memory without bound.
+conventions (``observertc_samples_received_total``).
+
+Cardinality is bounded in one place, here. Label values of the labels in :data:`CLIENT_LABELS` come
+from clients (a service id is whatever a browser puts in the URL): they are cut to
+:data:`MAX_LABEL_LENGTH` characters. Each metric keeps at most ``max_series`` label sets (a histogram
+counts label sets, not bucket lines); past it, updates land in an overflow series in which every
+client-derived label is :data:`OVERFLOW` and the other labels keep their value, so totals still add
+up. Overflowed updates are counted in ``telemetry_overflowed_updates{metric}``.
 """
 
 from __future__ import annotations
@@ -13,11 +18,28 @@ import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 MetricKind = Literal["counter", "gauge", "histogram"]
 LabelValues = tuple[str, ...]
-OTHER = "_other"
+
+OVERFLOW = "_overflow_"
+"""The value of every client-derived label in a metric's overflow series (OTel: ``otel.metric.overflow``)."""
+MAX_LABEL_LENGTH = 64
+"""Client-derived label values are cut to this many characters."""
+DEFAULT_MAX_SERIES = 2000
+CLIENT_LABELS = frozenset(
+    {"service_id", "media_unit_id", "call_id", "room_id", "client_id", "user_id", "peer_connection_id", "sfu_id"}
+)
+"""Label names whose values come from clients. Every other label's values are chosen by the collector
+(component ids, transports, reasons, report types...), so they are few."""
+
+_V = TypeVar("_V")
+
+
+def clip_label(value: str) -> str:
+    """A client-derived label value as published: at most :data:`MAX_LABEL_LENGTH` characters."""
+    return value if len(value) <= MAX_LABEL_LENGTH else value[:MAX_LABEL_LENGTH]
 
 
 @dataclass
@@ -27,26 +49,53 @@ class Metric:
     description: str
     labels: tuple[str, ...]
     unit: str = ""
-    max_series: int = 1000
+    max_series: int = DEFAULT_MAX_SERIES
     _values: dict[LabelValues, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _callback: Callable[[], dict[LabelValues, float]] | None = None
+    _client: tuple[int, ...] = field(init=False, repr=False)
+    """Positions of the client-derived labels."""
+    _overflowed: int = field(default=0, init=False, repr=False)
+    """Updates that landed in an overflow series."""
 
-    def _key(self, labels: LabelValues) -> LabelValues:
+    def __post_init__(self) -> None:
+        self._client = tuple(i for i, name in enumerate(self.labels) if name in CLIENT_LABELS)
+
+    def _bounded(self, labels: LabelValues, table: dict[LabelValues, _V]) -> tuple[LabelValues, bool]:
+        """The key ``labels`` are kept under in ``table`` (clipped), and whether it is an overflow key.
+
+        Called with the lock held. Past ``max_series`` label sets, an overflow key keeps the
+        collector-derived values, so a metric has one overflow series per combination of them (one in
+        all when every label is client-derived); once the table holds ``2 * max_series`` keys, the rest
+        lands in the all-``_overflow_`` series. So a metric never has more than ``2 * max_series + 1``.
+        """
+        if labels in table:
+            return labels, False
         if len(labels) != len(self.labels):
             raise ValueError(f"{self.name} takes labels {self.labels}, got {labels}")
-        if labels in self._values or len(self._values) < self.max_series:
-            return labels
-        return (OTHER,) * len(labels)
+        if self._client:
+            labels = tuple(clip_label(v) if i in self._client else v for i, v in enumerate(labels))
+            if labels in table:
+                return labels, False
+        if len(table) < self.max_series:
+            return labels, False
+        if self._client and len(self._client) < len(labels):
+            key = tuple(OVERFLOW if i in self._client else v for i, v in enumerate(labels))
+            if key in table or len(table) < 2 * self.max_series:
+                return key, True
+        return (OVERFLOW,) * len(labels), True
 
     def add(self, amount: float = 1.0, *labels: str) -> None:
         with self._lock:
-            key = self._key(labels)
+            key, overflow = self._bounded(labels, self._values)
             self._values[key] = self._values.get(key, 0.0) + amount
+            self._overflowed += overflow
 
     def set(self, value: float, *labels: str) -> None:
         with self._lock:
-            self._values[self._key(labels)] = value
+            key, overflow = self._bounded(labels, self._values)
+            self._values[key] = value
+            self._overflowed += overflow
 
     def value(self, *labels: str) -> float:
         return self.samples().get(labels, 0.0)
@@ -59,6 +108,11 @@ class Metric:
 
     def total(self) -> float:
         return sum(self.samples().values())
+
+    @property
+    def overflowed(self) -> int:
+        """How many updates landed in an overflow series."""
+        return self._overflowed
 
 
 @dataclass
@@ -74,7 +128,8 @@ class HistogramValue:
 class Histogram(Metric):
     """Observations counted into fixed buckets (upper bounds, ``le``), as Prometheus and OTLP need.
 
-    Listeners (e.g. an OTLP exporter's SDK instrument) also get every observation as it happens.
+    Listeners (e.g. an OTLP exporter's SDK instrument) also get every observation as it happens, with
+    the label values of the series it landed in (clipped, or the overflow series').
     """
 
     buckets: tuple[float, ...] = ()
@@ -94,19 +149,13 @@ class Histogram(Metric):
             raise ValueError(f"{self.name} takes labels {self.labels}, got {labels}")
         return BoundHistogram(self, labels)
 
-    def _series_for(self, labels: LabelValues) -> tuple[LabelValues, HistogramValue]:
+    def _series_for(self, labels: LabelValues) -> tuple[LabelValues, HistogramValue, bool]:
         with self._lock:
-            key = self._key_for(labels)
+            key, overflow = self._bounded(labels, self._series)
             series = self._series.get(key)
             if series is None:
                 series = self._series[key] = HistogramValue(counts=[0] * (len(self.buckets) + 1))
-            return key, series
-
-    def _key_for(self, labels: LabelValues) -> LabelValues:
-        """``labels`` (checked by ``bind``), or the ``_other`` series once ``max_series`` is reached."""
-        if labels in self._series or len(self._series) < self.max_series:
-            return labels
-        return (OTHER,) * len(labels)
+            return key, series, overflow
 
     def series(self) -> dict[LabelValues, HistogramValue]:
         """A copy of every series; bucket counts are per bucket (not cumulative)."""
@@ -124,18 +173,19 @@ class Histogram(Metric):
 class BoundHistogram:
     """One series of a :class:`Histogram`; ``observe`` costs a bucket search and three additions."""
 
-    __slots__ = ("_buckets", "_histogram", "_key", "_series")
+    __slots__ = ("_buckets", "_histogram", "_key", "_overflow", "_series")
 
     def __init__(self, histogram: Histogram, labels: LabelValues) -> None:
         self._histogram = histogram
         self._buckets = histogram.buckets
         self._key = labels
         self._series: HistogramValue | None = None
+        self._overflow = False
 
     def observe(self, value: float) -> None:
         series = self._series
         if series is None:
-            self._key, series = self._histogram._series_for(self._key)
+            self._key, series, self._overflow = self._histogram._series_for(self._key)
             self._series = series
         # No lock: each histogram is observed from one thread (processors run on the event loop).
         # The lock guards the series table; a reader in another thread copies a series whole, at
@@ -143,19 +193,47 @@ class BoundHistogram:
         series.counts[bisect_left(self._buckets, value)] += 1
         series.sum += value
         series.count += 1
+        if self._overflow:
+            self._histogram._overflowed += 1
         for listener in self._histogram._listeners:
             listener(value, self._key)
 
 
 class Telemetry:
-    """A registry of :class:`Metric`. Asking twice for one name returns the same metric."""
+    """A registry of :class:`Metric`. Asking twice for one name returns the same metric.
 
-    def __init__(self) -> None:
+    ``max_series`` bounds the label sets of every metric (``service.telemetry.metrics.max_series``).
+    """
+
+    def __init__(self, max_series: int = DEFAULT_MAX_SERIES) -> None:
+        if max_series < 1:
+            raise ValueError("max_series must be at least 1")
         self._metrics: dict[str, Metric] = {}
         self._lock = threading.Lock()
+        self.max_series = max_series
+        self.counter(
+            "telemetry_overflowed_updates",
+            "Updates that landed in a metric's overflow series because it had max_series label sets",
+            ("metric",),
+            callback=self._overflow_counts,
+        )
 
-    def counter(self, name: str, description: str, labels: tuple[str, ...] = (), unit: str = "") -> Metric:
-        return self._get(name, "counter", description, labels, unit)
+    def _overflow_counts(self) -> dict[LabelValues, float]:
+        return {(m.name,): float(m.overflowed) for m in self if m.overflowed}
+
+    def counter(
+        self,
+        name: str,
+        description: str,
+        labels: tuple[str, ...] = (),
+        unit: str = "",
+        callback: Callable[[], dict[LabelValues, float]] | None = None,
+    ) -> Metric:
+        """A counter added to by the owner, or read from ``callback`` whenever it is published."""
+        metric = self._get(name, "counter", description, labels, unit)
+        if callback is not None:
+            metric._callback = callback
+        return metric
 
     def gauge(
         self,
@@ -165,7 +243,10 @@ class Telemetry:
         unit: str = "",
         callback: Callable[[], dict[LabelValues, float]] | None = None,
     ) -> Metric:
-        """A gauge set by the owner, or read from ``callback`` whenever it is published."""
+        """A gauge set by the owner, or read from ``callback`` whenever it is published.
+
+        A callback's label sets are the owner's to bound.
+        """
         metric = self._get(name, "gauge", description, labels, unit)
         if callback is not None:
             metric._callback = callback
@@ -179,7 +260,7 @@ class Telemetry:
             metric = self._metrics.get(name)
             if metric is None:
                 metric = self._metrics[name] = Histogram(
-                    name, "histogram", description, labels, unit, buckets=tuple(sorted(buckets))
+                    name, "histogram", description, labels, unit, self.max_series, buckets=tuple(sorted(buckets))
                 )
             elif not isinstance(metric, Histogram) or metric.labels != labels:
                 raise ValueError(f"metric {name} already registered as {metric.kind}{metric.labels}")
@@ -189,7 +270,7 @@ class Telemetry:
         with self._lock:
             metric = self._metrics.get(name)
             if metric is None:
-                metric = self._metrics[name] = Metric(name, kind, description, labels, unit)
+                metric = self._metrics[name] = Metric(name, kind, description, labels, unit, self.max_series)
             elif metric.kind != kind or metric.labels != labels:
                 raise ValueError(f"metric {name} already registered as {metric.kind}{metric.labels}")
             return metric
