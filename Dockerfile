@@ -6,7 +6,9 @@
 #
 # The default configuration is the repository's collector.yaml, at /etc/webrtc-observer/collector.yaml:
 # reports go to /var/lib/webrtc-observer/reports.jsonl (a volume), metrics to :9464/metrics. Mount your own
-# file over it to change the pipelines (see deploy/README.md).
+# file over it to change the pipelines (see deploy/README.md). In a container /metrics and /ui listen on
+# 0.0.0.0 (OBSERVER_METRICS_ENDPOINT, OBSERVER_UI_ENDPOINT): publish only the ports you mean to, and give
+# them `auth` (deploy/README.md, "Protecting the endpoints").
 
 ARG PYTHON_VERSION=3.11
 
@@ -28,7 +30,9 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    OBSERVER_FILE=/var/lib/webrtc-observer/reports.jsonl
+    OBSERVER_FILE=/var/lib/webrtc-observer/reports.jsonl \
+    OBSERVER_METRICS_ENDPOINT=0.0.0.0:9464 \
+    OBSERVER_UI_ENDPOINT=0.0.0.0:7081
 
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels /wheels/webrtc_observer-*.whl \

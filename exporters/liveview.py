@@ -10,6 +10,10 @@ it keeps is bounded: ``max_calls`` calls (older ones are dropped from the view f
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
+import re
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -18,8 +22,9 @@ from typing import Any
 
 from aiohttp import web
 
+from webrtc_observer import auth
 from webrtc_observer.component import Factory, Settings
-from webrtc_observer.http_server import endpoint_issues, serve
+from webrtc_observer.http_server import Listener, ServerConfig, serve
 from webrtc_observer.model import Batch
 from webrtc_observer.processors import _emodel
 from webrtc_observer.telemetry import Histogram, Telemetry
@@ -38,14 +43,17 @@ _COUNTERS = ("samples_received", "samples_refused", "reports", "exporter_sent_re
 
 
 @dataclass
-class LiveViewConfig:
+class LiveViewConfig(ServerConfig):
     endpoint: str = "0.0.0.0:7081"
     """host:port serving /ui."""
     max_calls: int = 500
     max_events: int = 200
+    auth: auth.AuthConfig | None = None
+    """Who may open the page: ``bearer_tokens`` (``?accessToken=`` in the page's URL) or ``basic``."""
 
     def validate(self) -> list[tuple[str, str]]:
-        issues = endpoint_issues(self.endpoint)
+        issues = super().validate()
+        issues += auth.scrape_auth_issues(self.auth, "the live view shows every service")
         for name in ("max_calls", "max_events"):
             if getattr(self, name) < 1:
                 issues.append((name, "must be at least 1"))
@@ -130,7 +138,7 @@ class LiveView:
                 }
             )
         if name == "CALL_ENDED":
-            self._calls.pop((payload["serviceId"], payload.get("callId")), None)
+            self._calls.pop((payload["serviceId"], payload.get("callId") or ""), None)
             return
         call = self._call(payload)
         if call is None:
@@ -208,24 +216,31 @@ class LiveViewExporter:
         self._settings = settings
         self._config = config
         self._view = LiveView(config.max_calls, config.max_events)
-        self._runner: web.AppRunner | None = None
+        self._runner: Listener | None = None
         self.bound_port: int | None = None
 
     async def start(self) -> None:
-        app = web.Application()
+        authenticator = auth.Authenticator(self._config.auth) if self._config.auth is not None else None
+        app = web.Application(middlewares=[_security_headers, auth.middleware(authenticator)])
         app.router.add_get("/", self._redirect)
         app.router.add_get("/ui", self._page)
         app.router.add_get("/ui/api/state", self._state)
         # One page per worker process (worker i on port + i): each shows the calls it handles.
-        self._runner, host, self.bound_port = await serve(app, self._config.endpoint, port_offset=self._settings.worker.index)
+        self._runner, host, self.bound_port = await serve(
+            app,
+            self._config,
+            port_offset=self._settings.worker.index,
+            telemetry=self._settings.telemetry,
+            label=str(self._settings.id),
+        )
         self._settings.logger.info("live view", url=f"http://{host}:{self.bound_port}/ui")
 
     async def _redirect(self, request: web.Request) -> web.Response:
         raise web.HTTPFound("/ui")
 
     async def _page(self, request: web.Request) -> web.Response:
-        html = resources.files("webrtc_observer.exporters").joinpath("liveview.html").read_text(encoding="utf-8")
-        return web.Response(text=html, content_type="text/html")
+        html, policy = _page()
+        return web.Response(text=html, content_type="text/html", headers={"Content-Security-Policy": policy})
 
     async def _state(self, request: web.Request) -> web.Response:
         state = self._view.state(self._settings.telemetry, self._settings.host.problems())
@@ -239,6 +254,45 @@ class LiveViewExporter:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+
+_INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+@functools.cache
+def _page() -> tuple[str, str]:
+    """The page and its Content-Security-Policy: itself only, its inline script and style by hash."""
+    html = resources.files("webrtc_observer.exporters").joinpath("liveview.html").read_text(encoding="utf-8")
+    hashes: dict[str, list[str]] = {"script": [], "style": []}
+    for match in _INLINE.finditer(html):
+        digest = base64.b64encode(hashlib.sha256(match.group(2).encode()).digest()).decode()
+        hashes[match.group(1)].append(f"'sha256-{digest}'")
+    script, style = " ".join(hashes["script"]) or "'none'", " ".join(hashes["style"]) or "'none'"
+    policy = (
+        f"default-src 'none'; script-src {script}; style-src {style}; connect-src 'self'; img-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )
+    return html, policy
+
+
+@web.middleware
+async def _security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every answer (the page, the API, errors and 401s) says: no framing, no sniffing, no foreign content."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        for name, value in _SECURITY_HEADERS.items():
+            exc.headers.setdefault(name, value)
+        raise
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def _create(settings: Settings, config: LiveViewConfig, _next: None) -> LiveViewExporter:
