@@ -5,7 +5,16 @@ loads a document with :func:`load_file` and gets typed configs back or one :clas
 listing every problem with its YAML path.
 """
 
-from ._document import CollectorConfig, ComponentId, LogsConfig, PipelineConfig, TelemetryConfig, load_file, load_text
+from ._document import (
+    CollectorConfig,
+    ComponentId,
+    LogsConfig,
+    MemoryLimiterConfig,
+    PipelineConfig,
+    TelemetryConfig,
+    load_file,
+    load_text,
+)
 from ._errors import ConfigError, ConfigIssue
 from ._units import ByteSize, Duration
 
@@ -17,6 +26,7 @@ __all__ = [
     "ConfigIssue",
     "Duration",
     "LogsConfig",
+    "MemoryLimiterConfig",
     "PipelineConfig",
     "TelemetryConfig",
     "load_file",

@@ -13,7 +13,7 @@ import yaml
 from ._errors import ConfigError, ConfigIssue, join
 from ._expand import expand
 from ._options import decode
-from ._units import Duration
+from ._units import ByteSize, Duration
 
 KINDS = ("receivers", "processors", "exporters")
 _ID = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)(?:/(?P<name>[A-Za-z0-9_.\-]+))?$")
@@ -51,8 +51,18 @@ class LogsConfig:
 
 
 @dataclass
+class MetricsConfig:
+    max_series: int = 2000
+    """Label sets kept per metric; past it, updates land in the metric's ``_overflow_`` series."""
+
+    def validate(self) -> list[tuple[str, str]]:
+        return [("max_series", "must be at least 1")] if self.max_series < 1 else []
+
+
+@dataclass
 class TelemetryConfig:
     logs: LogsConfig = field(default_factory=LogsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 @dataclass
@@ -69,6 +79,30 @@ class HealthConfig:
 
 
 @dataclass
+class MemoryLimiterConfig:
+    limit: ByteSize = ByteSize(0)
+    """Resident memory the process must not pass because of input (e.g. 1GiB). Required."""
+    spike_limit: ByteSize | None = None
+    """Headroom below ``limit`` at which refusing starts; default a fifth of ``limit``."""
+    check_interval: Duration = Duration(1.0)
+
+    def validate(self) -> list[tuple[str, str]]:
+        issues = []
+        if self.limit <= 0:
+            issues.append(("limit", "required: the memory the process must not pass (e.g. 1GiB)"))
+        elif self.spike_limit is not None and not 0 <= self.spike_limit < self.limit:
+            issues.append(("spike_limit", "must be below limit"))
+        if self.check_interval <= 0:
+            issues.append(("check_interval", "must be positive"))
+        return issues
+
+    @property
+    def soft_limit(self) -> int:
+        spike = self.spike_limit if self.spike_limit is not None else self.limit // 5
+        return int(self.limit - spike)
+
+
+@dataclass
 class _ServiceOptions:
     pipelines: dict[str, _PipelineOptions] = field(default_factory=dict)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
@@ -77,6 +111,8 @@ class _ServiceOptions:
     """How long draining may take on SIGTERM before the rest is abandoned (and counted)."""
     workers: int = 1
     """Processes running the pipelines; every sample of a call is handled by one of them."""
+    memory_limiter: MemoryLimiterConfig | None = None
+    """Refuse new data (503) from ``limit - spike_limit`` of resident memory on."""
 
 
 @dataclass
@@ -91,6 +127,7 @@ class CollectorConfig:
     source: str = "<memory>"
     health: HealthConfig = field(default_factory=HealthConfig)
     workers: int = 1
+    memory_limiter: MemoryLimiterConfig | None = None
 
 
 def load_file(
@@ -148,7 +185,14 @@ def load_text(
         raise ConfigError(issues)
     assert service is not None
     return CollectorConfig(
-        components, pipelines, service.telemetry, float(service.shutdown_timeout), source, service.health, service.workers
+        components,
+        pipelines,
+        service.telemetry,
+        float(service.shutdown_timeout),
+        source,
+        service.health,
+        service.workers,
+        service.memory_limiter,
     )
 
 

@@ -10,7 +10,8 @@ Cardinality is bounded by design: series are labelled by service, media unit, me
 type or reason, never by call or client. ``per_call`` opts into per-call series (latest round-trip
 time, jitter and packet loss per client of each call, and participants per call) taken from the
 reports that reach this exporter; they are removed when the call or client ends, or after ``expiry``
-without updates, and capped at ``max_series`` (new series past the cap are counted, not kept).
+without updates, and capped at ``max_series`` (new series past the cap are counted, not kept); their
+service, call and client ids are cut to 64 characters like every client-derived label.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from aiohttp import web
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
+from webrtc_observer import auth
 from webrtc_observer.component import Factory, Settings
 from webrtc_observer.config import Duration
-from webrtc_observer.http_server import endpoint_issues, serve
+from webrtc_observer.http_server import Listener, ServerConfig, serve
 from webrtc_observer.model import Batch
-from webrtc_observer.telemetry import Histogram, Telemetry
+from webrtc_observer.telemetry import Histogram, Telemetry, clip_label
 from webrtc_observer.transaction import after_commit
 
 
@@ -46,15 +48,18 @@ class PerCallConfig:
 
 
 @dataclass
-class PrometheusExporterConfig:
+class PrometheusExporterConfig(ServerConfig):
     endpoint: str = "0.0.0.0:9464"
     """host:port serving /metrics."""
     namespace: str = "observertc"
     """Prefix of every metric name."""
     per_call: PerCallConfig = field(default_factory=PerCallConfig)
+    auth: auth.AuthConfig | None = None
+    """Who may scrape: ``bearer_tokens`` (service_ids ``*``) or ``basic``."""
 
     def validate(self) -> list[tuple[str, str]]:
-        issues = endpoint_issues(self.endpoint)
+        issues = super().validate()
+        issues += auth.scrape_auth_issues(self.auth, "/metrics shows every service")
         if not self.namespace.replace("_", "").isalnum():
             issues.append(("namespace", "letters, digits and _ only"))
         return issues
@@ -91,7 +96,7 @@ class _PerCallSeries:
             payload = report.payload
             track = _TRACK_REPORTS.get(report.type)
             if track is not None:
-                key = (payload["serviceId"], payload["callId"], payload["clientId"], *track)
+                key = (clip_label(payload["serviceId"]), clip_label(payload["callId"]), clip_label(payload["clientId"]), *track)
                 series = self._values.get(key)
                 if series is None:
                     if len(self._values) >= self._config.max_series:
@@ -106,13 +111,21 @@ class _PerCallSeries:
                 self._on_event(payload)
 
     def _on_event(self, payload: dict[str, Any]) -> None:
-        call = (payload["serviceId"], payload.get("callId", ""))
+        # Label values are cut as the registry cuts client-derived ones (telemetry.clip_label).
+        call = (clip_label(payload["serviceId"]), clip_label(payload.get("callId", "")))
+        client = clip_label(payload.get("clientId", ""))
         name = payload["name"]
         if name == "CLIENT_JOINED":
-            self._participants.setdefault(call, set()).add(payload.get("clientId", ""))
+            clients = self._participants.get(call)
+            if clients is None:
+                if len(self._participants) >= self._config.max_series:
+                    self._refused.add(1, self._label)
+                    return
+                clients = self._participants[call] = set()
+            clients.add(client)
         elif name == "CLIENT_LEFT":
-            self._participants.get(call, set()).discard(payload.get("clientId", ""))
-            for key in [k for k in self._values if k[:3] == (*call, payload.get("clientId"))]:
+            self._participants.get(call, set()).discard(client)
+            for key in [k for k in self._values if k[:3] == (*call, client)]:
                 del self._values[key]
         elif name == "CALL_ENDED":
             self._participants.pop(call, None)
@@ -170,11 +183,11 @@ class _RegistryCollector:
                     family.add_metric(list(label_values), cumulative, value.sum)
                 yield family
                 continue
-            family_type = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
-            family = family_type(name, metric.description, labels=labels, unit=metric.unit)
-            for label_values, value in metric.samples().items():
-                family.add_metric(list(label_values), value)
-            yield family
+            scalar_type = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
+            scalar = scalar_type(name, metric.description, labels=labels, unit=metric.unit)
+            for label_values, amount in metric.samples().items():
+                scalar.add_metric(list(label_values), amount)
+            yield scalar
         if self._per_call is not None:
             self._per_call.expire(time.monotonic())
             yield from self._per_call.families(ns)
@@ -189,21 +202,25 @@ class PrometheusExporter:
         self._config = config
         self._log = settings.logger
         self._worker = settings.worker
+        self._settings = settings
         label = str(settings.id)
         refused = settings.telemetry.counter(
             "prometheus_per_call_series_refused", "Per-call series not kept because max_series was reached", ("exporter",)
         )
         self._per_call = _PerCallSeries(config.per_call, refused, label) if config.per_call.enabled else None
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(_RegistryCollector(settings.telemetry, config.namespace, self._per_call))  # type: ignore[arg-type]
-        self._runner: web.AppRunner | None = None
+        self._registry.register(_RegistryCollector(settings.telemetry, config.namespace, self._per_call))
+        self._runner: Listener | None = None
         self.bound_port: int | None = None
 
     async def start(self) -> None:
-        app = web.Application()
+        authenticator = auth.Authenticator(self._config.auth) if self._config.auth is not None else None
+        app = web.Application(middlewares=[auth.middleware(authenticator)])
         app.router.add_get("/metrics", self._metrics)
         # Each worker process has its own registry and serves it on port + its index.
-        self._runner, host, self.bound_port = await serve(app, self._config.endpoint, port_offset=self._worker.index)
+        self._runner, host, self.bound_port = await serve(
+            app, self._config, port_offset=self._worker.index, telemetry=self._settings.telemetry, label=str(self._settings.id)
+        )
         self._log.info("serving metrics", endpoint=f"{host}:{self.bound_port}", path="/metrics")
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -22,15 +22,19 @@ from typing import Any
 
 import msgspec
 import orjson
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import ClientPayloadError, WSCloseCode, WSMsgType, web
 
+from webrtc_observer.auth import ANYONE, AuthConfig, Authenticator, AuthError, Principal, forbidden
 from webrtc_observer.component import Consumer, Factory, Refused, RetryLater, Settings
 from webrtc_observer.config import ByteSize, Duration
-from webrtc_observer.http_server import endpoint_issues, serve
-from webrtc_observer.model import Batch, Origin
+from webrtc_observer.http_server import Listener, ServerConfig, serve
+from webrtc_observer.model import Batch, ClientSample, Origin, Sample
 
 from ._decoding import Encoding, RefusedInput, Route, decode
+from ._inflight import Busy, Hold, Inflight
+from ._limits import LimitsConfig
 
+_TRACEBACKS_PER_MINUTE = 5  # beyond that internal errors are only counted (receiver_internal_errors)
 _PROTOBUF_TYPES = frozenset({"application/x-protobuf", "application/protobuf", "application/vnd.google.protobuf"})
 
 
@@ -49,9 +53,12 @@ class CorsConfig:
 
 
 @dataclass
-class ObservertcReceiverConfig:
+class ObservertcReceiverConfig(ServerConfig):
     endpoint: str = "0.0.0.0:7080"
     """host:port to listen on (the observer's port)."""
+    max_inflight_bytes: ByteSize = ByteSize(256 * 1024 * 1024)
+    """Bytes of request bodies and WebSocket messages being read or waiting for the pipelines; past
+    it, 503 with Retry-After (reason ``inflight_bytes``)."""
     max_message_bytes: ByteSize = ByteSize(4 * 1024 * 1024)
     """Largest HTTP body or WebSocket message, also after gunzip. Larger: HTTP 413, WebSocket close 1009."""
     websocket_heartbeat: Duration = Duration(30)
@@ -59,12 +66,35 @@ class ObservertcReceiverConfig:
     allowed_service_ids: list[str] = field(default_factory=list)
     """If set, samples for other service ids are refused with 403."""
     cors: CorsConfig = field(default_factory=CorsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    """Bounds on the shape of a sample (id lengths, records, events, meta items, samples per message)."""
+    auth: AuthConfig | None = None
+    """Who may send samples: ``bearer_tokens`` and/or ``jwt`` (README: Running it on the internet)."""
 
     def validate(self) -> list[tuple[str, str]]:
-        issues = endpoint_issues(self.endpoint)
+        issues = super().validate()
+        if self.max_inflight_bytes < self.max_message_bytes:
+            issues.append(("max_inflight_bytes", "must be at least max_message_bytes"))
+        if self.auth is not None and self.auth.basic is not None:
+            issues.append(
+                ("auth.basic", "the receiver takes bearer_tokens or jwt (browsers cannot send basic credentials on a WebSocket)")
+            )
         if self.max_message_bytes < 1024:
             issues.append(("max_message_bytes", "must be at least 1KiB"))
         return issues
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """Not errors, but worth saying (``validate`` and the start-up log print them)."""
+        if self.auth is None and not _loopback(self.endpoint):
+            return [
+                ("auth", f"no auth while listening on {self.endpoint}: anyone who reaches it can send samples for any service")
+            ]
+        return []
+
+
+def _loopback(endpoint: str) -> bool:
+    host = endpoint.rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 class ObservertcReceiver:
@@ -73,11 +103,12 @@ class ObservertcReceiver:
         self._config = config
         self._next = next_consumer
         self._log = settings.logger
-        self._runner: web.AppRunner | None = None
+        self._runner: Listener | None = None
         self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._allowed_services = frozenset(config.allowed_service_ids)
         self._cors_any = "*" in config.cors.allowed_origins
         self._cors_origins = frozenset(config.cors.allowed_origins)
+        self._auth = Authenticator(config.auth) if config.auth is not None else None
         receiver = str(settings.id)
         t = settings.telemetry
         self._accepted = t.counter("receiver_accepted_samples", "Samples accepted into the pipelines", ("receiver", "transport"))
@@ -88,14 +119,20 @@ class ObservertcReceiver:
         self._refused_samples = t.counter("samples_refused", "Samples or messages refused, by reason", ("reason",))
         self._ws_open = t.gauge("receiver_websockets_open", "Open WebSocket connections", ("receiver",))
         self._label = receiver
+        self._inflight = Inflight(config.max_inflight_bytes)
         self._ws_open.set(0, receiver)
         self.bound_port: int | None = None
+        self._internal_errors = t.counter(
+            "receiver_internal_errors", "Messages the receiver failed on (bugs), by transport", ("receiver", "transport")
+        )
+        self._tracebacks_logged: list[float] = []  # when the last tracebacks were logged (a sliding minute)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
         app = web.Application(client_max_size=self._config.max_message_bytes + 1, middlewares=[self._cors_middleware])
         app.router.add_get("/health", self._health)
-        for route, prefix in (("samples", "/rest/samples"), ("pcsamples", "/pcsamples")):
+        routes: tuple[tuple[Route, str], ...] = (("samples", "/rest/samples"), ("pcsamples", "/pcsamples"))
+        for route, prefix in routes:
             app.router.add_post(prefix + "/{service_id}/{media_unit_id}", self._make_post(route))
         app.router.add_get("/samples/{service_id}/{media_unit_id}", self._make_websocket("samples"))
         app.router.add_get("/pcsamples/{service_id}/{media_unit_id}", self._make_websocket("pcsamples"))
@@ -104,12 +141,16 @@ class ObservertcReceiver:
         # We inflate gzip ourselves, with the same size limit as WebSocket frames (a gzip bomb stops early).
         self._runner, host, self.bound_port = await serve(
             app,
-            self._config.endpoint,
+            self._config,
             shared=self._settings.worker.count > 1,
+            telemetry=self._settings.telemetry,
+            label=str(self._settings.id),
             shutdown_timeout=10.0,
             auto_decompress=False,
         )
         self._log.info("receiver listening", endpoint=f"{host}:{self.bound_port}")
+        for option, message in self._config.warnings():
+            self._log.warning(message, option=option)
 
     async def shutdown(self) -> None:
         """Stop accepting connections, close WebSockets, let in-flight requests finish."""
@@ -133,15 +174,28 @@ class ObservertcReceiver:
 
     def _make_post(self, route: Route) -> Any:
         async def handle(request: web.Request) -> web.Response:
+            hold = Hold(self._inflight)
             try:
+                principal = self._authorize(request)
                 origin = self._origin(request)
-                body = await self._read_body(request)
+                self._admit()
+                body = await self._read_body(request, hold)
                 encoding = self._encoding(request)
                 gzipped = self._gzipped(request)
                 decoded = decode(
-                    body, origin, route=route, encoding=encoding, gzipped=gzipped, limit=self._config.max_message_bytes
+                    body,
+                    origin,
+                    route=route,
+                    encoding=encoding,
+                    gzipped=gzipped,
+                    limit=self._config.max_message_bytes,
+                    limits=self._config.limits,
                 )
+                _check_samples(principal, decoded.samples)
                 await self._deliver(decoded.samples, origin, "http")
+            except AuthError as exc:
+                self._refuse("http", exc.reason)
+                return _error(exc.status, exc.reason, exc.detail, headers=exc.headers)
             except RefusedInput as exc:
                 self._refuse("http", exc.reason)
                 return _error(exc.status, exc.reason, exc.detail)
@@ -149,26 +203,50 @@ class ObservertcReceiver:
                 self._refuse("http", exc.reason)
                 return _error(exc.status, exc.reason, exc.detail)
             except RetryLater as exc:
-                self._refuse("http", "pipeline_full")
-                return _error(503, "pipeline_full", exc.reason, headers={"Retry-After": str(max(1, round(exc.retry_after)))})
+                code = exc.code if isinstance(exc, Busy) else "pipeline_full"
+                self._refuse("http", code)
+                return _error(503, code, exc.reason, headers={"Retry-After": str(max(1, round(exc.retry_after)))})
+            except _ClientGone:
+                self._refuse("http", "client_disconnected")
+                return _error(400, "client_disconnected", "the client closed the connection before its body arrived")
             except Exception:  # a bug of ours must cost one request, never the process
-                self._log.error("failed to handle a message", transport="http", exc_info=True)
+                self._internal_error("http")
                 self._refuse("http", "internal_error")
                 return _error(500, "internal_error", "the collector failed on this message; it was not accepted")
+            finally:
+                hold.release()
             return web.json_response({"accepted": len(decoded.samples)}, status=202)
 
         return handle
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    def _admit(self) -> None:
+        """Refuse new input while the memory limiter says so."""
+        if self._settings.host.memory_pressure():
+            raise Busy("memory_limit", "the collector is above its memory limit (service.memory_limiter)", retry_after=5.0)
+
+    async def _read_body(self, request: web.Request, hold: Hold) -> bytes:
+        """The body, held against ``max_inflight_bytes`` as it arrives, within ``read_timeout``."""
         limit = self._config.max_message_bytes
         if request.content_length is not None and request.content_length > limit:
             raise RefusedInput("too_large", f"body of {request.content_length} bytes exceeds {limit}", status=413)
-        chunks, size = [], 0
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise RefusedInput("too_large", f"body exceeds {limit} bytes", status=413)
-            chunks.append(chunk)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(float(self._config.read_timeout)):
+                async for chunk in request.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > limit:
+                        raise RefusedInput("too_large", f"body exceeds {limit} bytes", status=413)
+                    hold.take(len(chunk))
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RefusedInput(
+                "read_timeout", f"the body did not arrive within {self._config.read_timeout}s", status=408
+            ) from None
+        except (ConnectionError, ClientPayloadError):
+            raise _ClientGone from None
+        if request.content_length is not None and size < request.content_length:
+            raise _ClientGone
         return b"".join(chunks)
 
     @staticmethod
@@ -197,8 +275,13 @@ class ObservertcReceiver:
     def _make_websocket(self, route: Route) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
+                self._check_ws_origin(request)
+                principal = self._authorize(request)
                 origin = self._origin(request)
                 encoding = self._encoding(request)
+            except AuthError as exc:
+                self._refuse("websocket", exc.reason)
+                return _error(exc.status, exc.reason, exc.detail, headers=exc.headers)
             except RefusedInput as exc:
                 self._refuse("websocket", exc.reason)
                 return _error(exc.status, exc.reason, exc.detail)
@@ -208,16 +291,23 @@ class ObservertcReceiver:
             self._sockets.add(ws)
             self._ws_open.add(1, self._label)
             try:
-                await self._serve_websocket(ws, origin, route, encoding)
+                await self._serve_websocket(ws, origin, route, encoding, principal)
             finally:
                 self._ws_open.add(-1, self._label)
             return ws
 
         return handle
 
-    async def _serve_websocket(self, ws: web.WebSocketResponse, origin: Origin, route: Route, encoding: Encoding | None) -> None:
+    async def _serve_websocket(
+        self, ws: web.WebSocketResponse, origin: Origin, route: Route, encoding: Encoding | None, principal: Principal = ANYONE
+    ) -> None:
         limit = self._config.max_message_bytes
         async for msg in ws:
+            if principal.expired():
+                self._refuse("websocket", "unauthenticated")
+                await ws.send_bytes(orjson.dumps({"error": "unauthenticated", "detail": "access token expired"}))
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"access token expired")
+                break
             if msg.type == WSMsgType.TEXT:
                 data = msg.data.encode()
                 frame_encoding: Encoding | None = "json"
@@ -228,22 +318,49 @@ class ObservertcReceiver:
                 self._refuse("websocket", "too_large" if too_big else "websocket_protocol")
                 break
             stamped = _restamp(origin)
+            hold = Hold(self._inflight)
             try:
-                decoded = decode(data, stamped, route=route, encoding=frame_encoding, gzipped=None, limit=limit)
+                self._admit()
+                hold.take(len(data))
+                decoded = decode(
+                    data, stamped, route=route, encoding=frame_encoding, gzipped=None, limit=limit, limits=self._config.limits
+                )
+                _check_samples(principal, decoded.samples)
                 await self._deliver(decoded.samples, stamped, "websocket")
-            except (RefusedInput, Refused) as exc:
+            except (RefusedInput, Refused, AuthError) as exc:
                 self._refuse("websocket", exc.reason)
                 await ws.send_bytes(orjson.dumps({"error": exc.reason, "detail": exc.detail}))
             except RetryLater as exc:
-                self._refuse("websocket", "pipeline_full")
-                await ws.send_bytes(orjson.dumps({"error": "pipeline_full", "detail": exc.reason, "retryAfter": exc.retry_after}))
+                code = exc.code if isinstance(exc, Busy) else "pipeline_full"
+                self._refuse("websocket", code)
+                await ws.send_bytes(orjson.dumps({"error": code, "detail": exc.reason, "retryAfter": exc.retry_after}))
             except Exception:  # a bug of ours must cost one frame, never the connection
-                self._log.error("failed to handle a message", transport="websocket", exc_info=True)
+                self._internal_error("websocket")
                 self._refuse("websocket", "internal_error")
                 await ws.send_bytes(orjson.dumps({"error": "internal_error", "detail": "message not accepted"}))
+            finally:
+                hold.release()
             # A frame already buffered is read without yielding, and a pipeline that only queues never
             # yields either: give other connections and the exporters their turn after each frame.
             await asyncio.sleep(0)
+
+    # -- authentication -----------------------------------------------------------------------------
+    def _authorize(self, request: web.Request) -> Principal:
+        """The request's principal, allowed the path's service id; AuthError (401/403) otherwise."""
+        if self._auth is None:
+            return ANYONE
+        principal = self._auth.authenticate(request)
+        service_id = request.match_info["service_id"]
+        if not principal.allows(service_id):
+            raise forbidden(f"the access token is not allowed service id {service_id[:64]!r}")
+        return principal
+
+    def _check_ws_origin(self, request: web.Request) -> None:
+        """A browser's WebSocket from a page outside ``cors.allowed_origins`` (when narrowed): 403."""
+        origin = request.headers.get("Origin")
+        if origin is None or self._cors_any or not self._cors_origins or origin in self._cors_origins:
+            return
+        raise AuthError(403, "cors_origin", "WebSocket from an origin that cors.allowed_origins does not list")
 
     # -- common -------------------------------------------------------------------------------------
     def _origin(self, request: web.Request) -> Origin:
@@ -263,6 +380,16 @@ class ObservertcReceiver:
             await self._next.consume(Batch(samples=samples))
         self._accepted.add(len(samples), self._label, transport)
         self._received.add(len(samples), origin.service_id, origin.media_unit_id)
+
+    def _internal_error(self, transport: str) -> None:
+        """Count a failure of ours; log its traceback at most a few times a minute (call from ``except``)."""
+        self._internal_errors.add(1, self._label, transport)
+        now = time.monotonic()
+        recent = [t for t in self._tracebacks_logged if now - t < 60.0]
+        if len(recent) < _TRACEBACKS_PER_MINUTE:
+            recent.append(now)
+            self._log.error("failed to handle a message", transport=transport, exc_info=True)
+        self._tracebacks_logged = recent
 
     def _refuse(self, transport: str, reason: str) -> None:
         self._refused.add(1, self._label, transport, reason)
@@ -304,6 +431,31 @@ class ObservertcReceiver:
         return web.Response(status=204, headers=headers)
 
 
+def _check_samples(principal: Principal, samples: list[Sample]) -> None:
+    """Every sample of a message must be allowed the principal, or none is taken (403). A client
+    sample that names no call or room gets the token's (a refused message is dropped whole, so
+    filling in as we go changes nothing that is kept).
+
+    A token bound to a client, call or room (a browser's JWT) sends only that client's samples; SFU
+    and TURN samples need a token that is not bound (a static token, or a JWT with only serviceId)."""
+    if not principal.bound and principal.service_ids is None:
+        return
+    for sample in samples:
+        service_id = sample.origin.service_id
+        if isinstance(sample, ClientSample):
+            if not principal.allows(service_id, sample.client_id, sample.call_id, sample.room_id):
+                raise forbidden("the access token is not allowed to send for this client, call or room")
+            # The token decides the call and room a sample that names none goes into.
+            if sample.call_id is None and principal.call_id is not None:
+                sample.call_id = principal.call_id
+            if sample.room_id is None and principal.room_id is not None:
+                sample.room_id = principal.room_id
+        elif principal.bound:
+            raise forbidden("an access token bound to a client cannot send SFU or TURN samples")
+        elif not principal.allows(service_id):
+            raise forbidden("the access token is not allowed this service id")
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -313,8 +465,15 @@ def _restamp(origin: Origin) -> Origin:
     return msgspec.structs.replace(origin, received_at=_now_ms())
 
 
+class _ClientGone(Exception):
+    """The client closed its connection before its whole body arrived: not an error of anyone's here."""
+
+
 def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": reason, "detail": detail}, status=status, headers=headers)
+    response = web.json_response({"error": reason, "detail": detail}, status=status, headers=headers)
+    if status == 408:  # what is left of that body would be read as the next request
+        response.force_close()
+    return response
 
 
 def _create(settings: Settings, config: ObservertcReceiverConfig, next_consumer: Consumer) -> ObservertcReceiver:

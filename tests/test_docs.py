@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from webrtc_observer.components import builtin_factories
+from webrtc_observer.exporterhelper import QueuedExporterConfig
+from webrtc_observer.http_server import ServerConfig
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -35,8 +37,31 @@ def _section(kind: str, type_name: str) -> str:
 CASES = [(kind, t, f) for kind, by_type in builtin_factories().items() for t, f in by_type.items()]
 
 
+def _shared_section(title: str) -> str:
+    match = re.search(rf"^### {re.escape(title)}\n(.*?)(?=^### |^## )", README, re.S | re.M)
+    assert match, f"README has no section '### {title}'"
+    return match.group(1)
+
+
+# Options that several components inherit are documented once; each component's section links there.
+SHARED = [
+    (ServerConfig, "Server options of every HTTP endpoint", "#server-options-of-every-http-endpoint"),  # endpoint: per component
+    (QueuedExporterConfig, "Exporter `kafka`", "kafka"),
+]
+
+
 @pytest.mark.parametrize(("kind", "type_name", "factory"), CASES, ids=[f"{k}/{t}" for k, t, _ in CASES])
 def test_every_option_is_documented(kind, type_name, factory):
     section = _section(kind[:-1].capitalize(), type_name)
+    elsewhere: dict[str, str] = {}
+    for base, title, link in SHARED:
+        if issubclass(factory.config_type, base) and title not in section:
+            assert link in section, f"the README section of {kind}.{type_name} does not point to '{title}'"
+            for path in _option_paths(base):
+                elsewhere[path] = title
     for path in _option_paths(factory.config_type):
-        assert f"| `{path}` |" in section, f"README does not document {kind}.{type_name}.{path}"
+        if path in elsewhere and f"| `{path}` |" not in section:
+            where = _shared_section(elsewhere[path])
+            assert f"| `{path}` |" in where, f"README section '{elsewhere[path]}' does not document {path}"
+        else:
+            assert f"| `{path}` |" in section, f"README does not document {kind}.{type_name}.{path}"

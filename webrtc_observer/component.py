@@ -40,18 +40,6 @@ class Lifecycle(Protocol):
         ...
 
 
-class Receiver(Lifecycle, Protocol):
-    pass
-
-
-class Processor(Consumer, Lifecycle, Protocol):
-    pass
-
-
-class Exporter(Consumer, Lifecycle, Protocol):
-    pass
-
-
 class RetryLater(Exception):
     """A stage cannot take more now (a full queue, shutting down). Receivers answer 503 and count it."""
 
@@ -80,11 +68,16 @@ class Host(Protocol):
         """True once every pipeline has started and until shutdown begins."""
         ...
 
+    def memory_pressure(self) -> bool:
+        """True while ``service.memory_limiter`` refuses new data: receivers answer 503 (reason memory_limit)."""
+        ...
+
     def problems(self) -> dict[str, str]:
         """Component id → what is wrong, for components failing longer than the health threshold."""
         ...
 
 
+@runtime_checkable
 class FailureReporting(Protocol):
     """An exporter that can tell since when its sends have been failing (health checks ask)."""
 

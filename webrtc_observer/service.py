@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, cast
 
-from webrtc_observer.component import Consumer, Factory, Lifecycle, RetryLater, Settings, Worker
+from webrtc_observer.component import Consumer, Factory, FailureReporting, Lifecycle, RetryLater, Settings, Worker
 from webrtc_observer.config import CollectorConfig, ComponentId
 from webrtc_observer.logs import get_logger
+from webrtc_observer.memory_limiter import MemoryLimiter
 from webrtc_observer.model import Batch
 from webrtc_observer.telemetry import Metric, Telemetry
 from webrtc_observer.transaction import Transactional
@@ -70,12 +71,15 @@ class Service:
     ) -> None:
         """``peers``: this process is one of several workers (see :mod:`webrtc_observer.workers`)."""
         self.config = config
-        self.telemetry = telemetry or Telemetry()
+        self.telemetry = telemetry or Telemetry(max_series=config.telemetry.metrics.max_series)
         self.worker = peers.worker if peers is not None else Worker()
         self._peers = peers
         self.log = get_logger() if peers is None else get_logger(worker=self.worker.index)
         self._ready = False
         self._started: list[tuple[str, Lifecycle]] = []
+        self.lost = 0
+        self._memory = MemoryLimiter(config.memory_limiter, self.telemetry) if config.memory_limiter is not None else None
+        """Records lost by the shutdowns so far (see :meth:`shutdown`)."""
         self.exporters: dict[ComponentId, Any] = {}
         self.processors: list[tuple[str, ComponentId, Any]] = []
         self.receivers: dict[ComponentId, Any] = {}
@@ -85,13 +89,15 @@ class Service:
     def ready(self) -> bool:
         return self._ready
 
+    def memory_pressure(self) -> bool:
+        return self._memory is not None and self._memory.refusing
+
     def problems(self) -> dict[str, str]:
         threshold = self.config.health.exporter_failure_threshold
         now = time.monotonic()
         found = {}
         for cid, exporter in self.exporters.items():
-            failing_since = getattr(exporter, "failing_since", None)
-            since = failing_since() if failing_since is not None else None
+            since = exporter.failing_since() if isinstance(exporter, FailureReporting) else None
             if since is not None and now - since > threshold:
                 found[f"exporter {cid}"] = f"sending has failed for {now - since:.0f}s"
         return found
@@ -157,7 +163,10 @@ class Service:
 
     async def start(self) -> None:
         """Exporters first, then processors (downstream first), then receivers."""
-        order: list[tuple[str, Lifecycle]] = [(f"exporter {cid}", e) for cid, e in self.exporters.items()]
+        order: list[tuple[str, Lifecycle]] = []
+        if self._memory is not None:
+            order.append(("memory limiter", self._memory))
+        order += [(f"exporter {cid}", e) for cid, e in self.exporters.items()]
         order += [(f"processor {pid} in {name}", p) for name, pid, p in reversed(self.processors)]
         if self._peers is not None:
             order.append(("samples from peer workers", self._peers))
@@ -173,19 +182,65 @@ class Service:
         self._ready = True
         self.log.info("collector started", pipelines=", ".join(self.config.pipelines), config=self.config.source)
 
-    async def shutdown(self) -> None:
-        """Receivers stop accepting, then processors flush downstream, then exporters drain."""
+    async def shutdown(self, timeout: float | None = None) -> int:
+        """Receivers stop accepting, then processors flush downstream, then exporters drain.
+
+        ``timeout`` (default ``service.shutdown_timeout``) bounds the whole shutdown; each exporter's
+        own ``shutdown_timeout`` bounds its drain, and the smaller wins: a component still stopping
+        when the budget is spent is abandoned. Returns the records lost: what exporters without a
+        persistent queue could not deliver (their ``shutdown()`` returns it), plus what an abandoned
+        exporter still held in memory. Also kept in :attr:`lost`.
+        """
         self._ready = False
         started, self._started = self._started, []
+        budget = float(self.config.shutdown_timeout if timeout is None else timeout)
+        deadline = time.monotonic() + budget
+        lost = 0
         for label, component in reversed(started):
+            remaining = deadline - time.monotonic()
             try:
-                await component.shutdown()
+                stop = cast(Callable[[], Awaitable[object]], component.shutdown)  # a queued exporter: records lost
+                result = await asyncio.wait_for(stop(), max(remaining, 0.01))
+            except TimeoutError:
+                abandoned = self._in_memory(component)
+                lost += abandoned
+                self.log.error(
+                    "shutdown did not finish in service.shutdown_timeout; abandoning it",
+                    component=label,
+                    timeout_s=budget,
+                    records_lost=abandoned,
+                )
+                if abandoned:
+                    self._lost_metric().add(abandoned, label.removeprefix("exporter "))
+                continue
             except Exception:
                 self.log.error("shutdown failed", component=label, exc_info=True)
+                continue
+            if isinstance(result, int) and not isinstance(result, bool):
+                lost += result
+        self.lost += lost
+        if lost:
+            self.log.error("records lost at shutdown", records=lost)
         self.log.info("collector stopped")
+        return lost
 
-    async def run_until_signal(self) -> None:
-        """Run until SIGTERM or SIGINT, then shut down gracefully within ``shutdown_timeout``."""
+    def _in_memory(self, component: Any) -> int:
+        """Records an exporter abandoned mid-drain loses: what its in-memory queue still holds."""
+        for cid, exporter in self.exporters.items():
+            if exporter is component:
+                queue = getattr(self.config.components["exporters"][cid], "sending_queue", None)
+                if queue is not None and getattr(queue, "storage", "memory") != "memory":
+                    return 0  # on disk: sent by the next run
+                return int(getattr(component, "queued", 0) or 0)
+        return 0
+
+    def _lost_metric(self) -> Metric:
+        return self.telemetry.counter(
+            "exporter_lost_records", "Records an exporter could not deliver before shutdown ended", ("exporter",)
+        )
+
+    async def run_until_signal(self) -> int:
+        """Run until SIGTERM or SIGINT, then shut down within ``shutdown_timeout``; the records lost."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -193,7 +248,4 @@ class Service:
         await self.start()
         await stop.wait()
         self.log.info("shutting down", timeout_s=self.config.shutdown_timeout)
-        try:
-            await asyncio.wait_for(self.shutdown(), self.config.shutdown_timeout)
-        except TimeoutError:
-            self.log.error("shutdown did not finish in time; abandoning what was left", timeout_s=self.config.shutdown_timeout)
+        return await self.shutdown()

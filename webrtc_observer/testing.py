@@ -131,6 +131,9 @@ def settings_for_tests(component: str, kind: str = "exporter") -> Settings:
     class _Host:
         ready = True
 
+        def memory_pressure(self) -> bool:
+            return False
+
         def problems(self) -> dict[str, str]:
             return {}
 
