@@ -161,8 +161,14 @@ class QueuedExporter:
         self._closing = True
         lost = 0
         if self._consumers:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained(), self._config.shutdown_timeout)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._drained(), self._config.shutdown_timeout)
+            except asyncio.CancelledError:
+                # The service's deadline came first: it counts what the queue holds as lost. Still
+                # stop the consumers and release the sender (its connections and threads).
+                await self._abandon()
+                raise
             self._stopped = True  # a consumer that missed its cancel stops before its next attempt
             for task in self._consumers:
                 task.cancel()
@@ -180,6 +186,14 @@ class QueuedExporter:
             self._log.error("records not delivered before shutdown_timeout", records=lost)
         await self._sender.shutdown()
         return lost
+
+    async def _abandon(self) -> None:
+        self._stopped = True
+        for task in self._consumers:
+            task.cancel()
+        await asyncio.gather(*self._consumers, return_exceptions=True)
+        self._consumers = []
+        await self._sender.shutdown()
 
     async def _drained(self) -> None:
         while self._storage.size:
