@@ -14,6 +14,17 @@
 import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 
+// Polls an expression from here rather than with page.waitForFunction: that one evaluates strings
+// inside the page, which a strict Content-Security-Policy (the live view's) rightly refuses.
+async function waitFor(page, expression, timeout) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    if (await page.evaluate(expression)) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${expression}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
 const spec = JSON.parse(process.argv[2] ? readFileSync(process.argv[2], "utf8") : readFileSync(0, "utf8"));
 const args = [
   "--use-fake-device-for-media-stream",
@@ -49,7 +60,7 @@ async function runTab(context, tab) {
   page.on("pageerror", (err) => result.pageErrors.push(String(err).slice(0, 2000)));
   try {
     await page.goto(tab.url, { waitUntil: "load" });
-    if (tab.waitFor) await page.waitForFunction(tab.waitFor, null, { timeout: tab.waitTimeoutMs ?? timeoutMs, polling: 100 });
+    if (tab.waitFor) await waitFor(page, tab.waitFor, tab.waitTimeoutMs ?? timeoutMs);
     if (tab.call) {
       await page.waitForFunction(() => window.e2e !== undefined);
       result.value = await page.evaluate(([fn, a]) => window.e2e[fn](a), [tab.call.fn, tab.call.args ?? {}]);
