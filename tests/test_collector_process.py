@@ -16,61 +16,29 @@ import aiohttp
 import pytest
 
 from tests import _samples
+from tests._process import REPO, CollectorProcess, free_port
 from tests.conftest import assert_valid_report
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Collector:
+class Collector(CollectorProcess):
     def __init__(self, tmp_path: Path, config: str = "collector.yaml", extra_env: dict[str, str] | None = None) -> None:
-        self.port = _free_port()
+        port = free_port()
         self.out = tmp_path / "out" / "reports.jsonl"
-        self.metrics_port = _free_port()
+        self.metrics_port = free_port()
         env = {
-            **os.environ,
-            "OBSERVER_ENDPOINT": f"127.0.0.1:{self.port}",
+            "OBSERVER_ENDPOINT": f"127.0.0.1:{port}",
             "OBSERVER_METRICS_ENDPOINT": f"127.0.0.1:{self.metrics_port}",
             "OBSERVER_UI_ENDPOINT": "127.0.0.1:0",
             "OBSERVER_FILE": str(self.out),
             **(extra_env or {}),
         }
-        self.log = tmp_path / "collector.log"
-        self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "webrtc_observer", "run", "--config", config],
-            cwd=REPO,
-            env=env,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-
-    def url(self, path: str, scheme: str = "http") -> str:
-        return f"{scheme}://127.0.0.1:{self.port}{path}"
-
-    async def wait_ready(self, http: aiohttp.ClientSession, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                async with http.get(self.url("/health")) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"collector not ready:\n{self.log.read_text()}")
+        super().__init__(tmp_path / "collector.log", config, port, env)
 
     def stop(self, sig: int | None = signal.SIGTERM) -> int:
         if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
         code = self.proc.wait(timeout=30)
-        self._log_file.close()
+        self.close_log()
         return code
 
     def records(self) -> list[dict]:

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,51 +22,21 @@ import pytest
 
 from tests import _samples
 from tests._kafka_broker import Broker, kafka_broker_fixture  # noqa: F401  (the kafka_broker fixture)
+from tests._process import CollectorProcess, free_port
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings(
     "ignore:read_text is deprecated:DeprecationWarning", "ignore:open_text is deprecated:DeprecationWarning"
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Collector:
-    """``webrtc-observer run`` on a config file, its output in a log file."""
+class Collector(CollectorProcess):
+    """``webrtc-observer run`` on a config whose receiver listens on ``PORT``."""
 
     def __init__(self, tmp_path: Path, config: str, name: str) -> None:
-        self.port = _free_port()
+        port = free_port()
         path = tmp_path / f"{name}.yaml"
-        path.write_text(config.replace("PORT", str(self.port)))
-        self.log = tmp_path / f"{name}.log"
-        self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "webrtc_observer", "run", "--config", str(path)],
-            cwd=REPO,
-            env=os.environ.copy(),
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    async def wait_ready(self, http: aiohttp.ClientSession, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                async with http.get(self.url("/health")) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"collector not ready:\n{self.log.read_text()}")
+        path.write_text(config.replace("PORT", str(port)))
+        super().__init__(tmp_path / f"{name}.log", path, port)
 
     async def post(self, http: aiohttp.ClientSession, i: int) -> int:
         body = {"clientId": f"c-{i % 5}", "callId": f"call-{i % 3}", "sampleSeq": i, "timestamp": _samples.T0 + i}
@@ -86,14 +52,14 @@ class Collector:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
-            self._log_file.close()
+            self.close_log()
         return code
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
-        self._log_file.close()
+        self.close_log()
 
 
 def _config(broker: Broker, sending_queue: dict[str, Any], workers: int = 1) -> str:

@@ -22,13 +22,8 @@ import pytest
 
 from webrtc_observer.testing import running_collector
 
+from ._process import free_port
 from ._samples import client_sample_v2 as client_sample
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss(pid: int) -> int:
@@ -79,7 +74,7 @@ def _scrape(port: int) -> tuple[int, str]:
 @pytest.fixture
 def collector_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
     """A collector process limited to 256 open files, with short timeouts."""
-    port, metrics = _free_port(), _free_port()
+    port, metrics = free_port(), free_port()
     config = tmp_path / "collector.yaml"
     config.write_text(
         f"""
