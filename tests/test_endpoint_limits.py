@@ -298,3 +298,40 @@ service:
         "service.memory_limiter.limit",
     } <= paths
     assert os.path.exists(tmp_path)
+
+
+KEEPALIVE_YAML = """
+receivers:
+  observertc:
+    endpoint: 127.0.0.1:0
+    read_header_timeout: 500ms
+    idle_timeout: 10s
+exporters:
+  recording: {}
+service:
+  pipelines:
+    samples:
+      receivers: [observertc]
+      exporters: [recording]
+"""
+
+
+async def test_the_head_of_every_keepalive_request_is_timed_not_only_the_first() -> None:
+    async with running_collector(KEEPALIVE_YAML) as c:
+        reader, writer = await _open(c.port())
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+        await reader.readexactly(16)  # {"status": "ok"}
+        # Idle between requests for longer than read_header_timeout: still open (idle_timeout is 10s).
+        await asyncio.sleep(1.0)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+        await reader.readexactly(16)
+        # The next head trickles: closed after read_header_timeout, long before idle_timeout.
+        started = time.monotonic()
+        writer.write(b"GET /health HTTP/1.1\r\n")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert time.monotonic() - started < 3
+        metric = c.telemetry.get("http_connections_refused")
+        assert metric is not None and metric.value("observertc", "read_header_timeout") == 1
+        writer.close()

@@ -3,11 +3,13 @@
 Every endpoint takes the same server options, flat on its component (as the OpenTelemetry
 Collector's ``confighttp`` keeps them): :class:`ServerConfig`. :func:`serve` enforces them:
 
-- ``read_header_timeout``: a connection whose request head has not fully arrived in time is closed;
+- ``read_header_timeout``: a connection whose request head has not fully arrived in time is closed
+  (from the connection's start, and on keep-alive from the first byte of each next request);
 - ``idle_timeout``: a keep-alive connection with no request in flight is closed;
 - ``read_timeout`` bounds reading a request body (the handler applies it: :func:`body_deadline`);
 - ``max_connections`` (WebSockets included): at the limit, the connection that has waited longest
-  for its request head is dropped to make room; when none is waiting, the new one is refused;
+  for a request head (or idled between requests) is dropped to make room; when none is waiting, the
+  new one is refused;
 - ``tls``: certificates are read at start and again on SIGHUP.
 
 At start the soft limit of open files is raised to the hard limit where allowed, and no endpoint
@@ -181,8 +183,9 @@ class _Connections:
         self.header_timeout = header_timeout
         self.open: set[_Guard] = set()
         self.waiting: dict[_Guard, None] = {}
-        """Connections whose request head has not arrived yet, oldest first."""
+        """Connections whose request head has not arrived yet, or idle between requests, oldest first."""
         self.refused = refused
+        self.by_transport: dict[asyncio.BaseTransport, _Guard] = {}
 
     def admit(self, guard: _Guard) -> bool:
         if len(self.open) >= self.limit:
@@ -199,29 +202,55 @@ class _Connections:
     def forget(self, guard: _Guard) -> None:
         self.open.discard(guard)
         self.waiting.pop(guard, None)
+        if guard.transport is not None:
+            self.by_transport.pop(guard.transport, None)
+
+    async def response_prepared(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        """aiohttp's ``on_response_prepare``: a keep-alive connection goes back to waiting for a head."""
+        if response.status != 101 and request.transport is not None:
+            guard = self.by_transport.get(request.transport)
+            if guard is not None:
+                guard.between_requests()
 
 
 class _Guard(asyncio.Protocol):
-    """Wraps aiohttp's protocol for one connection: admission and the request-head deadline."""
+    """Wraps aiohttp's protocol for one connection: admission and the request-head deadline.
 
-    __slots__ = ("_admitted", "_connections", "_inner", "_tail", "_timer", "_transport")
+    States: ``head`` (timed: the head of a request is arriving), ``request`` (a head arrived: the
+    handler runs; a WebSocket stays here), ``idle`` (its response was prepared: the timer starts again
+    with the first byte of the next request).
+    """
+
+    __slots__ = ("_admitted", "_connections", "_inner", "_state", "_tail", "_timer", "transport")
 
     def __init__(self, inner: asyncio.Protocol, connections: _Connections) -> None:
         self._inner = inner
         self._connections = connections
-        self._transport: asyncio.BaseTransport | None = None
+        self.transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._tail = b""
         self._admitted = False
+        self._state = "head"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
+        self.transport = transport
         if not self._connections.admit(self):
             transport.abort()  # type: ignore[attr-defined]
             return
         self._admitted = True
-        self._timer = asyncio.get_running_loop().call_later(self._connections.header_timeout, self._header_late)
+        self._connections.by_transport[transport] = self
+        self._arm()
         self._inner.connection_made(transport)
+
+    def _arm(self) -> None:
+        self._state = "head"
+        self._tail = b""
+        self._timer = asyncio.get_running_loop().call_later(self._connections.header_timeout, self._header_late)
+
+    def between_requests(self) -> None:
+        if self._state == "request":
+            self._state = "idle"
+            self._connections.waiting[self] = None  # an idle keep-alive connection may be evicted too
 
     def _header_late(self) -> None:
         self._timer = None
@@ -229,16 +258,21 @@ class _Guard(asyncio.Protocol):
         self.drop()
 
     def drop(self) -> None:
+        transport = self.transport
         self._connections.forget(self)
-        if self._transport is not None:
-            self._transport.abort()  # type: ignore[attr-defined]
+        if transport is not None:
+            transport.abort()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        if self._timer is not None:
+        if self._state == "idle":
+            self._arm()
+        if self._state == "head":
             seen = self._tail + data
             if b"\r\n\r\n" in seen:
-                self._timer.cancel()
-                self._timer = None
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                self._state = "request"
                 self._connections.waiting.pop(self, None)
                 self._tail = b""
             else:
@@ -321,12 +355,13 @@ async def serve(
     if limit < config.max_connections:
         _log.info("%s: max_connections %d lowered to %d (open files limit %d)", label, config.max_connections, limit, open_files)
     runner_options.setdefault("keepalive_timeout", float(config.idle_timeout))
+    connections = _Connections(limit, float(config.read_header_timeout), _refusals(telemetry, label))
+    app.on_response_prepare.append(connections.response_prepared)
     runner = web.AppRunner(app, access_log=None, **runner_options)
     await runner.setup()
     host, _, port = config.endpoint.rpartition(":")
     number = int(port) + port_offset if int(port) else 0
     context = _tls_context(config.tls) if config.tls is not None else None
-    connections = _Connections(limit, float(config.read_header_timeout), _refusals(telemetry, label))
     handler_factory = runner.server
     assert handler_factory is not None
     factory = handler_factory
