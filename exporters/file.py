@@ -201,33 +201,14 @@ class _FileSender:
         self._executor.shutdown(wait=False)
 
 
-class FileExporter:
+class FileExporter(QueuedExporter):
     """The ``file`` exporter: the helper's queue in front of :class:`_FileSender`."""
 
     def __init__(self, settings: Settings, config: FileExporterConfig) -> None:
-        self._path = _worker_path(Path(config.path), settings.worker)
-        label = str(settings.id)
+        path = _worker_path(Path(config.path), settings.worker)
         write_errors = settings.telemetry.counter("exporter_write_errors", "Failed write attempts (retried)", ("exporter",))
-        self._sender = _FileSender(self._path, config.rotation, settings.logger, write_errors, label)
-        self._helper = QueuedExporter(settings, config, self._sender, _encode)
-
-    async def start(self) -> None:
-        await self._helper.start()
-
-    async def consume(self, batch: Batch) -> None:
-        await self._helper.consume(batch)
-
-    async def shutdown(self) -> int:
-        """Write what was accepted within ``shutdown_timeout``, close the file; the records lost."""
-        return await self._helper.shutdown()
-
-    def failing_since(self) -> float | None:
-        """When the current streak of failed writes began (``/health`` turns unhealthy after a while)."""
-        return self._helper.failing_since()
-
-    @property
-    def queued(self) -> int:
-        return self._helper.queued
+        sender = _FileSender(path, config.rotation, settings.logger, write_errors, str(settings.id))
+        super().__init__(settings, config, sender, _encode)
 
 
 def _worker_path(path: Path, worker: Worker) -> Path:

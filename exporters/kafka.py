@@ -523,25 +523,20 @@ def _send_error(errors: Mapping[int, RecordError]) -> SendError:
 # -- the exporter ----------------------------------------------------------------------------------
 
 
-class KafkaExporter:
-    """The pipeline's consumer: the helper's queue in front of the Kafka sender."""
+class KafkaExporter(QueuedExporter):
+    """The ``kafka`` exporter: the helper's queue in front of the Kafka sender."""
 
     def __init__(self, settings: Settings, config: KafkaExporterConfig) -> None:
         kind = clients.resolve(config.client)
         if kind is None:  # validate() reports this; a config built by hand may still get here
             raise RuntimeError(f"kafka client {config.client!r} is not installed")
         self.client_kind: clients.ClientKind = kind
-        self._config = config
-        self._log = settings.logger
-        self._sender = _KafkaSender(settings, config, kind)
-        self._queue = QueuedExporter(settings, config, self._sender, _Encoder(config, settings))
-
-    async def consume(self, batch: Batch) -> None:
-        await self._queue.consume(batch)
+        self._kafka = config
+        super().__init__(settings, config, _KafkaSender(settings, config, kind), _Encoder(config, settings))
 
     async def start(self) -> None:
-        await self._queue.start()  # starts the sender, then the queue's consumers
-        cfg = self._config
+        await super().start()  # starts the sender, then the queue's consumers
+        cfg = self._kafka
         self._log.info(
             "exporting to kafka",
             brokers=",".join(cfg.brokers),
@@ -549,18 +544,6 @@ class KafkaExporter:
             encoding=cfg.encoding,
             client=self.client_kind,
         )
-
-    async def shutdown(self) -> int:
-        """Deliver within ``shutdown_timeout``; the records lost (0 with the persistent queue)."""
-        return await self._queue.shutdown()
-
-    def failing_since(self) -> float | None:
-        return self._queue.failing_since()
-
-    @property
-    def queued(self) -> int:
-        """Records accepted and not yet delivered or given up: queued, in flight or to be retried."""
-        return self._queue.queued
 
 
 def _create(settings: Settings, config: KafkaExporterConfig, _next: None) -> KafkaExporter:

@@ -1,7 +1,8 @@
 """The exporter helper: what every queued exporter shares, so an exporter is only "send this chunk".
 
-An exporter builds a :class:`Sender` (write a chunk of encoded records, say what happened) and owns a
-:class:`QueuedExporter`, which is its pipeline ``Consumer``: a bounded sending queue counted in
+An exporter builds a :class:`Sender` (write a chunk of encoded records, say what happened) and is a
+:class:`QueuedExporter` (a subclass handing it the sender and its encoding), whose ``consume``,
+``start``, ``shutdown``, ``failing_since`` and ``queued`` it inherits: a bounded sending queue counted in
 records (in memory, or on disk with ``storage: file``), ``num_consumers`` tasks draining it, retry
 with exponential backoff and jitter, the drain deadline at shutdown, ``failing_since`` for health,
 and the standard telemetry (label ``exporter``): ``exporter_sent_records``,

@@ -56,7 +56,8 @@ class Sender(Protocol):
 class QueuedExporter:
     """A bounded sending queue (records), ``num_consumers`` consumers, retry with backoff, telemetry.
 
-    An exporter owns one and hands it its pipeline batches (:meth:`consume`). The queue bound is
+    An exporter subclasses it, giving it its sender and encoding; the pipeline hands it batches
+    (:meth:`consume`). The queue bound is
     ``sending_queue.queue_size`` records queued and in flight together (and ``max_bytes`` on disk
     with ``storage: file``); when full, :meth:`consume` raises
     :class:`~webrtc_observer.component.RetryLater` and counts ``exporter_enqueue_failed_records``.
@@ -165,35 +166,38 @@ class QueuedExporter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._drained(), self._config.shutdown_timeout)
             except asyncio.CancelledError:
-                # The service's deadline came first: it counts what the queue holds as lost. Still
-                # stop the consumers and release the sender (its connections and threads).
-                await self._abandon()
+                # The service's deadline came first (it reads ``unsent()``): count the loss, stop the
+                # consumers and release the sender (its connections and threads).
+                self._count_lost(self.unsent())
+                await self._stop_consumers()
+                await self._sender.shutdown()
                 raise
-            self._stopped = True  # a consumer that missed its cancel stops before its next attempt
-            for task in self._consumers:
-                task.cancel()
-            await asyncio.gather(*self._consumers, return_exceptions=True)
-            self._consumers = []
+            await self._stop_consumers()
         if self._started:
-            if not self._storage.persistent:
-                lost = self._storage.size
-            elif self._storage.size:
+            lost = self.unsent()
+            if self._storage.persistent and self._storage.size:
                 self._log.info("records kept on disk for the next run", records=self._storage.size)
             await self._storage.close()
             self._started = False
-        if lost:
-            self._lost.add(lost, self._label)
-            self._log.error("records not delivered before shutdown_timeout", records=lost)
+        self._count_lost(lost)
         await self._sender.shutdown()
         return lost
 
-    async def _abandon(self) -> None:
-        self._stopped = True
+    def unsent(self) -> int:
+        """Records lost if the exporter stopped now: what the in-memory queue holds (0 on disk)."""
+        return 0 if self._storage.persistent else self._storage.size
+
+    def _count_lost(self, lost: int) -> None:
+        if lost:
+            self._lost.add(lost, self._label)
+            self._log.error("records not delivered before shutdown_timeout", records=lost)
+
+    async def _stop_consumers(self) -> None:
+        self._stopped = True  # a consumer that missed its cancel stops before its next attempt
         for task in self._consumers:
             task.cancel()
         await asyncio.gather(*self._consumers, return_exceptions=True)
         self._consumers = []
-        await self._sender.shutdown()
 
     async def _drained(self) -> None:
         while self._storage.size:
