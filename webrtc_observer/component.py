@@ -35,8 +35,10 @@ class Consumer(Protocol):
 class Lifecycle(Protocol):
     async def start(self) -> None: ...
 
-    async def shutdown(self) -> None:
-        """Stop and release everything; drain what was accepted. Safe to call without ``start``."""
+    async def shutdown(self) -> int | None:
+        """Stop and release everything; drain what was accepted. Safe to call without ``start``.
+
+        An exporter returns the records it accepted and could not deliver (lost); others None."""
         ...
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from webrtc_observer.component import Consumer, Factory, FailureReporting, Lifecycle, RetryLater, Settings, Worker
 from webrtc_observer.config import CollectorConfig, ComponentId
+from webrtc_observer.exporterhelper import QueuedExporter
 from webrtc_observer.logs import get_logger
 from webrtc_observer.memory_limiter import MemoryLimiter
 from webrtc_observer.model import Batch
@@ -78,8 +79,8 @@ class Service:
         self._ready = False
         self._started: list[tuple[str, Lifecycle]] = []
         self.lost = 0
-        self._memory = MemoryLimiter(config.memory_limiter, self.telemetry) if config.memory_limiter is not None else None
         """Records lost by the shutdowns so far (see :meth:`shutdown`)."""
+        self._memory = MemoryLimiter(config.memory_limiter, self.telemetry) if config.memory_limiter is not None else None
         self.exporters: dict[ComponentId, Any] = {}
         self.processors: list[tuple[str, ComponentId, Any]] = []
         self.receivers: dict[ComponentId, Any] = {}
@@ -199,10 +200,9 @@ class Service:
         for label, component in reversed(started):
             remaining = deadline - time.monotonic()
             try:
-                stop = cast(Callable[[], Awaitable[object]], component.shutdown)  # a queued exporter: records lost
-                result = await asyncio.wait_for(stop(), max(remaining, 0.01))
+                result = await asyncio.wait_for(component.shutdown(), max(remaining, 0.01))
             except TimeoutError:
-                abandoned = self._in_memory(component)
+                abandoned = component.unsent() if isinstance(component, QueuedExporter) else 0  # it counted them
                 lost += abandoned
                 self.log.error(
                     "shutdown did not finish in service.shutdown_timeout; abandoning it",
@@ -210,34 +210,16 @@ class Service:
                     timeout_s=budget,
                     records_lost=abandoned,
                 )
-                if abandoned:
-                    self._lost_metric().add(abandoned, label.removeprefix("exporter "))
                 continue
             except Exception:
                 self.log.error("shutdown failed", component=label, exc_info=True)
                 continue
-            if isinstance(result, int) and not isinstance(result, bool):
-                lost += result
+            lost += result or 0
         self.lost += lost
         if lost:
             self.log.error("records lost at shutdown", records=lost)
         self.log.info("collector stopped")
         return lost
-
-    def _in_memory(self, component: Any) -> int:
-        """Records an exporter abandoned mid-drain loses: what its in-memory queue still holds."""
-        for cid, exporter in self.exporters.items():
-            if exporter is component:
-                queue = getattr(self.config.components["exporters"][cid], "sending_queue", None)
-                if queue is not None and getattr(queue, "storage", "memory") != "memory":
-                    return 0  # on disk: sent by the next run
-                return int(getattr(component, "queued", 0) or 0)
-        return 0
-
-    def _lost_metric(self) -> Metric:
-        return self.telemetry.counter(
-            "exporter_lost_records", "Records an exporter could not deliver before shutdown ended", ("exporter",)
-        )
 
     async def run_until_signal(self) -> int:
         """Run until SIGTERM or SIGINT, then shut down within ``shutdown_timeout``; the records lost."""
