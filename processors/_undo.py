@@ -148,19 +148,18 @@ class Recency(Generic[K, V]):
         return None if node is self._root else (node[2], node[3])
 
     def values(self) -> Iterator[V]:
-        root = self._root
-        node = root[1]
-        while node is not root:
-            nxt = node[1]
-            yield node[3]
-            node = nxt
+        return (node[3] for node in self._walk())
 
     def keys(self) -> Iterator[K]:
+        return (node[2] for node in self._walk())
+
+    def _walk(self) -> Iterator[list[Any]]:
+        """The nodes, oldest first; the current one may be removed while walking."""
         root = self._root
         node = root[1]
         while node is not root:
             nxt = node[1]
-            yield node[2]
+            yield node
             node = nxt
 
     def _append(self, node: list[Any]) -> None:

@@ -193,15 +193,9 @@ class ObservertcReceiver:
                 )
                 _check_samples(principal, decoded.samples)
                 await self._deliver(decoded.samples, origin, "http")
-            except AuthError as exc:
+            except (AuthError, RefusedInput, Refused) as exc:
                 self._refuse("http", exc.reason)
-                return _error(exc.status, exc.reason, exc.detail, headers=exc.headers)
-            except RefusedInput as exc:
-                self._refuse("http", exc.reason)
-                return _error(exc.status, exc.reason, exc.detail)
-            except Refused as exc:
-                self._refuse("http", exc.reason)
-                return _error(exc.status, exc.reason, exc.detail)
+                return _refusal(exc)
             except RetryLater as exc:
                 code = exc.code if isinstance(exc, Busy) else "pipeline_full"
                 self._refuse("http", code)
@@ -279,12 +273,9 @@ class ObservertcReceiver:
                 principal = self._authorize(request)
                 origin = self._origin(request)
                 encoding = self._encoding(request)
-            except AuthError as exc:
+            except (AuthError, RefusedInput) as exc:
                 self._refuse("websocket", exc.reason)
-                return _error(exc.status, exc.reason, exc.detail, headers=exc.headers)
-            except RefusedInput as exc:
-                self._refuse("websocket", exc.reason)
-                return _error(exc.status, exc.reason, exc.detail)
+                return _refusal(exc)
             heartbeat = self._config.websocket_heartbeat or None
             ws = web.WebSocketResponse(max_msg_size=self._config.max_message_bytes, heartbeat=heartbeat, compress=False)
             await ws.prepare(request)
@@ -467,6 +458,11 @@ def _restamp(origin: Origin) -> Origin:
 
 class _ClientGone(Exception):
     """The client closed its connection before its whole body arrived: not an error of anyone's here."""
+
+
+def _refusal(exc: AuthError | RefusedInput | Refused) -> web.Response:
+    """The answer to input refused for good: its status, reason and detail (and auth's headers)."""
+    return _error(exc.status, exc.reason, exc.detail, headers=exc.headers if isinstance(exc, AuthError) else None)
 
 
 def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -15,21 +15,30 @@ from webrtc_observer.testing import RunningCollector, running_collector
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "webrtc_observer" / "schemas"
 
-COLLECTOR_YAML = """
+
+def receiver_yaml(options: str) -> str:
+    """A collector whose receiver (``options``: YAML lines indented by 4) feeds the recording exporter."""
+    return f"""
 receivers:
   observertc:
     endpoint: 127.0.0.1:0
-    max_message_bytes: 64KiB
-    cors:
-      allowed_origins: ["https://app.example.com"]
+{options.rstrip()}
 exporters:
-  recording: {}
+  recording: {{}}
 service:
   pipelines:
     samples:
       receivers: [observertc]
       exporters: [recording]
 """
+
+
+COLLECTOR_YAML = receiver_yaml(
+    """\
+    max_message_bytes: 64KiB
+    cors:
+      allowed_origins: ["https://app.example.com"]"""
+)
 
 
 # Every report any test produces is checked against its Avro schema (the contract with consumers).

@@ -24,6 +24,7 @@ from webrtc_observer.testing import running_collector
 
 from ._process import free_port
 from ._samples import client_sample_v2 as client_sample
+from .conftest import receiver_yaml
 
 
 def _rss(pid: int) -> int:
@@ -172,23 +173,14 @@ def test_stalled_bodies_are_released_and_memory_returns(collector_process) -> No
     assert proc.poll() is None
 
 
-YAML = """
-receivers:
-  observertc:
-    endpoint: 127.0.0.1:0
+YAML = receiver_yaml(
+    """\
     max_message_bytes: 64KiB
     max_inflight_bytes: 64KiB
     idle_timeout: 300ms
     read_timeout: 1s
-    max_connections: 3
-exporters:
-  recording: {}
-service:
-  pipelines:
-    samples:
-      receivers: [observertc]
-      exporters: [recording]
-"""
+    max_connections: 3"""
+)
 
 
 async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -300,20 +292,11 @@ service:
     assert os.path.exists(tmp_path)
 
 
-KEEPALIVE_YAML = """
-receivers:
-  observertc:
-    endpoint: 127.0.0.1:0
+KEEPALIVE_YAML = receiver_yaml(
+    """\
     read_header_timeout: 500ms
-    idle_timeout: 10s
-exporters:
-  recording: {}
-service:
-  pipelines:
-    samples:
-      receivers: [observertc]
-      exporters: [recording]
-"""
+    idle_timeout: 10s"""
+)
 
 
 async def test_the_head_of_every_keepalive_request_is_timed_not_only_the_first() -> None:

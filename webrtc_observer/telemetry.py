@@ -230,10 +230,7 @@ class Telemetry:
         callback: Callable[[], dict[LabelValues, float]] | None = None,
     ) -> Metric:
         """A counter added to by the owner, or read from ``callback`` whenever it is published."""
-        metric = self._get(name, "counter", description, labels, unit)
-        if callback is not None:
-            metric._callback = callback
-        return metric
+        return self._get(name, "counter", description, labels, unit, callback)
 
     def gauge(
         self,
@@ -243,14 +240,8 @@ class Telemetry:
         unit: str = "",
         callback: Callable[[], dict[LabelValues, float]] | None = None,
     ) -> Metric:
-        """A gauge set by the owner, or read from ``callback`` whenever it is published.
-
-        A callback's label sets are the owner's to bound.
-        """
-        metric = self._get(name, "gauge", description, labels, unit)
-        if callback is not None:
-            metric._callback = callback
-        return metric
+        """A gauge set by the owner, or read from ``callback`` whenever it is published."""
+        return self._get(name, "gauge", description, labels, unit, callback)
 
     def histogram(
         self, name: str, description: str, labels: tuple[str, ...], buckets: tuple[float, ...], unit: str = ""
@@ -266,13 +257,24 @@ class Telemetry:
                 raise ValueError(f"metric {name} already registered as {metric.kind}{metric.labels}")
             return metric
 
-    def _get(self, name: str, kind: MetricKind, description: str, labels: tuple[str, ...], unit: str) -> Metric:
+    def _get(
+        self,
+        name: str,
+        kind: MetricKind,
+        description: str,
+        labels: tuple[str, ...],
+        unit: str,
+        callback: Callable[[], dict[LabelValues, float]] | None,
+    ) -> Metric:
+        """The metric of ``name``, registered on first use. A callback's label sets are its owner's to bound."""
         with self._lock:
             metric = self._metrics.get(name)
             if metric is None:
                 metric = self._metrics[name] = Metric(name, kind, description, labels, unit, self.max_series)
             elif metric.kind != kind or metric.labels != labels:
                 raise ValueError(f"metric {name} already registered as {metric.kind}{metric.labels}")
+            if callback is not None:
+                metric._callback = callback
             return metric
 
     def get(self, name: str) -> Metric | None:
