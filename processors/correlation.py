@@ -19,8 +19,17 @@ sweep works the same way: if its events are refused, nothing ended and the next 
 
 State is bounded by ``max_calls`` and ``max_clients``, and per service by ``max_calls_per_service`` and
 ``max_clients_per_service``; existing calls are never evicted, since ending them early would report
-calls that did not end. The state lives in this process: with several collectors, route all samples of
-a call to the same one (Kafka partitions keyed by call, or the ``workers`` option).
+calls that did not end.
+
+State is kept per input partition (:mod:`webrtc_observer.state`): every table and index (room → call,
+SSRC → call, SFU stream → publisher, sink → stream) is scoped to the partition of the batch, so a
+partition's calls can be checkpointed (:meth:`CorrelationProcessor.changes`: one entry per call, SFU and
+room mapping, plus the partition's clock), dropped (``revoke``) and rebuilt on another member
+(``assign``; the indexes are derived again from the calls and SFUs). Time is stream time: the latest
+record or receive time seen in the partition. Partitions of a log end what idled out as their records
+(and ticks) arrive, so a replay ends it at the same record; input without a partition (HTTP) is also
+swept by the wall clock every ``sweep_interval``. Generated call ids are name-based UUIDs of the
+service, room (or first client) and first sample's timestamp, so a replay derives the same ones.
 
 Lifecycle payloads are built by the schema-coerced path of the other reports: a value the 2.2.11
 schema cannot represent is left out and counted in ``report_fields_dropped{type, field}``.
@@ -32,17 +41,18 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
 import orjson
 
-from webrtc_observer import transaction
+from webrtc_observer import state, transaction
 from webrtc_observer.component import Consumer, Factory, Refused, RetryLater, Settings
 from webrtc_observer.config import Duration
 from webrtc_observer.model import Batch, ClientSample, PadLink, Report, SfuSample, Track
+from webrtc_observer.state import LOCAL, Changes, Partition
 
 from ._report_schemas import SCHEMA_VERSION, build
 from ._undo import Journal, Recency
@@ -223,6 +233,48 @@ class _Publisher:
     track_id: str | None
 
 
+class _Part:
+    """The tables of one partition (:mod:`webrtc_observer.state`): every index is scoped to it."""
+
+    __slots__ = (
+        "calls",
+        "clients",
+        "clock",
+        "clock_saved",
+        "dirty",
+        "empty_calls",
+        "rooms",
+        "sfu_outbound",
+        "sfus",
+        "sink_streams",
+        "sinks",
+        "ssrc_calls",
+        "streams",
+    )
+
+    def __init__(self) -> None:
+        self.calls: dict[tuple[str, str], _Call] = {}
+        self.rooms: dict[tuple[str, str], str] = {}
+        # Ordered by last sample (oldest first), so the idle sweep stops at the first live one.
+        self.clients: Recency[tuple[str, str], _Client] = Recency()
+        self.empty_calls: Recency[tuple[str, str], float] = Recency()
+        self.ssrc_calls: dict[tuple[str, int], str] = {}
+        self.streams: dict[tuple[str, str], _Publisher] = {}
+        self.sinks: dict[tuple[str, str], _Publisher] = {}
+        self.sink_streams: dict[tuple[str, str], str] = {}
+        self.sfu_outbound: dict[tuple[str, str, int], tuple[str, str | None, str | None, str | None]] = {}
+        self.sfus: Recency[tuple[str, str], _Sfu] = Recency()
+        self.clock = 0
+        """Stream time (epoch ms): the latest record or receive time seen in the partition."""
+        self.clock_saved = 0
+        self.dirty: set[tuple[str, str, str]] = set()
+        """("call" | "sfu", service, id) of entities changed since the last checkpoint."""
+
+    @property
+    def now(self) -> float:
+        return self.clock / 1000
+
+
 # -- the processor ---------------------------------------------------------------------------------
 
 
@@ -231,17 +283,9 @@ class CorrelationProcessor:
         self._config = config
         self._next = next_consumer
         self._log = settings.logger
-        self._calls: dict[tuple[str, str], _Call] = {}
-        self._rooms: dict[tuple[str, str], str] = {}
-        # Ordered by last sample (oldest first), so the idle sweep stops at the first live one.
-        self._clients: Recency[tuple[str, str], _Client] = Recency()
-        self._empty_calls: Recency[tuple[str, str], float] = Recency()
-        self._ssrc_calls: dict[tuple[str, int], str] = {}
-        self._streams: dict[tuple[str, str], _Publisher] = {}
-        self._sinks: dict[tuple[str, str], _Publisher] = {}
-        self._sink_streams: dict[tuple[str, str], str] = {}
-        self._sfu_outbound: dict[tuple[str, str, int], tuple[str, str | None, str | None, str | None]] = {}
-        self._sfus: Recency[tuple[str, str], _Sfu] = Recency()
+        self._parts: dict[Partition, _Part] = {LOCAL: _Part()}
+        self._p = self._parts[LOCAL]
+        """The partition of the message (or sweep) being applied; set by the entry points."""
         self._service_calls: dict[str, int] = {}
         self._service_clients: dict[str, int] = {}
         self._max_calls_per_service = config.calls_per_service()
@@ -271,10 +315,10 @@ class CorrelationProcessor:
         self._participants = t.histogram(
             "call_participants", "Most clients at once in ended calls", ("service_id",), _PARTICIPANT_BUCKETS
         )
-        t.gauge("calls_active", "Calls in progress", (), callback=lambda: {(): float(len(self._calls))})
-        t.gauge("clients_active", "Clients in calls", (), callback=lambda: {(): float(len(self._clients))})
+        t.gauge("calls_active", "Calls in progress", (), callback=lambda: {(): float(self._total("calls"))})
+        t.gauge("clients_active", "Clients in calls", (), callback=lambda: {(): float(self._total("clients"))})
         t.gauge("peer_connections_active", "Open peer connections", (), callback=lambda: {(): float(self._count_pcs())})
-        t.gauge("sfus_active", "SFUs reporting", (), callback=lambda: {(): float(len(self._sfus))})
+        t.gauge("sfus_active", "SFUs reporting", (), callback=lambda: {(): float(self._total("sfus"))})
         self._label = label
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -286,31 +330,40 @@ class CorrelationProcessor:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
-        if self._calls or self._sfus:
+        if self._total("calls") or self._total("sfus"):
             # A restart is not the end of the calls: their end is not reported, only logged.
             self._log.info(
-                "stopping with calls in progress", calls=len(self._calls), clients=len(self._clients), sfus=len(self._sfus)
+                "stopping with calls in progress",
+                calls=self._total("calls"),
+                clients=self._total("clients"),
+                sfus=self._total("sfus"),
             )
 
     def state_sizes(self) -> dict[str, int]:
-        """Entries in every table, for tests and diagnostics: all zero when no call is in progress."""
-        return {
-            "calls": len(self._calls),
-            "rooms": len(self._rooms),
-            "clients": len(self._clients),
-            "empty_calls": len(self._empty_calls),
-            "ssrc_index": len(self._ssrc_calls),
-            "sfu_streams": len(self._streams),
-            "sfu_sinks": len(self._sinks),
-            "sink_streams": len(self._sink_streams),
-            "sfu_outbound_pads": len(self._sfu_outbound),
-            "sfus": len(self._sfus),
-            "services_with_calls": len(self._service_calls),
-            "services_with_clients": len(self._service_clients),
+        """Entries in every table of every partition, for tests and diagnostics: all zero when no call
+        is in progress."""
+        tables = {
+            "calls": "calls",
+            "rooms": "rooms",
+            "clients": "clients",
+            "empty_calls": "empty_calls",
+            "ssrc_index": "ssrc_calls",
+            "sfu_streams": "streams",
+            "sfu_sinks": "sinks",
+            "sink_streams": "sink_streams",
+            "sfu_outbound_pads": "sfu_outbound",
+            "sfus": "sfus",
         }
+        sizes = {name: self._total(table) for name, table in tables.items()}
+        sizes["services_with_calls"] = len(self._service_calls)
+        sizes["services_with_clients"] = len(self._service_clients)
+        return sizes
+
+    def _total(self, table: str) -> int:
+        return sum(len(getattr(part, table)) for part in self._parts.values())
 
     def _count_pcs(self) -> int:
-        return sum(len(c.pcs) for c in self._clients.values())
+        return sum(len(c.pcs) for part in self._parts.values() for c in part.clients.values())
 
     # -- consume ------------------------------------------------------------------------------------
     async def consume(self, batch: Batch) -> None:
@@ -325,7 +378,12 @@ class CorrelationProcessor:
         await self._next.consume(out)
 
     def _apply(self, batch: Batch) -> Batch:
-        """Apply the message to the tables, recording every change in ``self._j``; the batch to hand on."""
+        """Apply the message to the tables of its partition, recording every change in ``self._j``;
+        the batch to hand on.
+
+        Time is the partition's stream time, advanced by the batch. In a partition of a log (not
+        :data:`LOCAL`), what idled out by then ends first, in the same message: the log's replay
+        ends it at the same record, whoever replays it."""
         for sample in batch.samples:  # content at fault is refused before anything changes
             if isinstance(sample, ClientSample):
                 _check_client(sample)
@@ -333,8 +391,12 @@ class CorrelationProcessor:
                 _check_sfu(sample)
         events: list[Report] = []
         samples: list[Any] = []
-        now = time.monotonic()
+        self._p = part = self._part(batch.partition)
         try:
+            self._advance(part, _stream_time(batch))
+            now = part.now
+            if batch.partition is not LOCAL:
+                self._sweep_into(now, events)
             for sample in batch.samples:
                 if isinstance(sample, ClientSample):
                     samples.append(self._client_sample(sample, now, events))
@@ -346,8 +408,28 @@ class CorrelationProcessor:
             journal, self._j = self._j, Journal()
             journal.rollback()
             raise
+        finally:
+            self._p = self._parts[LOCAL]
         self._count_events(events)
-        return Batch(samples=samples, reports=[*batch.reports, *events]) if events or samples else batch
+        if not events and not samples:
+            return batch
+        return Batch(samples=samples, reports=[*batch.reports, *events], partition=batch.partition, time=batch.time)
+
+    def _touch(self, kind: str, service: str, ident: str) -> None:
+        """Mark an entity of the current partition changed (for :meth:`changes`), undone with the message."""
+        key = (kind, service, ident)
+        if key not in self._p.dirty:
+            self._j.add(self._p.dirty, key)
+
+    def _part(self, partition: Partition) -> _Part:
+        part = self._parts.get(partition)
+        if part is None:  # input of a partition nobody assigned (a receiver without assignments)
+            part = self._parts[partition] = _Part()
+        return part
+
+    def _advance(self, part: _Part, ms: int | None) -> None:
+        if ms is not None and ms > part.clock:
+            self._j.attr(part, "clock", ms)
 
     def _count_events(self, events: list[Report]) -> None:
         if not events:
@@ -379,36 +461,39 @@ class CorrelationProcessor:
         if mode == "room":
             if not sample.room_id:
                 return None, "missing_room_id"
-            return self._room_call(service, sample.room_id), None
+            return self._room_call(service, sample.room_id, sample.timestamp), None
         if sample.call_id:
-            if sample.room_id:
-                self._j.set(self._rooms, (service, sample.room_id), sample.call_id)  # the latest call of the room
+            if sample.room_id and self._p.rooms.get((service, sample.room_id)) != sample.call_id:
+                # the room's latest call
+                self._j.set(self._p.rooms, (service, sample.room_id), sample.call_id)
+                self._touch("room", service, sample.room_id)
             return sample.call_id, None
         if sample.room_id:
-            return self._room_call(service, sample.room_id), None
+            return self._room_call(service, sample.room_id, sample.timestamp), None
         if known is not None:
             return known.call.call_id, None
         for ssrc in _ssrcs(sample):  # a P2P peer already in a call shares our SSRCs
-            call_id = self._ssrc_calls.get((service, ssrc))
+            call_id = self._p.ssrc_calls.get((service, ssrc))
             if call_id is not None:
                 return call_id, None
-        if any(True for _ in _ssrcs(sample)):
-            return str(uuid.uuid4()), None
+        if any(True for _ in _ssrcs(sample)):  # the first client of a P2P call names it
+            return _derived_id("p2p", service, sample.client_id, sample.timestamp), None
         return None, "no_call_yet"  # no id and no media yet: wait for SSRCs
 
-    def _room_call(self, service: str, room_id: str) -> str:
+    def _room_call(self, service: str, room_id: str, sample_ts: int) -> str:
         key = (service, room_id)
-        call_id = self._rooms.get(key)
+        call_id = self._p.rooms.get(key)
         if call_id is None:
-            call_id = str(uuid.uuid4())
-            self._j.set(self._rooms, key, call_id)
+            call_id = _derived_id("room", service, room_id, sample_ts)
+            self._j.set(self._p.rooms, key, call_id)
+            self._touch("room", *key)
         return call_id
 
     def _client_sample(self, sample: ClientSample, now: float, events: list[Report]) -> ClientSample:
         j = self._j
         service = sample.origin.service_id
         client_key = (service, sample.client_id)
-        client = self._clients.get(client_key)
+        client = self._p.clients.get(client_key)
         call_id, reason = self._settle_call_id(sample, client)
         if call_id is None:
             self._count_later(self._refused, self._label, reason or "unknown")
@@ -421,30 +506,31 @@ class CorrelationProcessor:
                 raise Refused(
                     "quota", f"service {service!r} has {self._max_clients_per_service} clients (max_clients_per_service)", 429
                 )
-            if len(self._clients) >= self._config.max_clients:
+            if self._total("clients") >= self._config.max_clients:
                 raise RetryLater("correlation: max_clients reached", retry_after=_FULL_RETRY_AFTER)
-        call = self._calls.get((service, call_id))
+        call = self._p.calls.get((service, call_id))
         if call is None:
             if self._service_calls.get(service, 0) >= self._max_calls_per_service:
                 raise Refused(
                     "quota", f"service {service!r} has {self._max_calls_per_service} calls (max_calls_per_service)", 429
                 )
-            if len(self._calls) >= self._config.max_calls:
+            if self._total("calls") >= self._config.max_calls:
                 raise RetryLater("correlation: max_calls reached", retry_after=_FULL_RETRY_AFTER)
             call = _Call(service, call_id, sample.room_id, sample)
-            j.set(self._calls, (service, call_id), call)
+            j.set(self._p.calls, (service, call_id), call)
             self._bump(self._service_calls, service, 1)
             events.append(self._call_event("CALL_STARTED", call, None, sample.timestamp))
-        self._empty_calls.pop((service, call_id), j)
+        self._p.empty_calls.pop((service, call_id), j)
+        self._touch("call", service, call_id)
         joined = client is None
         if client is None:
             client = _Client(sample.client_id, call, sample, now)
-            self._clients.set(client_key, client, j)
+            self._p.clients.set(client_key, client, j)
             self._bump(self._service_clients, service, 1)
             j.set(call.clients, sample.client_id, client)
             j.attr(call, "peak_clients", max(call.peak_clients, len(call.clients)))
         else:
-            self._clients.move_to_end(client_key, j)
+            self._p.clients.move_to_end(client_key, j)
         j.stamp(client, now, max(client.last_ts, sample.timestamp))
         j.attr(call, "last_ts", max(call.last_ts, sample.timestamp))
         if sample.user_id:
@@ -520,19 +606,19 @@ class CorrelationProcessor:
                     j.stamp(state, now, ts)
                 if track.ssrc not in state.ssrcs:
                     j.add(state.ssrcs, track.ssrc)
-                    j.set(self._ssrc_calls, (service, track.ssrc), call.call_id)
+                    j.set(self._p.ssrc_calls, (service, track.ssrc), call.call_id)
                     if direction == "out":
                         j.set(call.outbound_by_ssrc, track.ssrc, (client, pc.pc_id, state))
                 if direction == "out" and track.sfu_stream_id:
                     j.attr(state, "sfu_stream_id", track.sfu_stream_id)
                     publisher = _Publisher(call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id)
-                    if self._streams.get((service, track.sfu_stream_id)) != publisher:
-                        j.set(self._streams, (service, track.sfu_stream_id), publisher)
+                    if self._p.streams.get((service, track.sfu_stream_id)) != publisher:
+                        j.set(self._p.streams, (service, track.sfu_stream_id), publisher)
                 elif direction == "in" and track.sfu_sink_id:
                     j.attr(state, "sfu_sink_id", track.sfu_sink_id)
                     subscriber = _Publisher(call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id)
-                    if self._sinks.get((service, track.sfu_sink_id)) != subscriber:
-                        j.set(self._sinks, (service, track.sfu_sink_id), subscriber)
+                    if self._p.sinks.get((service, track.sfu_sink_id)) != subscriber:
+                        j.set(self._p.sinks, (service, track.sfu_sink_id), subscriber)
 
         # What disappeared: peer connections absent from a sample that describes peer connections;
         # tracks absent from their peer connection's tracks in this sample; anything idle too long.
@@ -554,11 +640,11 @@ class CorrelationProcessor:
         service = call.service_id
         sender: _Publisher | None = None
         if track.sfu_sink_id:
-            stream_id = self._sink_streams.get((service, track.sfu_sink_id))
+            stream_id = self._p.sink_streams.get((service, track.sfu_sink_id))
             if stream_id is not None:
-                sender = self._streams.get((service, stream_id))
+                sender = self._p.streams.get((service, stream_id))
         if sender is None and track.sfu_stream_id:
-            sender = self._streams.get((service, track.sfu_stream_id))
+            sender = self._p.streams.get((service, track.sfu_stream_id))
         if sender is None:
             found = call.outbound_by_ssrc.get(track.ssrc)
             if found is not None and found[0] is not client:
@@ -582,34 +668,35 @@ class CorrelationProcessor:
         j.keep(pc.tracks)
         del pc.tracks[state.key]
         for ssrc in state.ssrcs:
-            if self._ssrc_calls.get((service, ssrc)) == call.call_id:
-                j.pop(self._ssrc_calls, (service, ssrc))
+            if self._p.ssrc_calls.get((service, ssrc)) == call.call_id and not _has_ssrc(call, ssrc):
+                j.pop(self._p.ssrc_calls, (service, ssrc))
             owner = call.outbound_by_ssrc.get(ssrc)
             if owner is not None and owner[2] is state:
                 j.pop(call.outbound_by_ssrc, ssrc)
         if state.sfu_stream_id:
-            pub = self._streams.get((service, state.sfu_stream_id))
+            pub = self._p.streams.get((service, state.sfu_stream_id))
             if pub is not None and pub.client_id == client.client_id:
-                j.pop(self._streams, (service, state.sfu_stream_id))
+                j.pop(self._p.streams, (service, state.sfu_stream_id))
         if state.sfu_sink_id:
-            sub = self._sinks.get((service, state.sfu_sink_id))
+            sub = self._p.sinks.get((service, state.sfu_sink_id))
             if sub is not None and sub.client_id == client.client_id:
-                j.pop(self._sinks, (service, state.sfu_sink_id))
+                j.pop(self._p.sinks, (service, state.sfu_sink_id))
         first_ssrc = min(state.ssrcs) if state.ssrcs else None
         events.append(self._track_event("MEDIA_TRACK_REMOVED", call, client, pc.pc_id, state, first_ssrc, state.last_ts))
 
     def _close_pc(self, client: _Client, pc: _PeerConnection, events: list[Report]) -> None:
-        for state in list(pc.tracks.values()):
-            self._remove_track(client, pc, state, events)
+        for track in list(pc.tracks.values()):
+            self._remove_track(client, pc, track, events)
         self._j.keep(client.pcs)
         del client.pcs[pc.pc_id]
         events.append(self._call_event("PEER_CONNECTION_CLOSED", client.call, client, pc.last_ts, pc_id=pc.pc_id))
 
     def _remove_client(self, client: _Client, events: list[Report], now: float) -> None:
         call = client.call
+        self._touch("call", call.service_id, call.call_id)
         for pc in list(client.pcs.values()):
             self._close_pc(client, pc, events)
-        if self._clients.pop((call.service_id, client.client_id), self._j) is not None:
+        if self._p.clients.pop((call.service_id, client.client_id), self._j) is not None:
             self._bump(self._service_clients, call.service_id, -1)
         self._j.pop(call.clients, client.client_id)
         events.append(self._call_event("CLIENT_LEFT", call, client, client.last_ts))
@@ -618,17 +705,19 @@ class CorrelationProcessor:
     def _end_call_if_empty(self, call: _Call, now: float) -> None:
         if not call.clients:
             key = (call.service_id, call.call_id)
-            self._empty_calls.set(key, now, self._j)
-            self._empty_calls.move_to_end(key, self._j)
+            self._p.empty_calls.set(key, now, self._j)
+            self._p.empty_calls.move_to_end(key, self._j)
 
     def _end_call(self, call: _Call, events: list[Report]) -> None:
         j = self._j
         key = (call.service_id, call.call_id)
-        if j.pop(self._calls, key) is not None:
+        self._touch("call", *key)
+        if j.pop(self._p.calls, key) is not None:
             self._bump(self._service_calls, call.service_id, -1)
-        self._empty_calls.pop(key, j)
-        if call.room_id and self._rooms.get((call.service_id, call.room_id)) == call.call_id:
-            j.pop(self._rooms, (call.service_id, call.room_id))
+        self._p.empty_calls.pop(key, j)
+        if call.room_id and self._p.rooms.get((call.service_id, call.room_id)) == call.call_id:
+            j.pop(self._p.rooms, (call.service_id, call.room_id))
+            self._touch("room", call.service_id, call.room_id)
         events.append(self._call_event("CALL_ENDED", call, None, call.last_ts))
         duration, peak, service = max(0, call.last_ts - call.started_ts) / 1000, call.peak_clients, call.service_id
 
@@ -643,14 +732,15 @@ class CorrelationProcessor:
         j = self._j
         service = sample.origin.service_id
         key = (service, sample.sfu_id)
-        sfu = self._sfus.get(key)
+        sfu = self._p.sfus.get(key)
         ts = sample.timestamp
+        self._touch("sfu", *key)
         if sfu is None:
             sfu = _Sfu(sample, now)
-            self._sfus.set(key, sfu, j)
+            self._p.sfus.set(key, sfu, j)
             events.append(self._sfu_event("SFU_JOINED", sfu, ts))
         else:
-            self._sfus.move_to_end(key, j)
+            self._p.sfus.move_to_end(key, j)
         j.stamp(sfu, now, max(sfu.last_ts, ts))
 
         def touch(kind: str, entity_key: Any, fields: dict[str, Any], added: str) -> _SfuEntity:
@@ -673,12 +763,12 @@ class CorrelationProcessor:
                 # sink → stream lets a subscriber's inbound track find its publisher; stream+SSRC lets
                 # a cascaded SFU's inbound pad find this outbound pad.
                 if pad.get("sinkId"):
-                    j.set(self._sink_streams, (service, pad["sinkId"]), pad["streamId"])
+                    j.set(self._p.sink_streams, (service, pad["sinkId"]), pad["streamId"])
                     j.append(entity.index_keys, (service, pad["sinkId"]))
                 if "ssrc" in pad:
                     key3 = (service, pad["streamId"], pad["ssrc"])
                     found = (sample.sfu_id, pad.get("transportId"), pad.get("sinkId"), pad.get("padId"))
-                    j.set(self._sfu_outbound, key3, found)
+                    j.set(self._p.sfu_outbound, key3, found)
                     j.append(entity.index_keys, key3)
         for pad in sample.inbound_rtp_pads:
             touch("inbound", pad["padId"], _pad_fields(pad), "SFU_RTP_PAD_ADDED")
@@ -694,10 +784,10 @@ class CorrelationProcessor:
     def _pad_links(self, service: str, sample: SfuSample) -> dict[str, PadLink]:
         links: dict[str, PadLink] = {}
         for pad in sample.inbound_rtp_pads:
-            publisher = self._streams.get((service, pad.get("streamId", "")))
+            publisher = self._p.streams.get((service, pad.get("streamId", "")))
             remote = None
             if pad.get("internal"):  # cascaded SFUs: the pad receives another SFU's outbound pad
-                remote = self._sfu_outbound.get((service, pad.get("streamId", ""), pad.get("ssrc", -1)))
+                remote = self._p.sfu_outbound.get((service, pad.get("streamId", ""), pad.get("ssrc", -1)))
             if publisher is None and remote is None:
                 continue
             links[pad["padId"]] = PadLink(
@@ -711,7 +801,7 @@ class CorrelationProcessor:
                 remote_rtp_pad_id=remote[3] if remote else None,
             )
         for pad in sample.outbound_rtp_pads:
-            subscriber = self._sinks.get((service, pad.get("sinkId", "")))
+            subscriber = self._p.sinks.get((service, pad.get("sinkId", "")))
             call_id = pad.get("callId") or (subscriber.call_id if subscriber else None)
             if call_id is None:
                 continue
@@ -724,7 +814,7 @@ class CorrelationProcessor:
         return links
 
     def _room_of(self, service: str, call_id: str) -> str | None:
-        call = self._calls.get((service, call_id))
+        call = self._p.calls.get((service, call_id))
         return call.room_id if call else None
 
     def _expire_sfu_entities(self, sfu: _Sfu, limit: float, events: list[Report]) -> None:
@@ -744,23 +834,25 @@ class CorrelationProcessor:
         pad_id = entity.fields.get("rtpPadId")
         for key in entity.index_keys:
             if len(key) == 2:
-                if self._sink_streams.get(key) == stream:
-                    self._j.pop(self._sink_streams, key)
+                if self._p.sink_streams.get(key) == stream:
+                    self._j.pop(self._p.sink_streams, key)
             else:
-                found = self._sfu_outbound.get(key)
+                found = self._p.sfu_outbound.get(key)
                 if found is not None and found[0] == sfu.sfu_id and found[3] == pad_id:
-                    self._j.pop(self._sfu_outbound, key)
+                    self._j.pop(self._p.sfu_outbound, key)
 
     def _remove_sfu(self, sfu: _Sfu, events: list[Report]) -> None:
+        self._touch("sfu", sfu.service_id, sfu.sfu_id)
         self._expire_sfu_entities(sfu, float("inf"), events)
-        self._sfus.pop((sfu.service_id, sfu.sfu_id), self._j)
+        self._p.sfus.pop((sfu.service_id, sfu.sfu_id), self._j)
         events.append(self._sfu_event("SFU_LEFT", sfu, sfu.last_ts))
 
     # -- idle sweep ---------------------------------------------------------------------------------
     async def _sweep_forever(self) -> None:
+        """Sweeps :data:`LOCAL` state by the wall clock; partitions of a log sweep as their records come."""
         while True:
             await asyncio.sleep(self._config.sweep_interval)
-            now = time.monotonic()
+            now = time.time()
             try:
                 await self._sweep_and_deliver(now)
             except RetryLater:
@@ -772,7 +864,8 @@ class CorrelationProcessor:
                 self._log.error("idle sweep failed", exc_info=True)
 
     async def _sweep_and_deliver(self, now: float) -> None:
-        """End what idled out, as one transaction: if the pipeline refuses the events, nothing ended."""
+        """End what idled out in :data:`LOCAL` state by ``now`` (epoch seconds), as one transaction:
+        if the pipeline refuses the events, nothing ended."""
         try:
             events = self._sweep(now)
         except BaseException:
@@ -786,38 +879,106 @@ class CorrelationProcessor:
         await transaction.run(_Journaled(journal, self._next), Batch(reports=events))
 
     def sweep(self, now: float) -> list[Report]:
-        """End what idled out by ``now`` (monotonic seconds), for good; return the events."""
+        """End what idled out in :data:`LOCAL` state by ``now`` (epoch seconds), for good; the events."""
         events = self._sweep(now)
         journal, self._j = self._j, Journal()
         journal.commit()
         return events
 
     def _sweep(self, now: float) -> list[Report]:
+        part = self._p = self._parts[LOCAL]
+        self._advance(part, int(now * 1000))
         events: list[Report] = []
+        self._sweep_into(part.now, events)
+        self._count_events(events)
+        return events
+
+    def _sweep_into(self, now: float, events: list[Report]) -> None:
+        """End what idled out in the current partition by ``now`` (its stream time, seconds)."""
         client_limit = now - self._config.client_idle_timeout
-        while (oldest := self._clients.first()) is not None:
+        while (oldest := self._p.clients.first()) is not None:
             client = oldest[1]
             if client.last_seen >= client_limit:
                 break
             self._remove_client(client, events, now)
         call_limit = now - self._config.call_empty_timeout
-        while (entry := self._empty_calls.first()) is not None:
+        while (entry := self._p.empty_calls.first()) is not None:
             key, since = entry
             if since >= call_limit:
                 break
-            call = self._calls.get(key)
+            call = self._p.calls.get(key)
             if call is None or call.clients:
-                self._empty_calls.pop(key, self._j)
+                self._p.empty_calls.pop(key, self._j)
                 continue
             self._end_call(call, events)
         sfu_limit = now - self._config.sfu_idle_timeout
-        while (first := self._sfus.first()) is not None:
+        while (first := self._p.sfus.first()) is not None:
             sfu = first[1]
             if sfu.last_seen >= sfu_limit:
                 break
             self._remove_sfu(sfu, events)
-        self._count_events(events)
-        return events
+
+    # -- state that moves with its partition (webrtc_observer.state) --------------------------------
+    def changes(self, partition: Partition) -> Changes:
+        """Every call, SFU and room mapping changed since the last call, and the clock; see
+        :class:`~webrtc_observer.state.Stateful`."""
+        part = self._parts.get(partition)
+        if part is None:
+            return {}
+        out: Changes = {}
+        for kind, service, ident in sorted(part.dirty):
+            key = state.encode((kind, service, ident))
+            if kind == "call":
+                call = part.calls.get((service, ident))
+                since = part.empty_calls.get((service, ident))
+                out[key] = None if call is None else state.encode(_dump_call(call, since))
+            elif kind == "sfu":
+                sfu = part.sfus.get((service, ident))
+                out[key] = None if sfu is None else state.encode(_dump_sfu(sfu))
+            else:
+                call_id = part.rooms.get((service, ident))
+                out[key] = None if call_id is None else state.encode(call_id)
+        part.dirty.clear()
+        if part.clock != part.clock_saved:
+            out[_CLOCK_KEY] = state.encode(part.clock)
+            part.clock_saved = part.clock
+        return out
+
+    def assign(self, partition: Partition, entries: Mapping[bytes, bytes]) -> None:
+        """Own ``partition`` from ``entries``: its calls, SFUs, rooms and clock; the indexes (SSRC →
+        call, SFU stream → publisher, sink → stream...) are rebuilt from them."""
+        self.revoke(partition)
+        part = _Part()
+        calls: list[tuple[_Call, float | None]] = []
+        sfus: list[_Sfu] = []
+        for raw_key, raw in entries.items():
+            key = state.decode(raw_key)
+            value = state.decode(raw)
+            if key[0] == "clock":
+                part.clock = part.clock_saved = int(value)
+            elif key[0] == "call":
+                calls.append(_load_call(value))
+            elif key[0] == "sfu":
+                sfus.append(_load_sfu(value))
+            elif key[0] == "room":
+                part.rooms[(key[1], key[2])] = value
+        _rebuild(part, calls, sfus)
+        self._parts[partition] = part
+        for call in part.calls.values():
+            _adjust(self._service_calls, call.service_id, 1)
+            _adjust(self._service_clients, call.service_id, len(call.clients))
+
+    def revoke(self, partition: Partition) -> None:
+        """Forget ``partition`` (another member owns it now); :data:`LOCAL` starts over empty."""
+        part = self._parts.pop(partition, None)
+        if partition is LOCAL:
+            self._parts[LOCAL] = _Part()
+            self._p = self._parts[LOCAL]
+        if part is None:
+            return
+        for call in part.calls.values():
+            _adjust(self._service_calls, call.service_id, -1)
+            _adjust(self._service_clients, call.service_id, -len(call.clients))
 
     # -- reports ------------------------------------------------------------------------------------
     def _report(self, report_type: str, fields: dict[str, Any]) -> Report:
@@ -905,6 +1066,194 @@ class _Journaled:
         txn.on_abort(self._journal.rollback)
         txn.on_commit(self._journal.commit)
         await self._next.consume(batch)
+
+
+# -- state: ids, stream time, and the changelog form of calls and SFUs ------------------------------
+
+_ID_NAMESPACE = uuid.UUID("0b5bd4a3-8b1e-5d7c-a6c4-3f0f2b9e4d21")
+_CLOCK_KEY = state.encode(("clock", "", ""))
+_STATE_VERSION = 1
+
+
+def _derived_id(*parts: Any) -> str:
+    """A generated call id, derived from its inputs (a name-based UUID), so a replay derives it again."""
+    return str(uuid.uuid5(_ID_NAMESPACE, "\x00".join(str(p) for p in parts)))
+
+
+def _stream_time(batch: Batch) -> int | None:
+    """The batch's record time, or the latest receive time of its samples (epoch ms)."""
+    t = batch.time
+    for sample in batch.samples:
+        received = sample.origin.received_at
+        if type(received) is int and (t is None or received > t):
+            t = received
+    return t
+
+
+def _has_ssrc(call: _Call, ssrc: int) -> bool:
+    """Whether a track of the call still uses ``ssrc`` (a P2P peer's inbound track shares it)."""
+    return any(ssrc in t.ssrcs for c in call.clients.values() for pc in c.pcs.values() for t in pc.tracks.values())
+
+
+def _adjust(table: dict[str, int], service: str, delta: int) -> None:
+    n = table.get(service, 0) + delta
+    if n > 0:
+        table[service] = n
+    else:
+        table.pop(service, None)
+
+
+def _dump_call(call: _Call, empty_since: float | None) -> list[Any]:
+    return [
+        _STATE_VERSION,
+        call.service_id,
+        call.call_id,
+        call.room_id,
+        call.media_unit_id,
+        call.marker,
+        call.started_ts,
+        call.last_ts,
+        call.peak_clients,
+        empty_since,
+        [
+            [
+                c.client_id,
+                c.media_unit_id,
+                c.user_id,
+                c.marker,
+                c.last_ts,
+                c.last_seen,
+                c.seq,
+                [
+                    [
+                        pc.pc_id,
+                        pc.label,
+                        pc.last_ts,
+                        pc.last_seen,
+                        [
+                            [
+                                list(t.key),
+                                t.direction,
+                                t.kind,
+                                t.track_id,
+                                sorted(t.ssrcs),
+                                t.sfu_stream_id,
+                                t.sfu_sink_id,
+                                t.last_ts,
+                                t.last_seen,
+                            ]
+                            for t in pc.tracks.values()
+                        ],
+                    ]
+                    for pc in c.pcs.values()
+                ],
+            ]
+            for c in call.clients.values()
+        ],
+    ]
+
+
+def _load_call(value: list[Any]) -> tuple[_Call, float | None]:
+    if value[0] != _STATE_VERSION:
+        raise ValueError(f"correlation state version {value[0]} is not {_STATE_VERSION}")
+    call = _Call.__new__(_Call)
+    (_, call.service_id, call.call_id, call.room_id, call.media_unit_id, call.marker) = value[:6]
+    call.started_ts, call.last_ts, call.peak_clients, empty_since = value[6:10]
+    call.clients = {}
+    call.outbound_by_ssrc = {}
+    for client_id, mu, user_id, marker, last_ts, last_seen, seq, pcs in value[10]:
+        client = _Client.__new__(_Client)
+        client.client_id, client.call, client.media_unit_id, client.user_id = client_id, call, mu, user_id
+        client.marker, client.last_ts, client.last_seen, client.seq = marker, last_ts, last_seen, seq
+        client.pcs = {}
+        for pc_id, label, pc_ts, pc_seen, tracks in pcs:
+            pc = _PeerConnection(pc_id, pc_ts, pc_seen)
+            pc.label = label
+            for key, direction, kind, track_id, ssrcs, stream, sink, t_ts, t_seen in tracks:
+                track = _Track.__new__(_Track)
+                track.key, track.direction, track.kind, track.track_id = tuple(key), direction, kind, track_id
+                track.ssrcs, track.sfu_stream_id, track.sfu_sink_id = set(ssrcs), stream, sink
+                track.last_ts, track.last_seen = t_ts, t_seen
+                pc.tracks[track.key] = track
+            client.pcs[pc_id] = pc
+        call.clients[client_id] = client
+    return call, empty_since
+
+
+def _dump_sfu(sfu: _Sfu) -> list[Any]:
+    return [
+        _STATE_VERSION,
+        sfu.service_id,
+        sfu.sfu_id,
+        sfu.media_unit_id,
+        sfu.marker,
+        sfu.last_ts,
+        sfu.last_seen,
+        {
+            kind: [
+                [list(key) if isinstance(key, tuple) else key, e.fields, e.last_ts, e.last_seen, [list(k) for k in e.index_keys]]
+                for key, e in table.items()
+            ]
+            for kind, table in sfu.entities.items()
+        },
+    ]
+
+
+def _load_sfu(value: list[Any]) -> _Sfu:
+    if value[0] != _STATE_VERSION:
+        raise ValueError(f"correlation state version {value[0]} is not {_STATE_VERSION}")
+    sfu = _Sfu.__new__(_Sfu)
+    (_, sfu.service_id, sfu.sfu_id, sfu.media_unit_id, sfu.marker, sfu.last_ts, sfu.last_seen) = value[:7]
+    sfu.entities = {"transport": {}, "inbound": {}, "outbound": {}, "sctp": {}}
+    for kind, rows in value[7].items():
+        for key, fields, last_ts, last_seen, index_keys in rows:
+            entity = _SfuEntity(fields, last_ts, last_seen)
+            entity.index_keys = [tuple(k) for k in index_keys]
+            sfu.entities[kind][tuple(key) if isinstance(key, list) else key] = entity
+    return sfu
+
+
+def _rebuild(part: _Part, calls: list[tuple[_Call, float | None]], sfus: list[_Sfu]) -> None:
+    """Fill ``part`` with restored calls and SFUs and rebuild the indexes derived from them, in an
+    order derived from the state alone (not from the order the store returned them in)."""
+    j = Journal()  # restoring is not undone: the journal is dropped
+    calls.sort(key=lambda cs: (cs[0].started_ts, cs[0].service_id, cs[0].call_id))
+    clients: list[_Client] = []
+    empty: list[tuple[float, tuple[str, str]]] = []
+    for call, since in calls:
+        service = call.service_id
+        part.calls[(service, call.call_id)] = call
+        if since is not None:
+            empty.append((since, (service, call.call_id)))
+        for client in call.clients.values():
+            clients.append(client)
+            for pc in client.pcs.values():
+                for track in pc.tracks.values():
+                    for ssrc in sorted(track.ssrcs):
+                        part.ssrc_calls[(service, ssrc)] = call.call_id
+                        if track.direction == "out":
+                            call.outbound_by_ssrc[ssrc] = (client, pc.pc_id, track)
+                    who = _Publisher(call.call_id, client.client_id, client.user_id, pc.pc_id, track.track_id)
+                    if track.direction == "out" and track.sfu_stream_id:
+                        part.streams[(service, track.sfu_stream_id)] = who
+                    elif track.direction == "in" and track.sfu_sink_id:
+                        part.sinks[(service, track.sfu_sink_id)] = who
+    clients.sort(key=lambda c: (c.last_seen, c.call.service_id, c.client_id))
+    for client in clients:
+        part.clients.set((client.call.service_id, client.client_id), client, j)
+    for since, key in sorted(empty):
+        part.empty_calls.set(key, since, j)
+    sfus.sort(key=lambda s: (s.last_seen, s.service_id, s.sfu_id))
+    for sfu in sfus:
+        part.sfus.set((sfu.service_id, sfu.sfu_id), sfu, j)
+        for entity in sfu.entities["outbound"].values():
+            for index_key in entity.index_keys:
+                if len(index_key) == 2:
+                    part.sink_streams[index_key] = entity.fields["mediaStreamId"]
+                else:
+                    found = (sfu.sfu_id, entity.fields.get("transportId"), entity.fields.get("mediaSinkId"))
+                    part.sfu_outbound[index_key] = (*found, entity.fields.get("rtpPadId"))
+    j.commit()
 
 
 # -- checks: content that correlation cannot use is refused before anything changes --------------

@@ -15,6 +15,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 from webrtc_observer.config import ComponentId
 from webrtc_observer.logs import Logger
 from webrtc_observer.model import Batch
+from webrtc_observer.state import Stateful
 from webrtc_observer.telemetry import Telemetry
 
 Kind = Literal["receiver", "processor", "exporter"]
@@ -77,6 +78,23 @@ class Host(Protocol):
     def problems(self) -> dict[str, str]:
         """Component id → what is wrong, for components failing longer than the health threshold."""
         ...
+
+    def stateful(self, receiver: ComponentId | None = None) -> list[tuple[str, Stateful]]:
+        """The stateful processors (:mod:`webrtc_observer.state`) of the pipelines ``receiver`` feeds
+        (of all pipelines when None), each named ``pipeline/processor``: a checkpoint's namespaces."""
+        ...
+
+    async def flush(self, timeout: float) -> None:
+        """Return once every exporter delivered what it accepted so far (:class:`Flushable`); raises
+        TimeoutError after ``timeout`` seconds. A checkpoint flushes before it commits input offsets."""
+        ...
+
+
+@runtime_checkable
+class Flushable(Protocol):
+    """An exporter that can wait until what it accepted so far is delivered (or durable downstream)."""
+
+    async def flush(self, timeout: float) -> None: ...
 
 
 @runtime_checkable

@@ -12,6 +12,8 @@ needs.
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from typing import Any, Literal
 
 import msgspec
@@ -193,6 +195,21 @@ class TurnSample(msgspec.Struct, gc=False, omit_defaults=True):
 Sample = ClientSample | SfuSample | TurnSample
 
 
+def routing_key(sample: Sample) -> str:
+    """The key that keeps every sample of a room (or call) together: ``serviceId`` NUL ``roomId``, else
+    the call id, else the client id; SFU samples by SFU id, TURN samples by server id.
+
+    ``service.workers`` hashes it to pick a worker; the ``kafka`` exporter (``encoding: samples``) uses
+    it as the record key, so one partition holds all of a room's samples."""
+    if isinstance(sample, ClientSample):
+        key = sample.room_id or sample.call_id or sample.client_id
+    elif isinstance(sample, SfuSample):
+        key = sample.sfu_id
+    else:
+        key = sample.server_id
+    return f"{sample.origin.service_id}\x00{key}"
+
+
 class ReportRecord(msgspec.Struct, gc=False, omit_defaults=True, kw_only=True):
     """A report payload typed by its Avro schema: one subclass per report type (``processors._report_schemas``).
 
@@ -227,18 +244,42 @@ Payload = ReportRecord | dict[str, Any]
 class Report(msgspec.Struct, gc=False, rename={"schema_version": "schemaVersion"}):
     """One ObserveRTC report: ``type`` is the report type (``CALL_EVENT``...), ``payload`` its record.
 
-    Encoded by msgspec, a report is its envelope ``{"type", "payload", "schemaVersion"}``.
+    Encoded by msgspec, a report is its envelope ``{"type", "payload", "schemaVersion", "id"}``.
+    ``id`` is derived from the rest (:func:`report_id`), so consumers can drop duplicates.
     """
 
     type: str
     payload: Any
     """A :class:`ReportRecord` (as the reports processor builds them) or a plain dict of the same fields."""
     schema_version: str = "2.2.11"
+    id: str | None = None
+    """Set from the content when left out: see :func:`report_id`."""
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = report_id(self.type, self.schema_version, self.payload)
 
     def envelope(self) -> dict[str, Any]:
-        """The report as plain builtins: ``{"type", "schemaVersion", "payload"}``."""
+        """The report as plain builtins: ``{"type", "schemaVersion", "payload", "id"}``."""
         payload = self.payload if isinstance(self.payload, dict) else msgspec.to_builtins(self.payload)
-        return {"type": self.type, "schemaVersion": self.schema_version, "payload": payload}
+        return {"type": self.type, "schemaVersion": self.schema_version, "payload": payload, "id": self.id}
+
+
+REPORT_ID_NAMESPACE = uuid.UUID("6f1c1b9e-3c52-5b8e-9a57-0e6d2f4b7a10")
+_id_encoder = msgspec.msgpack.Encoder(order="sorted")
+
+
+def report_id(report_type: str, schema_version: str, payload: Any) -> str:
+    """The report's deterministic id: a name-based UUID (version 5) of its type, schema version and
+    payload, which hold its call or SFU, event name, entity, sample timestamp and sequence.
+
+    The same report derived again (a replay after a failover) gets the same id; two reports that
+    differ in anything get different ids (a client that rejoins: a new CLIENT_JOINED timestamp).
+    Payload keys are hashed in sorted order, so a dict payload and its record hash alike.
+    """
+    body = _id_encoder.encode((report_type, schema_version, payload))
+    digest = hashlib.sha1(REPORT_ID_NAMESPACE.bytes + body).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=5))
 
 
 class Batch(msgspec.Struct, gc=False, omit_defaults=True):
@@ -250,6 +291,12 @@ class Batch(msgspec.Struct, gc=False, omit_defaults=True):
 
     samples: list[Sample] = []
     reports: list[Report] = []
+    partition: int | None = None
+    """The input partition the batch came from (a Kafka partition); None for input without one.
+    Stateful processors keep their state per partition (:mod:`webrtc_observer.state`)."""
+    time: int | None = None
+    """Stream time of the batch (epoch ms): the record timestamp of a partitioned log. A batch with
+    no samples and a time is a tick: it only advances the partition's clock."""
 
     def __len__(self) -> int:
         return len(self.samples) + len(self.reports)

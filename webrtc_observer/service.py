@@ -14,12 +14,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from webrtc_observer.component import Consumer, Factory, FailureReporting, Lifecycle, RetryLater, Settings, Worker
+from webrtc_observer.component import Consumer, Factory, FailureReporting, Flushable, Lifecycle, RetryLater, Settings, Worker
 from webrtc_observer.config import CollectorConfig, ComponentId
 from webrtc_observer.exporterhelper import QueuedExporter
 from webrtc_observer.logs import get_logger
 from webrtc_observer.memory_limiter import MemoryLimiter
 from webrtc_observer.model import Batch
+from webrtc_observer.state import Stateful
 from webrtc_observer.telemetry import Metric, Telemetry
 from webrtc_observer.transaction import Transactional
 from webrtc_observer.workers import Peers
@@ -102,6 +103,20 @@ class Service:
             if since is not None and now - since > threshold:
                 found[f"exporter {cid}"] = f"sending has failed for {now - since:.0f}s"
         return found
+
+    def stateful(self, receiver: ComponentId | None = None) -> list[tuple[str, Stateful]]:
+        pipelines = {name for name, p in self.config.pipelines.items() if receiver is None or receiver in p.receivers}
+        return [
+            (f"{name}/{pid}", processor)
+            for name, pid, processor in self.processors
+            if name in pipelines and isinstance(processor, Stateful)
+        ]
+
+    async def flush(self, timeout: float) -> None:
+        flushes = [e.flush(timeout) for e in self.exporters.values() if isinstance(e, Flushable)]
+        if flushes:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*flushes)
 
     def _settings(self, kind: str, cid: ComponentId, pipeline: str | None = None) -> Settings:
         fields = {"component": str(cid)}
