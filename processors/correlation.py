@@ -176,6 +176,7 @@ class _Call:
     __slots__ = (
         "call_id",
         "clients",
+        "departed",
         "last_ts",
         "marker",
         "media_unit_id",
@@ -196,7 +197,12 @@ class _Call:
         self.last_ts = sample.timestamp
         self.clients: dict[str, _Client] = {}
         self.peak_clients = 0
-        self.outbound_by_ssrc: dict[int, tuple[_Client, str, _Track]] = {}
+        self.outbound_by_ssrc: dict[int, _Publisher] = {}
+        """SSRC → the client sending it, kept after that client left: the last reports of its peers,
+        at hang-up, still name their sender."""
+        self.departed: dict[str, _Publisher] = {}
+        """SFU stream id → publisher, for streams of clients who left: kept in the SFU stream index
+        until the call ends, for the same reason."""
 
 
 class _SfuEntity:
@@ -315,7 +321,18 @@ class CorrelationProcessor:
         self._participants = t.histogram(
             "call_participants", "Most clients at once in ended calls", ("service_id",), _PARTICIPANT_BUCKETS
         )
-        t.gauge("calls_active", "Calls in progress", (), callback=lambda: {(): float(self._total("calls"))})
+        t.gauge(
+            "calls_active",
+            "Calls in progress: at least one client in them",
+            (),
+            callback=lambda: {(): float(self._total("calls") - self._total("empty_calls"))},
+        )
+        t.gauge(
+            "calls_ending",
+            "Calls whose clients all left, waiting out call_empty_timeout before CALL_ENDED",
+            (),
+            callback=lambda: {(): float(self._total("empty_calls"))},
+        )
         t.gauge("clients_active", "Clients in calls", (), callback=lambda: {(): float(self._total("clients"))})
         t.gauge("peer_connections_active", "Open peer connections", (), callback=lambda: {(): float(self._count_pcs())})
         t.gauge("sfus_active", "SFUs reporting", (), callback=lambda: {(): float(self._total("sfus"))})
@@ -608,7 +625,8 @@ class CorrelationProcessor:
                     j.add(state.ssrcs, track.ssrc)
                     j.set(self._p.ssrc_calls, (service, track.ssrc), call.call_id)
                     if direction == "out":
-                        j.set(call.outbound_by_ssrc, track.ssrc, (client, pc.pc_id, state))
+                        sender = _Publisher(call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id)
+                        j.set(call.outbound_by_ssrc, track.ssrc, sender)
                 if direction == "out" and track.sfu_stream_id:
                     j.attr(state, "sfu_stream_id", track.sfu_stream_id)
                     publisher = _Publisher(call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id)
@@ -647,9 +665,9 @@ class CorrelationProcessor:
             sender = self._p.streams.get((service, track.sfu_stream_id))
         if sender is None:
             found = call.outbound_by_ssrc.get(track.ssrc)
-            if found is not None and found[0] is not client:
-                owner, pc_id, state = found
-                sender = _Publisher(call.call_id, owner.client_id, owner.user_id, pc_id, state.track_id)
+            if found is not None and found.client_id != client.client_id:
+                owner = call.clients.get(found.client_id)  # its user id may have come after its first sample
+                sender = found if owner is None or owner.user_id == found.user_id else _with_user(found, owner.user_id)
         if sender is None or sender.client_id == client.client_id:
             return track
         return msgspec.structs.replace(
@@ -661,7 +679,11 @@ class CorrelationProcessor:
         )
 
     # -- removals -----------------------------------------------------------------------------------
-    def _remove_track(self, client: _Client, pc: _PeerConnection, state: _Track, events: list[Report]) -> None:
+    def _remove_track(
+        self, client: _Client, pc: _PeerConnection, state: _Track, events: list[Report], leaving: bool = False
+    ) -> None:
+        """End a track. When its client is ``leaving``, who sends its SSRCs and SFU stream stays known
+        until the call ends (its peers' last samples still name it)."""
         j = self._j
         call = client.call
         service = call.service_id
@@ -671,12 +693,24 @@ class CorrelationProcessor:
             if self._p.ssrc_calls.get((service, ssrc)) == call.call_id and not _has_ssrc(call, ssrc):
                 j.pop(self._p.ssrc_calls, (service, ssrc))
             owner = call.outbound_by_ssrc.get(ssrc)
-            if owner is not None and owner[2] is state:
+            if (
+                not leaving
+                and owner is not None
+                and (owner.client_id, owner.pc_id, owner.track_id)
+                == (
+                    client.client_id,
+                    pc.pc_id,
+                    state.track_id,
+                )
+            ):
                 j.pop(call.outbound_by_ssrc, ssrc)
         if state.sfu_stream_id:
             pub = self._p.streams.get((service, state.sfu_stream_id))
             if pub is not None and pub.client_id == client.client_id:
-                j.pop(self._p.streams, (service, state.sfu_stream_id))
+                if leaving:
+                    j.set(call.departed, state.sfu_stream_id, pub)
+                else:
+                    j.pop(self._p.streams, (service, state.sfu_stream_id))
         if state.sfu_sink_id:
             sub = self._p.sinks.get((service, state.sfu_sink_id))
             if sub is not None and sub.client_id == client.client_id:
@@ -684,9 +718,9 @@ class CorrelationProcessor:
         first_ssrc = min(state.ssrcs) if state.ssrcs else None
         events.append(self._track_event("MEDIA_TRACK_REMOVED", call, client, pc.pc_id, state, first_ssrc, state.last_ts))
 
-    def _close_pc(self, client: _Client, pc: _PeerConnection, events: list[Report]) -> None:
+    def _close_pc(self, client: _Client, pc: _PeerConnection, events: list[Report], leaving: bool = False) -> None:
         for track in list(pc.tracks.values()):
-            self._remove_track(client, pc, track, events)
+            self._remove_track(client, pc, track, events, leaving)
         self._j.keep(client.pcs)
         del client.pcs[pc.pc_id]
         events.append(self._call_event("PEER_CONNECTION_CLOSED", client.call, client, pc.last_ts, pc_id=pc.pc_id))
@@ -695,7 +729,7 @@ class CorrelationProcessor:
         call = client.call
         self._touch("call", call.service_id, call.call_id)
         for pc in list(client.pcs.values()):
-            self._close_pc(client, pc, events)
+            self._close_pc(client, pc, events, leaving=True)
         if self._p.clients.pop((call.service_id, client.client_id), self._j) is not None:
             self._bump(self._service_clients, call.service_id, -1)
         self._j.pop(call.clients, client.client_id)
@@ -718,6 +752,9 @@ class CorrelationProcessor:
         if call.room_id and self._p.rooms.get((call.service_id, call.room_id)) == call.call_id:
             j.pop(self._p.rooms, (call.service_id, call.room_id))
             self._touch("room", call.service_id, call.room_id)
+        for stream_id, publisher in call.departed.items():
+            if self._p.streams.get((call.service_id, stream_id)) == publisher:
+                j.pop(self._p.streams, (call.service_id, stream_id))
         events.append(self._call_event("CALL_ENDED", call, None, call.last_ts))
         duration, peak, service = max(0, call.last_ts - call.started_ts) / 1000, call.peak_clients, call.service_id
 
@@ -1090,6 +1127,14 @@ def _stream_time(batch: Batch) -> int | None:
     return t
 
 
+def _publisher_fields(p: _Publisher) -> list[Any]:
+    return [p.client_id, p.user_id, p.pc_id, p.track_id]
+
+
+def _with_user(p: _Publisher, user_id: str | None) -> _Publisher:
+    return _Publisher(p.call_id, p.client_id, user_id, p.pc_id, p.track_id)
+
+
 def _has_ssrc(call: _Call, ssrc: int) -> bool:
     """Whether a track of the call still uses ``ssrc`` (a P2P peer's inbound track shares it)."""
     return any(ssrc in t.ssrcs for c in call.clients.values() for pc in c.pcs.values() for t in pc.tracks.values())
@@ -1115,6 +1160,8 @@ def _dump_call(call: _Call, empty_since: float | None) -> list[Any]:
         call.last_ts,
         call.peak_clients,
         empty_since,
+        [[ssrc, *_publisher_fields(p)] for ssrc, p in call.outbound_by_ssrc.items()],
+        [[stream_id, *_publisher_fields(p)] for stream_id, p in call.departed.items()],
         [
             [
                 c.client_id,
@@ -1160,8 +1207,9 @@ def _load_call(value: list[Any]) -> tuple[_Call, float | None]:
     (_, call.service_id, call.call_id, call.room_id, call.media_unit_id, call.marker) = value[:6]
     call.started_ts, call.last_ts, call.peak_clients, empty_since = value[6:10]
     call.clients = {}
-    call.outbound_by_ssrc = {}
-    for client_id, mu, user_id, marker, last_ts, last_seen, seq, pcs in value[10]:
+    call.outbound_by_ssrc = {ssrc: _Publisher(call.call_id, *fields) for ssrc, *fields in value[10]}
+    call.departed = {stream_id: _Publisher(call.call_id, *fields) for stream_id, *fields in value[11]}
+    for client_id, mu, user_id, marker, last_ts, last_seen, seq, pcs in value[12]:
         client = _Client.__new__(_Client)
         client.client_id, client.call, client.media_unit_id, client.user_id = client_id, call, mu, user_id
         client.marker, client.last_ts, client.last_seen, client.seq = marker, last_ts, last_seen, seq
@@ -1225,14 +1273,14 @@ def _rebuild(part: _Part, calls: list[tuple[_Call, float | None]], sfus: list[_S
         part.calls[(service, call.call_id)] = call
         if since is not None:
             empty.append((since, (service, call.call_id)))
+        for stream_id, publisher in call.departed.items():
+            part.streams[(service, stream_id)] = publisher
         for client in call.clients.values():
             clients.append(client)
             for pc in client.pcs.values():
                 for track in pc.tracks.values():
                     for ssrc in sorted(track.ssrcs):
                         part.ssrc_calls[(service, ssrc)] = call.call_id
-                        if track.direction == "out":
-                            call.outbound_by_ssrc[ssrc] = (client, pc.pc_id, track)
                     who = _Publisher(call.call_id, client.client_id, client.user_id, pc.pc_id, track.track_id)
                     if track.direction == "out" and track.sfu_stream_id:
                         part.streams[(service, track.sfu_stream_id)] = who

@@ -131,3 +131,59 @@ async def test_revoke_forgets_a_partition_and_local_state_is_kept_apart() -> Non
     assert p.state_sizes()["calls"] == 1 and p.state_sizes()["clients"] == 1
     p.revoke(LOCAL)
     assert not any(p.state_sizes().values())
+
+
+def test_a_report_id_is_the_rfc_4122_name_based_uuid_of_the_report() -> None:
+    import hashlib
+    import uuid
+
+    import msgspec
+
+    from webrtc_observer.model import REPORT_ID_NAMESPACE
+
+    payload = {"callId": "c", "name": "CLIENT_JOINED", "timestamp": 1}
+    report = Report(type="CALL_EVENT", payload=payload)
+    body = msgspec.msgpack.Encoder(order="sorted").encode(("CALL_EVENT", "2.2.11", payload))
+    want = uuid.UUID(bytes=hashlib.sha1(REPORT_ID_NAMESPACE.bytes + body).digest()[:16], version=5)
+    assert report.id == str(want) and want.version == 5
+    assert Report(type="CALL_EVENT", payload=dict(reversed(payload.items()))).id == report.id, "key order does not matter"
+    assert Report(type="CALL_EVENT", payload={**payload, "timestamp": 2}).id != report.id
+    decoded = msgspec.json.decode(msgspec.json.encode(report), type=Report)
+    assert decoded.id == report.id
+
+
+async def test_inbound_tracks_still_name_a_sender_that_left_moments_before() -> None:
+    from tests.test_atomic_samples import audio
+
+    p, down = correlation(**OPTIONS)
+    alice_out = audio(11, "pa", "a-mic", sfu_stream_id="stream-a")
+    await p.consume(Batch(samples=[sample("alice", T0, room_id="r", outbound_tracks=[alice_out])], partition=0, time=T0))
+    await p.consume(Batch(samples=[sample("bob", T0, room_id="r", outbound_tracks=[audio(12, "pb", "b-mic")])], partition=0))
+    await p.consume(Batch(samples=[sample("alice", T0 + 1000, room_id="r", closing=True)], partition=0))
+    # bob's last samples, at hang-up: by SSRC (P2P) and by SFU stream id
+    by_ssrc = audio(11, "pb", "b-in")
+    by_stream = audio(99, "pb", "b-in-sfu", sfu_stream_id="stream-a")
+    await p.consume(Batch(samples=[sample("bob", T0 + 1500, room_id="r", inbound_tracks=[by_ssrc, by_stream])], partition=0))
+    inbound = down.batches[-1].samples[0].inbound_tracks
+    assert [(t.remote_client_id, t.remote_track_id) for t in inbound] == [("alice", "a-mic"), ("alice", "a-mic")]
+    await p.consume(Batch(partition=0, time=T0 + 100_000))  # bob idles out
+    await p.consume(Batch(partition=0, time=T0 + 200_000))  # the call ends: nothing of alice is kept
+    assert not any(p.state_sizes().values()), p.state_sizes()
+
+
+async def test_calls_active_counts_calls_with_clients_and_calls_ending_the_rest() -> None:
+    from tests.test_atomic_samples import Downstream
+    from webrtc_observer.processors.correlation import CorrelationConfig, CorrelationProcessor
+    from webrtc_observer.testing import settings_for_tests
+
+    settings = settings_for_tests("correlation", "processor")
+    p = CorrelationProcessor(settings, CorrelationConfig(**OPTIONS), Downstream())
+    await p.consume(Batch(samples=[sample("alice", T0, room_id="r1", call_id=None)], partition=0, time=T0))
+    await p.consume(Batch(samples=[sample("bob", T0, room_id="r2", call_id=None, closing=True)], partition=0))
+
+    def gauge(name: str) -> float:
+        metric = settings.telemetry.get(name)
+        assert metric is not None
+        return metric.total()
+
+    assert (gauge("calls_active"), gauge("calls_ending")) == (1, 1)
