@@ -92,6 +92,12 @@ def client_sample(c: dict[str, Any], origin: Origin, closing: bool) -> ClientSam
     meta = [MetaItem(type=t, payload=c[k]) for k, t in _SINGLE_META if k in c]
     for key, meta_type in _LIST_META:
         meta.extend(MetaItem(type=meta_type, payload=v) for v in c.get(key, ()))
+    for item in meta:
+        if item.type == "MEDIA_DEVICE" and isinstance(item.payload, dict) and "deviceId" in item.payload:
+            payload = dict(item.payload)
+            device_id = payload.pop("deviceId")
+            payload.setdefault("id", device_id)  # client-monitor-js 3.x names it as MediaDeviceInfo does
+            item.payload = payload
     return ClientSample(
         origin=origin,
         client_id=c["clientId"],

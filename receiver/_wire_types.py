@@ -37,6 +37,9 @@ _PRIMITIVES: dict[str, Any] = {
 _FREE_FORM_FIELDS = frozenset({"attachments", "payload"})
 _PROTO3_OMITTABLE = frozenset({"int", "long", "float", "double", "boolean"})
 _ALWAYS_REQUIRED = frozenset({"ssrc", "timestamp"})
+# Fields that clients send under a name the schema does not have, kept so the decoder can map them:
+# client-monitor-js 3.x sends a MediaDevice's id as ``deviceId`` (the MediaDeviceInfo name).
+_SPOKEN_ALIASES: dict[str, tuple[tuple[str, Any], ...]] = {"MediaDevice": (("deviceId", str),)}
 
 
 class _Builder:
@@ -92,6 +95,8 @@ class _Builder:
                 fields.append((name, ftype, None))
             else:
                 fields.append((name, ftype))
+        known = {f[0] for f in fields}
+        fields += [(name, ftype | None, None) for name, ftype in _SPOKEN_ALIASES.get(avro["name"], ()) if name not in known]
         # msgspec wants required fields before optional ones.
         fields.sort(key=lambda f: len(f) == 3)
         struct = msgspec.defstruct(
