@@ -150,6 +150,9 @@ class Recency(Generic[K, V]):
     def values(self) -> Iterator[V]:
         return (node[3] for node in self._walk())
 
+    def __iter__(self) -> Iterator[K]:
+        return self.keys()
+
     def keys(self) -> Iterator[K]:
         return (node[2] for node in self._walk())
 

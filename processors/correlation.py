@@ -256,6 +256,7 @@ class _Part:
         "sinks",
         "ssrc_calls",
         "streams",
+        "tracking",
     )
 
     def __init__(self) -> None:
@@ -274,7 +275,10 @@ class _Part:
         """Stream time (epoch ms): the latest record or receive time seen in the partition."""
         self.clock_saved = 0
         self.dirty: set[tuple[str, str, str]] = set()
-        """("call" | "sfu", service, id) of entities changed since the last checkpoint."""
+        """("call" | "sfu" | "room", service, id) of entities changed since the last checkpoint."""
+        self.tracking = False
+        """Whether changes are recorded: from the first checkpoint (or ``assign``) on, so a partition
+        nobody checkpoints (HTTP input without a state store) keeps no list of changes."""
 
     @property
     def now(self) -> float:
@@ -435,7 +439,7 @@ class CorrelationProcessor:
     def _touch(self, kind: str, service: str, ident: str) -> None:
         """Mark an entity of the current partition changed (for :meth:`changes`), undone with the message."""
         key = (kind, service, ident)
-        if key not in self._p.dirty:
+        if self._p.tracking and key not in self._p.dirty:
             self._j.add(self._p.dirty, key)
 
     def _part(self, partition: Partition) -> _Part:
@@ -962,6 +966,11 @@ class CorrelationProcessor:
         part = self._parts.get(partition)
         if part is None:
             return {}
+        if not part.tracking:  # the first checkpoint of this partition: everything it holds
+            part.tracking = True
+            part.dirty.update(("call", *key) for key in part.calls)
+            part.dirty.update(("sfu", *key) for key in part.sfus)
+            part.dirty.update(("room", *key) for key in part.rooms)
         out: Changes = {}
         for kind, service, ident in sorted(part.dirty):
             key = state.encode((kind, service, ident))
@@ -1000,6 +1009,7 @@ class CorrelationProcessor:
             elif key[0] == "room":
                 part.rooms[(key[1], key[2])] = value
         _rebuild(part, calls, sfus)
+        part.tracking = True
         self._parts[partition] = part
         for call in part.calls.values():
             _adjust(self._service_calls, call.service_id, 1)

@@ -125,6 +125,8 @@ class _BoundedCache:
         self._size = size
         self._max_length = max_length
         self._values: dict[str, str] = {}
+        """A cache of ``compute``, a pure function of the value: no state to move with a partition
+        (any member computes the same), so the processor is not :class:`~webrtc_observer.state.Stateful`."""
 
     def __call__(self, value: str) -> str:
         result = self._values.get(value)
@@ -203,7 +205,7 @@ class ObfuscationProcessor:
             self._count(counts)
         if not changed:
             return batch
-        return Batch(samples=samples, reports=batch.reports)
+        return Batch(samples=samples, reports=batch.reports, partition=batch.partition, time=batch.time)
 
     def _client(self, s: ClientSample, counts: Counter[str]) -> ClientSample:
         config = self._config

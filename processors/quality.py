@@ -46,12 +46,29 @@ Where each value comes from (2.x field names, as in :class:`~webrtc_observer.mod
 
 Deltas need the previous counters of each track. They are kept per client (service_id, client_id),
 and per track of the client (peer_connection_id, direction, ssrc), in one array of doubles updated in
-place (about 200 bytes a track). State is bounded three ways:
+place (about 200 bytes a track).
 
-* At most ``max_tracks`` tracks are kept. Past it, the least recently updated clients are forgotten,
-  whole; a single client with more tracks than that keeps its first ``max_tracks``.
-* A client without samples for ``track_idle_timeout`` is forgotten. That is checked on each batch
-  from the old end of the LRU order, so no timer is needed.
+This state is kept per input partition (:mod:`webrtc_observer.state`): a batch from partition ``p``
+(``Batch.partition``) reads and updates the clients of ``p`` only, so the state of a partition can be
+written out, dropped and rebuilt on another member, which then observes the next samples exactly as
+this one would have. The processor implements :class:`~webrtc_observer.state.Stateful` with one
+entry **per client** (a client's tracks never span partitions; its call is of no use here), keyed by
+the msgpack of ``("client", service_id, client_id)`` and holding its tracks' baselines, when it was
+last heard from and its place in the LRU order; a client forgotten (``CLIENT_LEFT``, idle, evicted)
+gives a tombstone. One more entry, ``("clock", "", "")``, holds the partition's stream time.
+
+Time in a partition of a log is its *stream time*: the highest ``Batch.time`` or sample receive time
+(``Origin.received_at``) seen in it, never the wall clock, so idle expiry replays the same way on any
+member. An empty batch with a time (a tick) is passed on unchanged and only advances that time.
+Input without a partition (:data:`~webrtc_observer.state.LOCAL`: HTTP, WebSocket) is timed by the
+wall clock. State is bounded:
+
+* At most ``max_tracks`` tracks are kept by the processor. Past it, the least recently updated
+  clients of the partition being updated are forgotten, whole; a single client with more tracks than
+  that keeps its first ``max_tracks``. (Only this overload valve makes one partition's observations
+  depend on what other partitions hold.)
+* A client without samples for ``track_idle_timeout`` is forgotten. That is checked on each batch of
+  its partition (ticks too) from the old end of the LRU order, so no timer is needed.
 * A track that a client's sample no longer carries is forgotten.
 * A client is forgotten when the batch carries its ``CLIENT_LEFT`` call event (the ``correlation``
   processor, placed before this one, emits it).
@@ -77,16 +94,17 @@ import math
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from webrtc_observer import transaction
+from webrtc_observer import state, transaction
 from webrtc_observer.component import Consumer, Factory, Settings
 from webrtc_observer.config import Duration
 from webrtc_observer.model import Batch, ClientSample, Stats, Track
+from webrtc_observer.state import LOCAL, Changes, Partition
 
 from . import _emodel
 
@@ -140,14 +158,44 @@ class QualityConfig:
 
 
 class _ClientState:
-    """The tracks of one client, and when the client was last heard from (for the idle timeout)."""
+    """The tracks of one client, when the client was last heard from (for the idle timeout), and its
+    place in its partition's LRU order (``order``: higher is more recent; restored from it)."""
 
-    __slots__ = ("seen", "tracks")
+    __slots__ = ("order", "seen", "tracks")
 
-    def __init__(self, seen: float) -> None:
+    def __init__(self, seen: float, order: int) -> None:
         self.seen = seen
+        self.order = order
         self.tracks: dict[tuple[str, bool, int], array[float]] = {}
         """(peer connection id, inbound, ssrc) -> the track's baseline, see ``_TRACK_FIELDS``."""
+
+
+class _Part:
+    """The clients of one partition (:mod:`webrtc_observer.state`)."""
+
+    __slots__ = ("clients", "clock", "clock_saved", "dirty", "journaled", "next_order", "tracks")
+
+    def __init__(self) -> None:
+        self.clients: OrderedDict[tuple[str, str], _ClientState] = OrderedDict()
+        """(service id, client id) -> its tracks, least recently updated first."""
+        self.tracks = 0
+        """Tracks kept for the clients of this partition."""
+        self.clock = 0
+        """Stream time (epoch ms): the latest record or receive time seen in the partition."""
+        self.clock_saved = 0
+        self.next_order = 0
+        self.dirty: set[tuple[str, str]] = set()
+        """Clients changed or forgotten since the last :meth:`QualityProcessor.changes`."""
+        self.journaled = False
+        """Whether ``dirty`` is kept: from the first ``assign`` or ``changes`` of the partition on, so
+        that a partition nobody checkpoints (HTTP input without ``workers``) keeps no list of keys."""
+
+    def touch(self, key: tuple[str, str], client: _ClientState) -> None:
+        """``client`` was updated: most recent in the LRU order, and to be written out."""
+        client.order = self.next_order
+        self.next_order += 1
+        if self.journaled:
+            self.dirty.add(key)
 
 
 # A track's baseline is one array of doubles, updated in place: no objects per sample, and about 130
@@ -242,8 +290,10 @@ class QualityProcessor:
         settings: Settings,
         config: QualityConfig,
         next_consumer: Consumer,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock``: seconds, the time of :data:`~webrtc_observer.state.LOCAL` input only; partitions
+        of a log use their stream time."""
         self._next = next_consumer
         self._max_tracks = config.max_tracks
         self._idle = float(config.track_idle_timeout)
@@ -251,9 +301,9 @@ class QualityProcessor:
         self._clock = clock
         self._log = settings.logger
         self._label = str(settings.id)
-        self._clients: OrderedDict[tuple[str, str], _ClientState] = OrderedDict()
-        """(service id, client id) -> its tracks, least recently updated first."""
+        self._parts: dict[Partition, _Part] = {LOCAL: _Part()}
         self._track_count = 0
+        """Tracks kept, all partitions together (``max_tracks`` bounds it)."""
         self._bound: dict[tuple[str, str, str], _KindSeries] = {}
         t = settings.telemetry
         self._rtt = t.histogram(
@@ -295,7 +345,7 @@ class QualityProcessor:
         pass
 
     async def shutdown(self) -> None:
-        self._clients.clear()
+        self._parts = {LOCAL: _Part()}
         self._track_count = 0
 
     async def consume(self, batch: Batch) -> None:
@@ -306,55 +356,77 @@ class QualityProcessor:
 
     @property
     def tracked(self) -> int:
-        """How many tracks' counters are kept now."""
+        """How many tracks' counters are kept now, all partitions together."""
         return self._track_count
 
     # -- observation ----------------------------------------------------------------------------
     def observe(self, batch: Batch) -> None:
         """Record the quality of the batch's client samples; never raises, never changes the batch."""
-        now = self._clock()
-        self._expire(now)
+        part = self._part(batch.partition)
+        if batch.partition is LOCAL:
+            now = self._clock()
+        else:
+            t = _stream_time(batch)
+            if t is not None and t > part.clock:
+                part.clock = t
+            now = part.clock / 1000
+        self._expire(part, now)
         for sample in batch.samples:
             if isinstance(sample, ClientSample):
                 try:
-                    self._client(sample, now)
+                    self._client(part, sample, now)
                 except Exception:  # a metric must never break the pipeline
                     self._failed.add(1, self._label)
                     self._log.error("quality measurement failed", exc_info=True, client_id=sample.client_id)
         for report in batch.reports:  # the correlation processor says who left: forget them now
             if report.type == "CALL_EVENT" and report.payload.get("name") == "CLIENT_LEFT":
-                state = self._clients.pop((report.payload.get("serviceId"), report.payload.get("clientId")), None)
-                if state is not None:
-                    self._track_count -= len(state.tracks)
-                    self._evicted.add(len(state.tracks), self._label, "left")
+                key = (report.payload.get("serviceId"), report.payload.get("clientId"))
+                gone = self._forget(part, key)
+                if gone:
+                    self._evicted.add(gone, self._label, "left")
         self._tracks_gauge.set(self._track_count, self._label)
 
-    def _expire(self, now: float) -> None:
-        clients = self._clients
+    def _part(self, partition: Partition) -> _Part:
+        part = self._parts.get(partition)
+        if part is None:  # input of a partition nobody assigned (a receiver without assignments)
+            part = self._parts[partition] = _Part()
+        return part
+
+    def _forget(self, part: _Part, key: tuple[str, str]) -> int:
+        """Forget a client of ``part`` (a tombstone at the next :meth:`changes`); its tracks' count."""
+        client = part.clients.pop(key, None)
+        if client is None:
+            return 0
+        if part.journaled:
+            part.dirty.add(key)
+        n = len(client.tracks)
+        part.tracks -= n
+        self._track_count -= n
+        return n
+
+    def _expire(self, part: _Part, now: float) -> None:
+        clients = part.clients
         deadline = now - self._idle
         expired = 0
         while clients:
-            key, state = next(iter(clients.items()))
-            if state.seen > deadline:
+            key, client = next(iter(clients.items()))
+            if client.seen > deadline:
                 break
-            del clients[key]
-            expired += len(state.tracks)
+            expired += self._forget(part, key)
         if expired:
-            self._track_count -= expired
             self._evicted.add(expired, self._label, "idle")
 
-    def _bound_tracks(self, keep: _ClientState) -> None:
-        """Forget least recently updated clients (never ``keep``) until at most ``max_tracks`` are kept."""
-        clients = self._clients
+    def _bound_tracks(self, part: _Part, keep: _ClientState) -> None:
+        """Forget least recently updated clients of ``part`` (never ``keep``) until at most
+        ``max_tracks`` are kept, or ``keep`` is the partition's last client."""
+        clients = part.clients
         evicted = 0
         while self._track_count > self._max_tracks and len(clients) > 1:
-            key, state = next(iter(clients.items()))
-            if state is keep:
+            key, client = next(iter(clients.items()))
+            if client is keep:
                 clients.move_to_end(key)
                 continue
-            del clients[key]
-            self._track_count -= len(state.tracks)
-            evicted += len(state.tracks)
+            evicted += self._forget(part, key)
         if evicted:
             self._evicted.add(evicted, self._label, "max_tracks")
 
@@ -367,7 +439,7 @@ class QualityProcessor:
             series = self._bound[key] = _KindSeries(self, service, media_unit, kind)
         return series
 
-    def _client(self, sample: ClientSample, now: float) -> None:
+    def _client(self, part: _Part, sample: ClientSample, now: float) -> None:
         origin = sample.origin
         service, media_unit = origin.service_id, origin.media_unit_id
         score = sample.score
@@ -376,33 +448,91 @@ class QualityProcessor:
         if not sample.inbound_tracks and not sample.outbound_tracks:
             return
         key = (service, sample.client_id)
-        state = self._clients.get(key)
-        if state is None:
-            state = self._clients[key] = _ClientState(now)
+        clients = part.clients
+        client = clients.get(key)
+        if client is None:
+            client = clients[key] = _ClientState(now, 0)
         else:
-            state.seen = now
-            self._clients.move_to_end(key)
-        tracks = state.tracks
+            client.seen = now
+            clients.move_to_end(key)
+        part.touch(key, client)
+        tracks = client.tracks
         known = len(tracks)
         pair_rtts = _pair_round_trip_times(sample)
-        present = []
+        present: dict[tuple[str, bool, int], None] = {}
         for inbound, sample_tracks in ((True, sample.inbound_tracks), (False, sample.outbound_tracks)):
             for track in sample_tracks:
                 track_key = (track.peer_connection_id or "", inbound, track.ssrc)
-                present.append(track_key)
+                present[track_key] = None
                 self._track(sample, track, track_key, tracks, pair_rtts)
         if len(tracks) > len(present):  # tracks the client no longer reports are forgotten
-            for gone in tracks.keys() - set(present):
+            for gone in [k for k in tracks if k not in present]:
                 del tracks[gone]
-        self._track_count += len(tracks) - known
+        added = len(tracks) - known
+        part.tracks += added
+        self._track_count += added
         if self._track_count > self._max_tracks:
-            self._bound_tracks(state)
+            self._bound_tracks(part, client)
             extra = list(tracks)[self._max_tracks :]
             if extra:  # one client alone has more tracks than allowed: keep its first ones
                 for track_key in extra:
                     del tracks[track_key]
+                part.tracks -= len(extra)
                 self._track_count -= len(extra)
                 self._evicted.add(len(extra), self._label, "max_tracks")
+
+    # -- state that moves with its partition (webrtc_observer.state) ----------------------------
+    def changes(self, partition: Partition) -> Changes:
+        """Every client changed or forgotten in ``partition`` since the last call, and its clock; see
+        :class:`~webrtc_observer.state.Stateful`."""
+        part = self._parts.get(partition)
+        if part is None:
+            return {}
+        out: Changes = {}
+        if not part.journaled:  # the first checkpoint of a partition that was not assigned: all of it
+            part.journaled = True
+            part.dirty.update(part.clients)
+        for service, client_id in sorted(part.dirty):
+            client = part.clients.get((service, client_id))
+            key = state.encode(("client", service, client_id))
+            out[key] = None if client is None else state.encode(_dump_client(client))
+        part.dirty.clear()
+        if part.clock != part.clock_saved:
+            out[_CLOCK_KEY] = state.encode(part.clock)
+            part.clock_saved = part.clock
+        return out
+
+    def assign(self, partition: Partition, entries: Mapping[bytes, bytes]) -> None:
+        """Own ``partition`` from ``entries``: its clients, in their LRU order, and its clock."""
+        self.revoke(partition)
+        part = _Part()
+        part.journaled = True
+        restored: list[tuple[int, tuple[str, str], _ClientState]] = []
+        for raw_key, raw in entries.items():
+            key = state.decode(raw_key)
+            value = state.decode(raw)
+            if key[0] == "clock":
+                part.clock = part.clock_saved = int(value)
+            elif key[0] == "client":
+                client = _load_client(value)
+                restored.append((client.order, (key[1], key[2]), client))
+        restored.sort(key=lambda entry: (entry[0], entry[1]))
+        for _, key, client in restored:
+            part.clients[key] = client
+            part.tracks += len(client.tracks)
+        part.next_order = restored[-1][0] + 1 if restored else 0
+        self._parts[partition] = part
+        self._track_count += part.tracks
+        self._tracks_gauge.set(self._track_count, self._label)
+
+    def revoke(self, partition: Partition) -> None:
+        """Forget ``partition`` (another member owns it now); :data:`LOCAL` starts over empty."""
+        part = self._parts.pop(partition, None)
+        if partition is LOCAL:
+            self._parts[LOCAL] = _Part()
+        if part is not None:
+            self._track_count -= part.tracks
+            self._tracks_gauge.set(self._track_count, self._label)
 
     def _track(
         self,
@@ -543,6 +673,43 @@ def _pair_round_trip_times(sample: ClientSample) -> dict[str, float]:
         if pc not in best or rank > best[pc][0]:
             best[pc] = (rank, rtt)
     return {pc: rtt for pc, (_, rtt) in best.items()}
+
+
+# -- state: the changelog form of a client ----------------------------------------------------------
+
+_CLOCK_KEY = state.encode(("clock", "", ""))
+_STATE_VERSION = 1
+
+
+def _stream_time(batch: Batch) -> int | None:
+    """The batch's record time, or the latest receive time of its samples (epoch ms)."""
+    t = batch.time
+    for sample in batch.samples:
+        received = sample.origin.received_at
+        if type(received) is int and (t is None or received > t):
+            t = received
+    return t
+
+
+def _dump_client(client: _ClientState) -> list[Any]:
+    """``[version, seen, order, [[pc, inbound, ssrc, [baseline...]], ...]]``, tracks in their order
+    (``max_tracks`` keeps a client's first ones)."""
+    return [
+        _STATE_VERSION,
+        client.seen,
+        client.order,
+        [[pc, inbound, ssrc, baseline.tolist()] for (pc, inbound, ssrc), baseline in client.tracks.items()],
+    ]
+
+
+def _load_client(value: list[Any]) -> _ClientState:
+    if value[0] != _STATE_VERSION:
+        raise ValueError(f"quality state version {value[0]} is not {_STATE_VERSION}")
+    _, seen, order, tracks = value
+    client = _ClientState(float(seen), int(order))
+    for pc, inbound, ssrc, baseline in tracks:
+        client.tracks[(pc, bool(inbound), ssrc)] = array("d", baseline)
+    return client
 
 
 def _create(settings: Settings, config: QualityConfig, next_consumer: Consumer) -> QualityProcessor:

@@ -14,28 +14,45 @@ that cannot (a required field missing) is dropped and counted.
 The meta cache remembers, per (serviceId, clientId), fingerprints of the meta reports already sent, so
 that a meta item the client repeats unchanged is not reported again. It is bounded (clients, LRU; items
 per client, oldest first), forgets a client on its ``CLIENT_LEFT`` event, and is only updated once the
-next stage has accepted the batch: a batch refused with ``RetryLater`` is resent by the client and must
-then carry its meta reports again.
+message commits: a batch refused with ``RetryLater`` is resent by the client and must then carry its
+meta reports again. A fingerprint is a 64-bit BLAKE2b digest of the item (type, peer connection,
+payload as sorted JSON), the same in every process.
+
+The cache is kept per input partition (:mod:`webrtc_observer.state`): a batch of partition ``p``
+(``Batch.partition``) consults and updates the clients of ``p`` only, and the processor implements
+:class:`~webrtc_observer.state.Stateful`, one entry per client: key the msgpack of
+``("client", serviceId, clientId)``, value its fingerprints (oldest first) and its place in the LRU
+order; a tombstone when the client is forgotten (``CLIENT_LEFT``, or evicted by ``max_clients``). So
+after a failover the member that takes the partition over does not send the meta of its clients
+again. ``max_clients`` bounds all partitions together; past it, the least recently used client of the
+partition being updated goes. Every batch handed on keeps the incoming ``partition`` and ``time``; a
+batch that yields nothing (a tick too) is not handed on.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+import msgspec
 import orjson
 
-from webrtc_observer import transaction
+from webrtc_observer import state, transaction
 from webrtc_observer.component import Consumer, Factory, Settings
 from webrtc_observer.model import Batch, ClientSample, PadLink, Report, SfuSample, Stats
+from webrtc_observer.state import LOCAL, Changes, Partition
 
 from ._report_schemas import REPORT_TYPES, SCHEMA_VERSION, build, required_of
 
 
 @dataclass
 class ReportsConfig:
+    NEEDS_UPSTREAM: ClassVar[tuple[str, ...]] = ("correlation",)
+    """Reports are derived from correlated samples only: validate requires correlation before this."""
+
     include: list[str] = field(default_factory=list)
     """Report types to emit; empty means all 18."""
     exclude: list[str] = field(default_factory=list)
@@ -105,52 +122,167 @@ def _json_text(payload: Any) -> str | None:
         return json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str)
 
 
+_fingerprint_encoder = msgspec.msgpack.Encoder()
+
+
+def _fingerprint(meta_type: str, pc_id: str | None, text: str | None) -> int:
+    """A meta item's fingerprint: the same in every process (unlike ``hash``, salted per process)."""
+    try:
+        data = _fingerprint_encoder.encode((meta_type, pc_id, text))
+    except (TypeError, OverflowError):  # a peer connection id that is no JSON scalar msgpack takes
+        data = _fingerprint_encoder.encode((meta_type, repr(pc_id), text))
+    digest = hashlib.blake2b(data, digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+class _Known:
+    """The fingerprints sent to one client (oldest first), and its place in its partition's LRU order
+    (``order``: higher is more recent)."""
+
+    __slots__ = ("fps", "order")
+
+    def __init__(self, order: int, fps: dict[int, None] | None = None) -> None:
+        self.order = order
+        self.fps: dict[int, None] = {} if fps is None else fps
+
+
+class _Part:
+    """The meta cache of one partition."""
+
+    __slots__ = ("clients", "dirty", "journaled", "next_order")
+
+    def __init__(self) -> None:
+        self.clients: OrderedDict[ClientKey, _Known] = OrderedDict()
+        """Least recently used first."""
+        self.next_order = 0
+        self.dirty: set[ClientKey] = set()
+        """Clients changed or forgotten since the last :meth:`ReportsProcessor.changes`."""
+        self.journaled = False
+        """Whether ``dirty`` is kept: from the first ``assign`` or ``changes`` of the partition on, so
+        that a partition nobody checkpoints (HTTP input without ``workers``) keeps no list of keys."""
+
+    def use(self, key: ClientKey, known: _Known) -> None:
+        self.clients.move_to_end(key)
+        known.order = self.next_order
+        self.next_order += 1
+        if self.journaled:
+            self.dirty.add(key)
+
+
 class _MetaCache:
-    """Fingerprints of the meta reports sent, per client, bounded on both levels."""
+    """Fingerprints of the meta reports sent, per partition and client, bounded on both levels."""
 
     def __init__(self, max_clients: int, max_items: int) -> None:
-        self._clients: OrderedDict[ClientKey, dict[int, None]] = OrderedDict()
+        self._parts: dict[Partition, _Part] = {LOCAL: _Part()}
+        self._total = 0
         self._max_clients = max_clients
         self._max_items = max_items
 
     def __len__(self) -> int:
-        return len(self._clients)
+        """Clients remembered, all partitions together."""
+        return self._total
 
-    def known(self, key: ClientKey) -> dict[int, None] | None:
+    def part(self, partition: Partition) -> _Part:
+        part = self._parts.get(partition)
+        if part is None:  # input of a partition nobody assigned (a receiver without assignments)
+            part = self._parts[partition] = _Part()
+        return part
+
+    def known(self, partition: Partition, key: ClientKey) -> dict[int, None] | None:
         """The client's fingerprints, or None; read only (:meth:`touch` marks them used, at commit)."""
-        return self._clients.get(key)
+        part = self._parts.get(partition)
+        known = None if part is None else part.clients.get(key)
+        return None if known is None else known.fps
 
-    def touch(self, seen: list[tuple[ClientKey, int]]) -> None:
+    def touch(self, partition: Partition, seen: list[tuple[ClientKey, int]]) -> None:
         """Mark fingerprints seen again (and their clients) as the most recently used."""
-        clients = self._clients
+        part = self.part(partition)
+        clients = part.clients
         for key, fp in seen:
             known = clients.get(key)
             if known is None:
                 continue
-            clients.move_to_end(key)
-            if fp in known:
-                del known[fp]  # keep it among the newest, last to be forgotten
-                known[fp] = None
+            part.use(key, known)
+            fps = known.fps
+            if fp in fps:
+                del fps[fp]  # keep it among the newest, last to be forgotten
+                fps[fp] = None
 
-    def commit(self, staged: dict[ClientKey, dict[int, None]]) -> None:
-        clients = self._clients
+    def commit(self, partition: Partition, staged: dict[ClientKey, dict[int, None]]) -> None:
+        part = self.part(partition)
+        clients = part.clients
         for key, fingerprints in staged.items():
             known = clients.get(key)
             if known is None:
-                known = clients[key] = {}
-                if len(clients) > self._max_clients:
-                    clients.popitem(last=False)
-            else:
-                clients.move_to_end(key)
-            known.update(fingerprints)
-            excess = len(known) - self._max_items
+                known = clients[key] = _Known(0)
+                self._total += 1
+                if self._total > self._max_clients and len(clients) > 1:
+                    self._drop(part, next(iter(clients)))
+            part.use(key, known)
+            fps = known.fps
+            fps.update(fingerprints)
+            excess = len(fps) - self._max_items
             if excess > 0:
-                for fp in list(_first(known, excess)):
-                    del known[fp]
+                for fp in list(_first(fps, excess)):
+                    del fps[fp]
 
-    def forget(self, keys: Iterable[ClientKey]) -> None:
+    def forget(self, partition: Partition, keys: Iterable[ClientKey]) -> None:
+        part = self.part(partition)
         for key in keys:
-            self._clients.pop(key, None)
+            if key in part.clients:
+                self._drop(part, key)
+
+    def _drop(self, part: _Part, key: ClientKey) -> None:
+        del part.clients[key]
+        if part.journaled:
+            part.dirty.add(key)
+        self._total -= 1
+
+    # -- state that moves with its partition (webrtc_observer.state) ----------------------------
+    def changes(self, partition: Partition) -> Changes:
+        part = self._parts.get(partition)
+        if part is None:
+            return {}
+        out: Changes = {}
+        if not part.journaled:  # the first checkpoint of a partition that was not assigned: all of it
+            part.journaled = True
+            part.dirty.update(part.clients)
+        for service, client_id in sorted(part.dirty):
+            known = part.clients.get((service, client_id))
+            key = state.encode(("client", service, client_id))
+            out[key] = None if known is None else state.encode([_STATE_VERSION, known.order, list(known.fps)])
+        part.dirty.clear()
+        return out
+
+    def assign(self, partition: Partition, entries: Mapping[bytes, bytes]) -> None:
+        self.revoke(partition)
+        part = _Part()
+        part.journaled = True
+        restored: list[tuple[int, ClientKey, _Known]] = []
+        for raw_key, raw in entries.items():
+            key = state.decode(raw_key)
+            if key[0] != "client":
+                continue
+            version, order, fps = state.decode(raw)
+            if version != _STATE_VERSION:
+                raise ValueError(f"reports state version {version} is not {_STATE_VERSION}")
+            restored.append((order, (key[1], key[2]), _Known(order, dict.fromkeys(fps))))
+        restored.sort(key=lambda entry: (entry[0], entry[1]))
+        for _, key, known in restored:
+            part.clients[key] = known
+        part.next_order = restored[-1][0] + 1 if restored else 0
+        self._parts[partition] = part
+        self._total += len(part.clients)
+
+    def revoke(self, partition: Partition) -> None:
+        part = self._parts.pop(partition, None)
+        if partition is LOCAL:
+            self._parts[LOCAL] = _Part()
+        if part is not None:
+            self._total -= len(part.clients)
+
+
+_STATE_VERSION = 1
 
 
 def _first(d: dict[int, None], n: int) -> Iterator[int]:
@@ -166,9 +298,10 @@ class _Derivation:
     sent again by the client and must then give the same reports, and be counted once.
     """
 
-    __slots__ = ("counts", "dropped", "forget", "invalid", "reports", "seen", "staged", "uncorrelated")
+    __slots__ = ("counts", "dropped", "forget", "invalid", "partition", "reports", "seen", "staged", "uncorrelated")
 
-    def __init__(self) -> None:
+    def __init__(self, partition: Partition = LOCAL) -> None:
+        self.partition = partition
         self.reports: list[Report] = []
         self.counts: dict[str, int] = {}
         self.invalid: dict[str, int] = {}
@@ -215,18 +348,23 @@ class ReportsProcessor:
         if not d.reports and not (self._forward_samples and batch.samples):
             await transaction.after_commit(lambda: self._commit(d))
             return
-        out = Batch(samples=batch.samples if self._forward_samples else [], reports=d.reports)
+        out = Batch(
+            samples=batch.samples if self._forward_samples else [],
+            reports=d.reports,
+            partition=batch.partition,
+            time=batch.time,
+        )
         await self._next.consume(out)  # RetryLater propagates: the sender resends, the cache stays as it was
         # Remember and count when the message commits: a sibling pipeline may still refuse it.
         await transaction.after_commit(lambda: self._commit(d))
 
     def _commit(self, d: _Derivation) -> None:
         if d.seen:
-            self._meta.touch(d.seen)
+            self._meta.touch(d.partition, d.seen)
         if d.staged:
-            self._meta.commit(d.staged)
+            self._meta.commit(d.partition, d.staged)
         if d.forget:
-            self._meta.forget(d.forget)
+            self._meta.forget(d.partition, d.forget)
         if d.staged or d.forget:
             self._meta_clients.set(len(self._meta), self._label)
         for report_type, n in d.counts.items():
@@ -238,10 +376,26 @@ class ReportsProcessor:
         for (report_type, field_name), n in d.dropped.items():
             self._fields_dropped.add(n, self._label, report_type, field_name)
 
+    # -- state that moves with its partition (webrtc_observer.state) --------------------------------
+    def changes(self, partition: Partition) -> Changes:
+        """The clients whose meta memory changed (or that were forgotten) in ``partition`` since the
+        last call; see :class:`~webrtc_observer.state.Stateful`."""
+        return self._meta.changes(partition)
+
+    def assign(self, partition: Partition, entries: Mapping[bytes, bytes]) -> None:
+        """Own ``partition`` from ``entries``: what meta each of its clients was already sent."""
+        self._meta.assign(partition, entries)
+        self._meta_clients.set(len(self._meta), self._label)
+
+    def revoke(self, partition: Partition) -> None:
+        """Forget ``partition`` (another member owns it now); :data:`LOCAL` starts over empty."""
+        self._meta.revoke(partition)
+        self._meta_clients.set(len(self._meta), self._label)
+
     # -- derivation ---------------------------------------------------------------------------------
     def derive(self, batch: Batch) -> _Derivation:
         """The reports of one batch; nothing is remembered or counted until ``_commit``."""
-        d = _Derivation()
+        d = _Derivation(batch.partition)
         enabled = self._enabled
         for report in batch.reports:
             if report.type == "CALL_EVENT" and report.payload.get("name") == "CLIENT_LEFT":
@@ -393,11 +547,11 @@ class ReportsProcessor:
         if not (s.meta or s.codecs or s.certificates or s.local_candidates or s.remote_candidates or s.media_sources):
             return
         key = (s.origin.service_id, s.client_id)
-        known = self._meta.known(key)
+        known = self._meta.known(d.partition, key)
         staged = d.staged.get(key)
         for meta_type, pc_id, payload, timestamp in self._meta_items(s):
             text = _json_text(payload)
-            fp = hash((meta_type, pc_id, text))
+            fp = _fingerprint(meta_type, pc_id, text)
             if known is not None and fp in known:
                 d.seen.append((key, fp))  # seen again: kept among the newest when the message commits
                 continue

@@ -20,9 +20,7 @@ PARTITION = 3
 def in_partition(batches: list[Batch], start: int = T0) -> list[Batch]:
     """The script as records of one partition: record time one second apart, then ticks that run
     stream time on until every client, call and SFU idled out."""
-    out = [
-        Batch(samples=b.samples, reports=b.reports, partition=PARTITION, time=start + i * 1000) for i, b in enumerate(batches)
-    ]
+    out = [Batch(samples=b.samples, reports=b.reports, partition=PARTITION, time=start + i * 1000) for i, b in enumerate(batches)]
     last = start + len(batches) * 1000
     out += [Batch(partition=PARTITION, time=last + s * 1000) for s in (1, 5, 30, 61, 62, 125, 200)]
     return out
@@ -187,3 +185,15 @@ async def test_calls_active_counts_calls_with_clients_and_calls_ending_the_rest(
         return metric.total()
 
     assert (gauge("calls_active"), gauge("calls_ending")) == (1, 1)
+
+
+async def test_a_partition_nobody_checkpoints_keeps_no_list_of_changes_and_its_first_checkpoint_has_everything() -> None:
+    p, _ = correlation(**OPTIONS)
+    for batch in script()[:3]:  # LOCAL input, as from HTTP
+        await p.consume(batch)
+    assert not p._parts[LOCAL].dirty
+    first = {decode(k)[0] for k, v in p.changes(LOCAL).items() if v is not None}
+    assert first == {"call", "sfu", "room"}  # (these samples carry no receive time: the clock is still 0)
+    assert p.changes(LOCAL) == {}
+    await p.consume(script()[3])
+    assert {decode(k)[0] for k in p.changes(LOCAL)} >= {"call"}

@@ -55,6 +55,6 @@ async def test_state_follows_calls_clients_and_quality(http):
         assert s["counters"]["samples_received"] == 4
         assert s["health"]["status"] == "ok"
         assert len(s["events"]) == 5  # bounded
-        await wait_until(lambda: c.telemetry.get("calls_active").value() == 0)
+        await wait_until(lambda: c.telemetry.get("calls_active").value() + c.telemetry.get("calls_ending").value() == 0)
         s = await state(c, http)
         assert s["calls"] == [] and s["events"][0]["name"] == "CALL_ENDED"

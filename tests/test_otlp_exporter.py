@@ -105,7 +105,9 @@ def attributes(point: Any) -> dict[str, str]:
 
 async def exercise_and_check(c, http, sink: OtlpSink) -> None:
     await post(c, http, client("alice", call_id="c1", out=(1,), inb=(2,)), client("bob", call_id="c1", out=(2,), inb=(1,)))
-    await wait_until(lambda: c.telemetry.get("calls_active").value() == 0)  # idle out: a call duration is observed
+    await wait_until(
+        lambda: c.telemetry.get("calls_active").value() + c.telemetry.get("calls_ending").value() == 0
+    )  # idle out: a call duration is observed
     await wait_until(
         lambda: "observertc.call_duration" in sink.metrics() and sink.metrics()["observertc.call_duration"].histogram.data_points
     )

@@ -76,7 +76,7 @@ async def test_metrics_follow_a_call_and_pass_promtool(http):
 
         async with http.post(c.url("/rest/samples/svc/web"), data=b"{broken") as resp:
             assert resp.status == 400
-        await wait_until(lambda: c.telemetry.get("calls_active").value() == 0)
+        await wait_until(lambda: c.telemetry.get("calls_active").value() + c.telemetry.get("calls_ending").value() == 0)
         text, _ = await scrape(c, http)
         assert value(text, "observertc_samples_refused_total", reason="bad_json") == 1
         assert value(text, "observertc_call_duration_seconds_count", service_id="svc") == 1
@@ -113,7 +113,7 @@ async def test_per_call_series_come_and_go_with_the_call(http):
         assert value(text, "observertc_call_client_packets_lost", **labels) == 1
         assert value(text, "observertc_call_participants_current", service_id="svc", call_id="c1") == 2
         promtool_check(text)
-        await wait_until(lambda: c.telemetry.get("calls_active").value() == 0)
+        await wait_until(lambda: c.telemetry.get("calls_active").value() + c.telemetry.get("calls_ending").value() == 0)
         await asyncio.sleep(0.05)
         text, _ = await scrape(c, http)
         assert "c1" not in text  # the ended call left no series behind

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from tests import _samples
-from webrtc_observer import testing
+from webrtc_observer import state, testing
 from webrtc_observer.components import config_types
 from webrtc_observer.config import ConfigError, load_text
-from webrtc_observer.model import Batch, ClientSample, Origin, Track
+from webrtc_observer.model import Batch, ClientSample, Origin, Report, Track
 from webrtc_observer.processors import _emodel
 from webrtc_observer.processors.quality import (
     BITRATE_BUCKETS,
@@ -566,3 +566,201 @@ async def test_candidate_pair_choice():
     await quality.consume(Batch(samples=[sample]))
     rtt = telemetry.get("quality_round_trip_time").series()[(SVC, MU, "video")]
     assert (rtt.count, rtt.sum) == (1, pytest.approx(0.02))
+
+
+# --------------------------------------------------------------------------------------------------
+# State per partition: it moves with its partition (webrtc_observer.state)
+# --------------------------------------------------------------------------------------------------
+
+HISTOGRAMS = (
+    "quality_round_trip_time",
+    "quality_jitter",
+    "quality_fraction_lost",
+    "quality_bitrate",
+    "quality_mos",
+    "quality_client_score",
+)
+
+
+def _listen(telemetry: Any) -> list[tuple[str, float, tuple[str, ...]]]:
+    """Every histogram observation of the processor, in order, as (metric, value, labels)."""
+    seen: list[tuple[str, float, tuple[str, ...]]] = []
+    for name in HISTOGRAMS:
+        telemetry.get(name).add_listener(lambda value, labels, name=name: seen.append((name, value, tuple(labels))))
+    return seen
+
+
+def _media(ts: int, step: int, client_id: str, received_at: int | None = None) -> ClientSample:
+    """A client with an inbound audio and an outbound video track, counters advanced ``step`` times."""
+    origin = Origin(service_id=SVC, media_unit_id=MU, received_at=ts if received_at is None else received_at, generation="2")
+    inbound = {
+        "packetsReceived": 500 + 250 * step,
+        "packetsLost": 3 + 2 * step + (step % 3),
+        "bytesReceived": 40_000 + 20_000 * step,
+        "jitter": 0.004 + 0.001 * step,
+        "roundTripTime": 0.05,
+    }
+    outbound = {"bytesSent": 900_000 + 500_000 * step + 1000 * (step % 2), "framesEncoded": 300 + 150 * step}
+    return ClientSample(
+        origin=origin,
+        client_id=client_id,
+        timestamp=ts,
+        score=3.5 + step % 2,
+        inbound_tracks=[Track(kind="audio", ssrc=11, peer_connection_id="pc", stats=inbound)],  # type: ignore[arg-type]
+        outbound_tracks=[Track(kind="video", ssrc=22, peer_connection_id="pc", stats=outbound)],  # type: ignore[arg-type]
+    )
+
+
+def _left(client_id: str) -> Report:
+    payload = {"serviceId": SVC, "timestamp": T0, "name": "CLIENT_LEFT", "clientId": client_id, "callId": "call"}
+    return Report(type="CALL_EVENT", payload=payload)
+
+
+def _client_key(client_id: str) -> bytes:
+    return state.encode(("client", SVC, client_id))
+
+
+def _restored(changes: dict[bytes, bytes | None]) -> dict[bytes, bytes]:
+    """What a changelog gives back: the latest value of each key, tombstones left out, in another order."""
+    return {k: v for k, v in reversed(list(changes.items())) if v is not None}
+
+
+async def test_state_moves_with_its_partition_and_observes_the_same():
+    # max_tracks=4 holds two clients of two tracks: a third one evicts the least recently updated
+    # (c-b, updated before c-a although it sorts after it), so the LRU order must survive the move.
+    a, _, a_clock, a_tel = _standalone(max_tracks=4, track_idle_timeout=30.0)
+    for step, client_id in ((0, "c-b"), (0, "c-a"), (1, "c-b"), (1, "c-a")):
+        ts = T0 + 5000 * step + (1 if client_id == "c-a" else 0)
+        await a.consume(Batch(samples=[_media(ts, step, client_id)], partition=3))
+    assert a.tracked == 4
+    checkpoint = a.changes(3)
+    assert set(checkpoint) == {_client_key("c-a"), _client_key("c-b"), state.encode(("clock", "", ""))}
+
+    b, _, b_clock, b_tel = _standalone(max_tracks=4, track_idle_timeout=30.0)
+    b.assign(3, _restored(checkpoint))
+    assert b.tracked == 4 and b_tel.get("quality_tracks").value("quality") == 4
+    a_seen, b_seen = _listen(a_tel), _listen(b_tel)
+    b_clock.now = a_clock.now + 10_000  # another machine's wall clock: partitions never read it
+
+    later = [
+        Batch(samples=[_media(T0 + 10_000, 0, "c-c")], partition=3),  # over max_tracks: c-b goes, not c-a
+        Batch(samples=[_media(T0 + 10_000, 2, "c-a")], partition=3),  # a delta only if c-a was kept
+        Batch(samples=[_media(T0 + 15_000, 1, "c-c")], partition=3, reports=[_left("c-c")]),
+        Batch(partition=3, time=T0 + 40_001),  # a tick: c-a, last heard at 10 s, has idled out (30 s)
+        Batch(samples=[_media(T0 + 45_000, 2, "c-b")], partition=3),  # back, afresh: no delta
+        Batch(samples=[_media(T0 + 50_000, 3, "c-b")], partition=3),
+    ]
+    for batch in later:
+        await a.consume(batch)
+        await b.consume(batch)
+    assert a_seen == b_seen
+    names = {name for name, _, _ in a_seen}
+    assert names == set(HISTOGRAMS), "every histogram was observed after the move"
+    assert a.tracked == b.tracked == 2
+    for reason in ("idle", "left", "max_tracks"):
+        assert a_tel.get("quality_tracks_evicted").value("quality", reason) == 2, reason
+        assert b_tel.get("quality_tracks_evicted").value("quality", reason) == 2, reason
+    assert a.changes(3) == b.changes(3), "both hold the same state, entry for entry"
+
+
+async def test_the_partition_clock_moves_too():
+    a, _, _, _ = _standalone(track_idle_timeout=60.0)
+    await a.consume(Batch(samples=[_media(T0, 0, "c")], partition=3))
+    await a.consume(Batch(partition=3, time=T0 + 50_000))
+    b, _, _, _ = _standalone(track_idle_timeout=60.0)
+    b.assign(3, _restored(a.changes(3)))
+    assert b.changes(3) == {}, "nothing changed since the restore"
+    # A record older than the partition's time (another ingest process's clock): time does not go
+    # back, so the late client is heard from at 50 s and outlives the tick at 70 s.
+    for batch in (
+        Batch(samples=[_media(T0 + 1000, 0, "late", received_at=T0 + 1000)], partition=3),
+        Batch(partition=3, time=T0 + 70_000),
+    ):
+        await a.consume(batch)
+        await b.consume(batch)
+    assert a.tracked == b.tracked == 2, "c idled out (heard at 0 s); late did not (heard at 50 s)"
+    assert a.changes(3) == b.changes(3)
+
+
+async def test_a_restored_partition_is_needed_for_the_same_observations():
+    """The check above can fail: without the moved state the first sample after the move is no delta."""
+    a, _, _, a_tel = _standalone()
+    b, _, _, b_tel = _standalone()
+    await a.consume(Batch(samples=[_media(T0, 0, "c")], partition=3))
+    a.changes(3)
+    a_seen, b_seen = _listen(a_tel), _listen(b_tel)
+    batch = Batch(samples=[_media(T0 + 5000, 1, "c")], partition=3)
+    await a.consume(batch)
+    await b.consume(batch)
+    assert {name for name, _, _ in a_seen} - {name for name, _, _ in b_seen} == {
+        "quality_bitrate",
+        "quality_fraction_lost",
+        "quality_mos",
+    }
+
+
+async def test_partitions_keep_apart_and_run_on_stream_time():
+    quality, sink, clock, telemetry = _standalone(track_idle_timeout=60.0)
+    await quality.consume(Batch(samples=[_media(T0, 0, "c")], partition=1))
+    await quality.consume(Batch(samples=[_media(T0, 0, "c")], partition=2))
+    assert quality.tracked == 4, "the same client in two partitions is two states"
+    quality.changes(1), quality.changes(2)
+
+    clock.now += 1e6  # the wall clock never ends anything in a partition
+    await quality.consume(Batch(partition=1))
+    assert quality.tracked == 4 and quality.changes(1) == {}
+
+    tick = Batch(partition=1, time=T0 + 59_000)  # not idle yet: 59 s of stream time
+    await quality.consume(tick)
+    assert sink.batches[-1] is tick, "a tick is passed on as it is"
+    assert quality.tracked == 4
+    assert quality.changes(1) == {state.encode(("clock", "", "")): state.encode(T0 + 59_000)}
+
+    # A sample received later advances its partition's time too; partition 2 stays where it was.
+    late = _media(T0 + 1000, 1, "other", received_at=T0 + 61_000)
+    await quality.consume(Batch(samples=[late], partition=1))
+    assert quality.tracked == 4, "c of partition 1 idled out; other arrived"
+    changes = quality.changes(1)
+    assert set(changes) == {_client_key("c"), _client_key("other"), state.encode(("clock", "", ""))}
+    assert changes[_client_key("c")] is None, "a tombstone for the client that idled out"
+    assert changes[_client_key("other")] is not None
+    assert changes[state.encode(("clock", "", ""))] == state.encode(T0 + 61_000)
+    assert telemetry.get("quality_tracks_evicted").value("quality", "idle") == 2
+    assert quality.changes(2) == {}, "partition 2 did not move"
+
+
+async def test_clients_that_leave_give_tombstones_and_revoke_forgets():
+    quality, _, _, telemetry = _standalone()
+    await quality.consume(Batch(samples=[_media(T0, 0, "c-a"), _media(T0, 0, "c-b")], partition=3))
+    await quality.consume(Batch(samples=[_media(T0, 0, "c-a")], partition=4))
+    quality.changes(3)
+    await quality.consume(Batch(reports=[_left("c-a")], partition=3))
+    assert quality.changes(3) == {_client_key("c-a"): None}
+    assert quality.tracked == 4
+
+    quality.revoke(3)
+    assert quality.tracked == 2 and telemetry.get("quality_tracks").value("quality") == 2
+    assert quality.changes(3) == {}
+    seen = _listen(telemetry)
+    await quality.consume(Batch(samples=[_media(T0 + 5000, 1, "c-b")], partition=3))
+    assert "quality_bitrate" not in {name for name, _, _ in seen}, "c-b was forgotten with its partition"
+    assert quality.changes(4) != {}, "partition 4 is untouched"
+
+
+async def test_local_state_moves_the_same_way():
+    """Input without partitions (HTTP) is checkpointed the same way (``service.workers``)."""
+    a, _, clock, a_tel = _standalone()
+    await a.consume(Batch(samples=[_media(T0, 0, "c"), _media(T0, 0, "gone")]))
+    await a.consume(Batch(reports=[_left("gone")]))
+    entries = a.changes(None)  # the first checkpoint: all there is, no tombstone for what was never written
+    assert set(entries) == {_client_key("c")}, "LOCAL runs on the wall clock: no clock entry"
+    b, _, b_clock, b_tel = _standalone()
+    b_clock.now = clock.now
+    b.assign(None, _restored(entries))
+    a_seen, b_seen = _listen(a_tel), _listen(b_tel)
+    batch = Batch(samples=[_media(T0 + 5000, 1, "c")])
+    await a.consume(batch)
+    await b.consume(batch)
+    assert a_seen == b_seen and "quality_mos" in {name for name, _, _ in b_seen}
+    b.revoke(None)
+    assert b.tracked == 0

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import msgspec
@@ -26,13 +26,14 @@ import pytest
 from fastavro.validation import validate
 
 from tests import _samples
-from webrtc_observer import testing
+from webrtc_observer import state, testing
 from webrtc_observer.component import Consumer, Factory, Settings
 from webrtc_observer.components import config_types
 from webrtc_observer.config import ConfigError, load_text
 from webrtc_observer.model import (
     Batch,
     ClientSample,
+    MetaItem,
     Origin,
     PadLink,
     PeerConnection,
@@ -51,6 +52,9 @@ from webrtc_observer.testing import RunningCollector, settings_for_tests
 
 @dataclass
 class StandInConfig:
+    PROVIDES: ClassVar[tuple[str, ...]] = ("correlation",)
+    """It stands in for correlation, so the reports processor may follow it."""
+
     uncorrelated_clients: list[str] = field(default_factory=list)
     """Client ids whose samples are passed on uncorrelated."""
     pc_labels: dict[str, str] = field(default_factory=dict)
@@ -703,6 +707,7 @@ def test_unknown_report_types_are_config_errors():
 receivers:
   observertc: {endpoint: "127.0.0.1:0"}
 processors:
+  correlation: {}
   reports:
     include: [INBOUND_AUDIO_TRACK, INBOUND_AUDIO_TRACKS]
     exclude: [call_event]
@@ -711,7 +716,7 @@ exporters:
   recording: {}
 service:
   pipelines:
-    p: {receivers: [observertc], processors: [reports], exporters: [recording]}
+    p: {receivers: [observertc], processors: [correlation, reports], exporters: [recording]}
 """
     with pytest.raises(ConfigError) as err:
         load_text(yaml_text, config_types(testing.testing_factories()))
@@ -888,3 +893,149 @@ def test_fast_and_field_by_field_build_agree():
             assert built == schemas._coerced(plan, fields), (report_type, fields)
             if built is not None:
                 validate(built, schemas.parsed_schema(report_type), raise_errors=True, strict=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The meta memory moves with its partition (webrtc_observer.state)
+# --------------------------------------------------------------------------------------------------
+
+
+def _with_meta(client_id: str, seq: int, browser: str = "121.0") -> ClientSample:
+    origin = Origin(service_id="svc", media_unit_id="mu", received_at=_samples.T0 + seq * 1000, generation="2")
+    return ClientSample(
+        origin=origin,
+        client_id=client_id,
+        timestamp=_samples.T0 + seq * 1000,
+        call_id="call",
+        sample_seq=seq,
+        correlated=True,
+        meta=[
+            MetaItem(type="BROWSER", payload={"name": "Chrome", "version": browser}),
+            MetaItem(type="OPERATION_SYSTEM", payload={"name": "Linux"}),
+            MetaItem(type="ICE_SERVER", payload="turn:turn.example.com:3478"),
+        ],
+        codecs=[{"peerConnectionId": "pc", "mimeType": "audio/opus", "payloadType": 111}],
+        inbound_tracks=[Track(kind="audio", ssrc=1, peer_connection_id="pc", stats={"packetsReceived": seq})],
+    )
+
+
+def _client_left(client_id: str) -> Report:
+    payload = {"serviceId": "svc", "timestamp": _samples.T0, "name": "CLIENT_LEFT", "clientId": client_id, "callId": "call"}
+    return Report(type="CALL_EVENT", payload=payload)
+
+
+def _reports_alone(**options: Any) -> tuple[ReportsProcessor, _Sink]:
+    sink = _Sink()
+    return ReportsProcessor(settings_for_tests("reports", "processor"), ReportsConfig(**options), sink), sink
+
+
+def _client_key(client_id: str) -> bytes:
+    return state.encode(("client", "svc", client_id))
+
+
+def _restored(changes: dict[bytes, bytes | None]) -> dict[bytes, bytes]:
+    """What a changelog gives back: the latest value of each key, tombstones left out, in another order."""
+    return {k: v for k, v in reversed(list(changes.items())) if v is not None}
+
+
+def _sent(batch: Batch) -> list[dict[str, Any]]:
+    return [r.envelope() for r in validated(batch.reports)]
+
+
+async def test_meta_memory_moves_with_its_partition():
+    a, a_out = _reports_alone()
+    first = Batch(samples=[_with_meta("c-a", 1), _with_meta("c-b", 1)], partition=3, time=_samples.T0 + 1000)
+    await a.consume(first)
+    [out] = a_out.batches
+    assert (out.partition, out.time) == (3, _samples.T0 + 1000), "the batch handed on keeps partition and time"
+    assert len(of_type(out.reports, "CALL_META_DATA")) == 8
+    checkpoint = a.changes(3)
+    assert set(checkpoint) == {_client_key("c-a"), _client_key("c-b")}
+
+    b, b_out = _reports_alone()
+    b.assign(3, _restored(checkpoint))
+    fresh, fresh_out = _reports_alone()  # the same partition without its state: all meta again
+    later = [
+        Batch(samples=[_with_meta("c-a", 2), _with_meta("c-b", 2, browser="122.0")], partition=3, time=_samples.T0 + 2000),
+        Batch(samples=[_with_meta("c-b", 3, browser="122.0")], partition=3, reports=[_client_left("c-a")]),
+        Batch(samples=[_with_meta("c-a", 4)], partition=3),
+    ]
+    for batch in later:
+        await a.consume(batch)
+        await b.consume(batch)
+        await fresh.consume(batch)
+    after_a, after_b = [_sent(x) for x in a_out.batches[1:]], [_sent(x) for x in b_out.batches]
+    assert after_a == after_b, "same reports, same ids"
+    assert [m["type"] for m in of_type(b_out.batches[0].reports, "CALL_META_DATA")] == ["BROWSER"]
+    assert of_type(b_out.batches[1].reports, "CALL_META_DATA") == []
+    assert len(of_type(b_out.batches[2].reports, "CALL_META_DATA")) == 4, "c-a left: told about again in full"
+    assert len(of_type(fresh_out.batches[0].reports, "CALL_META_DATA")) == 8, "the check can fail"
+    assert a.changes(3) == b.changes(3)
+
+
+async def test_meta_memory_is_the_same_in_every_process():
+    """Fingerprints do not depend on Python's per-process string hashing (PYTHONHASHSEED)."""
+    import os
+    import subprocess
+    import sys
+
+    program = """
+import asyncio
+from tests.test_reports_processor import _reports_alone, _with_meta
+from webrtc_observer.model import Batch
+a, _ = _reports_alone()
+asyncio.run(a.consume(Batch(samples=[_with_meta("c-a", 1)], partition=3)))
+print(sorted((k.hex(), v.hex()) for k, v in a.changes(3).items()))
+"""
+    outputs = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True)
+        outputs.add(done.stdout)
+    assert len(outputs) == 1 and "[]" not in outputs
+
+
+async def test_forgotten_clients_give_tombstones_and_revoke_forgets():
+    processor, out = _reports_alone(max_clients=2)
+    await processor.consume(Batch(samples=[_with_meta("c-a", 1), _with_meta("c-b", 1)], partition=3))
+    await processor.consume(Batch(samples=[_with_meta("c-x", 1)], partition=4))
+    processor.changes(3)
+    await processor.consume(Batch(reports=[_client_left("c-a")], partition=3))
+    assert processor.changes(3) == {_client_key("c-a"): None}, "CLIENT_LEFT: a tombstone"
+    await processor.consume(Batch(samples=[_with_meta("c-c", 2)], partition=3))  # over max_clients: c-b goes
+    changes = processor.changes(3)
+    assert set(changes) == {_client_key("c-b"), _client_key("c-c")}
+    assert changes[_client_key("c-b")] is None and changes[_client_key("c-c")] is not None
+
+    processor.revoke(3)
+    assert processor.changes(3) == {}
+    assert processor._meta_clients.value("reports") == 1, "c-x of partition 4 is left"
+    out.batches.clear()
+    await processor.consume(Batch(samples=[_with_meta("c-c", 3)], partition=3))
+    assert len(of_type(out.batches[0].reports, "CALL_META_DATA")) == 4, "forgotten with its partition"
+    await processor.consume(Batch(samples=[_with_meta("c-x", 2)], partition=4))
+    assert of_type(out.batches[1].reports, "CALL_META_DATA") == [], "partition 4 kept its memory"
+
+
+async def test_a_tick_yields_nothing_and_is_not_handed_on():
+    processor, out = _reports_alone()
+    await processor.consume(Batch(partition=3, time=_samples.T0))
+    assert out.batches == [] and processor.changes(3) == {}
+
+
+async def test_the_lru_order_moves_too():
+    a, a_out = _reports_alone(max_clients=2)
+    for client_id in ("c-b", "c-a"):  # c-b is the least recently used, though it sorts after c-a
+        await a.consume(Batch(samples=[_with_meta(client_id, 1)], partition=3))
+    b, b_out = _reports_alone(max_clients=2)
+    b.assign(3, _restored(a.changes(3)))
+    a_out.batches.clear()
+    for batch in (
+        Batch(samples=[_with_meta("c-c", 2)], partition=3),  # c-b goes
+        Batch(samples=[_with_meta("c-a", 3), _with_meta("c-b", 3)], partition=3),
+    ):
+        await a.consume(batch)
+        await b.consume(batch)
+    assert [_sent(x) for x in a_out.batches] == [_sent(x) for x in b_out.batches]
+    second = of_type(b_out.batches[1].reports, "CALL_META_DATA")
+    assert {m["clientId"] for m in second} == {"c-b"}, "c-a was kept, c-b told about again"
