@@ -434,7 +434,7 @@ class CorrelationProcessor:
         self._count_events(events)
         if not events and not samples:
             return batch
-        return Batch(samples=samples, reports=[*batch.reports, *events], partition=batch.partition, time=batch.time)
+        return msgspec.structs.replace(batch, samples=samples, reports=[*batch.reports, *events])
 
     def _touch(self, kind: str, service: str, ident: str) -> None:
         """Mark an entity of the current partition changed (for :meth:`changes`), undone with the message."""

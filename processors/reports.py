@@ -402,9 +402,18 @@ class ReportsProcessor:
                 service_id, client_id = report.payload.get("serviceId"), report.payload.get("clientId")
                 if service_id is not None and client_id is not None:
                     d.forget.append((service_id, client_id))
-            if report.type in enabled:
+        # A client that leaves in this message leaves after its last reports: its CLIENT_LEFT and the
+        # closes that came with it follow the reports derived from its last sample.
+        leaving = set(d.forget)
+        departures: list[Report] = []
+        for report in batch.reports:
+            if report.type not in enabled:
+                continue
+            if leaving and _departs(report, leaving):
+                departures.append(report)
+            else:
                 d.reports.append(report)
-                d.counts[report.type] = d.counts.get(report.type, 0) + 1
+            d.counts[report.type] = d.counts.get(report.type, 0) + 1
         for sample in batch.samples:
             if isinstance(sample, ClientSample):
                 if sample.correlated:
@@ -413,6 +422,7 @@ class ReportsProcessor:
                     d.uncorrelated += 1
             elif isinstance(sample, SfuSample):
                 self._sfu(sample, d)
+        d.reports.extend(departures)
         return d
 
     def _emit(self, d: _Derivation, report_type: str, fields: dict[str, Any]) -> None:
@@ -698,6 +708,17 @@ def _add_pad_link(fields: dict[str, Any], link: PadLink | None) -> None:
             value = getattr(link, attr)
             if value is not None:
                 fields[name] = value
+
+
+_DEPARTURE_EVENTS = frozenset({"CLIENT_LEFT", "PEER_CONNECTION_CLOSED", "MEDIA_TRACK_REMOVED"})
+
+
+def _departs(report: Report, leaving: set[tuple[Any, Any]]) -> bool:
+    """Whether ``report`` is the leave of a client in ``leaving``, or a close that came with it."""
+    if report.type != "CALL_EVENT":
+        return False
+    payload = report.payload
+    return payload.get("name") in _DEPARTURE_EVENTS and (payload.get("serviceId"), payload.get("clientId")) in leaving
 
 
 def _create(settings: Settings, config: ReportsConfig, next_consumer: Consumer) -> ReportsProcessor:

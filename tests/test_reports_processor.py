@@ -765,7 +765,7 @@ async def test_the_incoming_batch_and_its_samples_are_not_changed():
     assert msgspec.to_builtins(batch) == before
     [out] = sink.batches
     assert out is not batch and out.samples == []
-    assert out.reports[0] is incoming
+    assert out.reports[-1] is incoming, "a client leaves after its last reports"
     track = one(of_type(validated(out.reports), "INBOUND_AUDIO_TRACK"))
     assert track["packetsLost"] == 2 and track["jitter"] == 1.0 and isinstance(track["jitter"], float)
 
@@ -1039,3 +1039,26 @@ async def test_the_lru_order_moves_too():
     assert [_sent(x) for x in a_out.batches] == [_sent(x) for x in b_out.batches]
     second = of_type(b_out.batches[1].reports, "CALL_META_DATA")
     assert {m["clientId"] for m in second} == {"c-b"}, "c-a was kept, c-b told about again"
+
+
+async def test_a_leaving_client_s_last_reports_come_before_its_client_left(http):
+    """Its last sample's track reports, then the closes and CLIENT_LEFT that sample caused."""
+    from tests.test_correlation import client, post
+    from webrtc_observer.testing import running_collector
+
+    yaml_text = """
+receivers: {observertc: {endpoint: "127.0.0.1:0"}}
+processors: {correlation: {}, reports: {}}
+exporters: {recording: {}}
+service: {pipelines: {p: {receivers: [observertc], processors: [correlation, reports], exporters: [recording]}}}
+"""
+    async with running_collector(yaml_text) as c:
+        await post(c, http, client("alice", call_id="c1", out=(1,), inb=(2,)))
+        await post(c, http, client("alice", call_id="c1", out=(1,), inb=(2,), ts=1_700_000_001_000), close=True)
+        reports = c.exporter().reports
+    last = [r for r in reports if r.payload.get("clientId") == "alice"][-6:]
+    kinds = [r.payload["name"] if r.type == "CALL_EVENT" else r.type for r in last]
+    assert kinds[-1] == "CLIENT_LEFT" and "INBOUND_AUDIO_TRACK" in kinds and "OUTBOUND_AUDIO_TRACK" in kinds, kinds
+    first_close = min(i for i, k in enumerate(kinds) if k in ("MEDIA_TRACK_REMOVED", "PEER_CONNECTION_CLOSED", "CLIENT_LEFT"))
+    assert all(k in ("MEDIA_TRACK_REMOVED", "PEER_CONNECTION_CLOSED", "CLIENT_LEFT") for k in kinds[first_close:]), kinds
+    assert max(i for i, k in enumerate(kinds) if k.endswith("_TRACK")) < first_close, kinds
