@@ -52,8 +52,8 @@ WORKDIR /var/lib/webrtc-observer
 VOLUME ["/var/lib/webrtc-observer"]
 USER 10001:10001
 
-# 7080: samples (HTTP and WebSocket) and GET /health; 9464: Prometheus /metrics.
-EXPOSE 7080 9464
+# 7080: samples (HTTP and WebSocket) and GET /health; 9464: Prometheus /metrics; 7081: the live view /ui.
+EXPOSE 7080 9464 7081
 
 # slim has no curl: ask /health with the interpreter. It follows OBSERVER_ENDPOINT's port if that is set.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \

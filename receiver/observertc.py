@@ -129,14 +129,17 @@ class ObservertcReceiver:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
-        app = web.Application(client_max_size=self._config.max_message_bytes + 1, middlewares=[self._cors_middleware])
+        app = web.Application(
+            client_max_size=self._config.max_message_bytes + 1, middlewares=[self._cors_middleware, _json_errors]
+        )
         app.router.add_get("/health", self._health)
         routes: tuple[tuple[Route, str], ...] = (("samples", "/rest/samples"), ("pcsamples", "/pcsamples"))
         for route, prefix in routes:
             app.router.add_post(prefix + "/{service_id}/{media_unit_id}", self._make_post(route))
         app.router.add_get("/samples/{service_id}/{media_unit_id}", self._make_websocket("samples"))
         app.router.add_get("/pcsamples/{service_id}/{media_unit_id}", self._make_websocket("pcsamples"))
-        app.router.add_route("OPTIONS", "/{tail:.*}", self._preflight)
+        for prefix in ("/rest/samples", "/pcsamples", "/samples"):  # CORS preflights of the sample routes
+            app.router.add_route("OPTIONS", prefix + "/{tail:.*}", self._preflight)
         app.on_shutdown.append(self._close_websockets)
         # We inflate gzip ourselves, with the same size limit as WebSocket frames (a gzip bomb stops early).
         self._runner, host, self.bound_port = await serve(
@@ -463,6 +466,22 @@ class _ClientGone(Exception):
 def _refusal(exc: AuthError | RefusedInput | Refused) -> web.Response:
     """The answer to input refused for good: its status, reason and detail (and auth's headers)."""
     return _error(exc.status, exc.reason, exc.detail, headers=exc.headers if isinstance(exc, AuthError) else None)
+
+
+_REASONS = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Errors aiohttp raises itself (no route, wrong method, body over client_max_size) get the same
+    JSON body as ours, ``{"error", "detail"}``."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return _error(exc.status, _REASONS.get(exc.status, "http_error"), exc.reason, headers or None)
 
 
 def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:

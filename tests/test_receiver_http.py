@@ -229,6 +229,24 @@ async def test_health_reports_started_pipelines(collector, http):
         assert (await resp.json())["status"] == "ok"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "reason"),
+    [
+        ("GET", "/no/such/path", 404, "not_found"),
+        ("PUT", "/rest/samples/svc/mu", 405, "method_not_allowed"),
+        ("GET", "/rest/samples/svc/mu", 405, "method_not_allowed"),
+        ("DELETE", "/health", 405, "method_not_allowed"),
+    ],
+)
+async def test_every_error_body_is_json_with_a_reason(collector, http, method, path, status, reason):
+    async with http.request(method, collector.url(path)) as resp:
+        assert resp.status == status and resp.content_type == "application/json"
+        body = await resp.json()
+        assert body["error"] == reason and body["detail"], body
+        if status == 405:
+            assert resp.headers["Allow"], "405 says which methods are allowed"
+
+
 async def test_cors_preflight_and_response_headers(collector, http):
     origin = {"Origin": "https://app.example.com"}
     preflight = {

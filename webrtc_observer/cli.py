@@ -126,7 +126,7 @@ def _positive_int(text: str) -> int:
 def _impairments(specs: Sequence[str]) -> list[Any]:
     from webrtc_observer.loadgen import Impairment
 
-    return [Impairment.parse(part) for spec in specs for part in spec.split(",") if part.strip()]
+    return [Impairment.parse(part) for spec in specs for part in spec.split(",") if part.strip() not in ("", "none")]
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -256,7 +256,7 @@ async def _demo_main(config: CollectorConfig, path: str, args: argparse.Namespac
             schema="mixed",
             transport="mixed",
             format="mixed",
-            impairments=list(_DEMO_IMPAIRMENTS),
+            impairments=_impairments(args.impair) if args.impair else list(_DEMO_IMPAIRMENTS),
             interval=args.interval,
             duration=args.duration or None,
             call_duration=args.call_duration,
@@ -267,7 +267,7 @@ async def _demo_main(config: CollectorConfig, path: str, args: argparse.Namespac
         lines = [
             f"webrtc-observer demo: the collector runs {path}; a load generator sends it {args.calls} calls of",
             f"{args.clients_per_call} clients (P2P, mesh and SFU; samples of 2.x, 3.x and 2020 clients; HTTP and WebSocket),",
-            f"one sample per client every {args.interval:g}s, with {', '.join(_DEMO_IMPAIRMENTS)}.",
+            f"one sample per client every {args.interval:g}s, with {', '.join(args.impair or _DEMO_IMPAIRMENTS)}.",
             "",
             *(
                 f"  {label:<10} {where}"
@@ -369,6 +369,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_argument("--call-duration", type=_duration, default=40.0, help="length of each call (default: 40s)")
     sub.add_argument("--duration", type=_duration, default=0.0, help="stop after this long; 0 runs until Ctrl-C (default: 0)")
     sub.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    sub.add_argument(
+        "--impair",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help=f"impairments instead of the demo's ({', '.join(_DEMO_IMPAIRMENTS)}); 'none' for none; as for loadgen",
+    )
     sub.set_defaults(handler=_demo)
 
     args = parser.parse_args(argv)
