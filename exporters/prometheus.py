@@ -29,7 +29,7 @@ from prometheus_client.exposition import choose_encoder
 from webrtc_observer import auth
 from webrtc_observer.component import Factory, Settings
 from webrtc_observer.config import Duration
-from webrtc_observer.http_server import Listener, ServerConfig, serve
+from webrtc_observer.http_server import Listener, ServerConfig, health_handler, serve
 from webrtc_observer.model import Batch
 from webrtc_observer.telemetry import Histogram, Telemetry, clip_label
 from webrtc_observer.transaction import after_commit
@@ -215,8 +215,9 @@ class PrometheusExporter:
 
     async def start(self) -> None:
         authenticator = auth.Authenticator(self._config.auth) if self._config.auth is not None else None
-        app = web.Application(middlewares=[auth.middleware(authenticator)])
+        app = web.Application(middlewares=[auth.middleware(authenticator, open_paths=frozenset({"/health"}))])
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/health", health_handler(self._settings.host))  # for probes: no credentials
         # Each worker process has its own registry and serves it on port + its index.
         self._runner, host, self.bound_port = await serve(
             app, self._config, port_offset=self._worker.index, telemetry=self._settings.telemetry, label=str(self._settings.id)

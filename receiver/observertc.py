@@ -27,7 +27,7 @@ from aiohttp import ClientPayloadError, WSCloseCode, WSMsgType, web
 from webrtc_observer.auth import ANYONE, AuthConfig, Authenticator, AuthError, Principal, forbidden
 from webrtc_observer.component import Consumer, Factory, Refused, RetryLater, Settings
 from webrtc_observer.config import ByteSize, Duration
-from webrtc_observer.http_server import Listener, ServerConfig, serve
+from webrtc_observer.http_server import Listener, ServerConfig, health_handler, serve
 from webrtc_observer.model import Batch, ClientSample, Origin, Sample
 
 from ._decoding import Encoding, RefusedInput, Route, decode
@@ -132,7 +132,7 @@ class ObservertcReceiver:
         app = web.Application(
             client_max_size=self._config.max_message_bytes + 1, middlewares=[self._cors_middleware, _json_errors]
         )
-        app.router.add_get("/health", self._health)
+        app.router.add_get("/health", health_handler(self._settings.host))
         routes: tuple[tuple[Route, str], ...] = (("samples", "/rest/samples"), ("pcsamples", "/pcsamples"))
         for route, prefix in routes:
             app.router.add_post(prefix + "/{service_id}/{media_unit_id}", self._make_post(route))
@@ -166,15 +166,6 @@ class ObservertcReceiver:
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"collector shutting down")
 
     # -- HTTP ---------------------------------------------------------------------------------------
-    async def _health(self, request: web.Request) -> web.Response:
-        host = self._settings.host
-        if not host.ready:
-            return web.json_response({"status": "unavailable"}, status=503)
-        problems = host.problems()
-        if problems:
-            return web.json_response({"status": "unhealthy", "problems": problems}, status=503)
-        return web.json_response({"status": "ok"})
-
     def _make_post(self, route: Route) -> Any:
         async def handle(request: web.Request) -> web.Response:
             hold = Hold(self._inflight)

@@ -139,3 +139,16 @@ async def test_per_call_series_are_bounded_and_their_ids_cut(http):
         assert value(text, "observertc_call_participants_current", service_id="svc", call_id=long_call[:64]) == 2
         assert "c" * 65 not in text
         promtool_check(text)
+
+
+async def test_the_metrics_endpoint_serves_health_without_credentials(http):
+    """A tier without a receiver (one that reads Kafka) is probed here; /metrics keeps its auth."""
+    extra = ', auth: {bearer_tokens: [{token: "scrape-token-0123456789"}]}'
+    async with running_collector(PIPELINE.format(extra=extra)) as c:
+        base = metrics_url(c).removesuffix("/metrics")
+        async with http.get(base + "/health") as resp:
+            assert resp.status == 200 and (await resp.json())["status"] == "ok"
+        async with http.get(metrics_url(c)) as resp:
+            assert resp.status == 401
+        async with http.get(metrics_url(c), headers={"Authorization": "Bearer scrape-token-0123456789"}) as resp:
+            assert resp.status == 200

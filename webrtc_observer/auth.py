@@ -288,13 +288,17 @@ class Authenticator:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def middleware(authenticator: Authenticator | None, on_refused: Callable[[str], None] | None = None) -> Any:
-    """An aiohttp middleware that authenticates every request, answering 401 with ``WWW-Authenticate``
-    (JSON ``{"error", "detail"}``) when the credentials are not valid."""
+def middleware(
+    authenticator: Authenticator | None,
+    on_refused: Callable[[str], None] | None = None,
+    open_paths: frozenset[str] = frozenset(),
+) -> Any:
+    """An aiohttp middleware that authenticates every request but those to ``open_paths``, answering
+    401 with ``WWW-Authenticate`` (JSON ``{"error", "detail"}``) when the credentials are not valid."""
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if authenticator is None:
+        if authenticator is None or request.path in open_paths:
             return await handler(request)
         try:
             authenticator.authenticate(request)

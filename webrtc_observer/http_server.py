@@ -28,7 +28,7 @@ import signal
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from aiohttp import web
 
@@ -387,3 +387,27 @@ async def serve(
 def body_deadline(config: ServerConfig) -> float:
     """Seconds a handler may spend reading one request body."""
     return float(config.read_timeout)
+
+
+class _Health(Protocol):
+    @property
+    def ready(self) -> bool: ...
+
+    def problems(self) -> dict[str, str]: ...
+
+
+def health_handler(host: _Health) -> Callable[[web.Request], Any]:
+    """``GET /health``: 200 ``{"status": "ok"}`` once every pipeline started; 503 while starting or
+    stopping (``unavailable``) or while a component fails longer than the health threshold
+    (``unhealthy``, with ``problems``). Served by the receiver and by the ``prometheus`` endpoint (the
+    only endpoint of a tier without a receiver of its own, such as one that reads Kafka)."""
+
+    async def health(request: web.Request) -> web.Response:
+        if not host.ready:
+            return web.json_response({"status": "unavailable"}, status=503)
+        problems = host.problems()
+        if problems:
+            return web.json_response({"status": "unhealthy", "problems": problems}, status=503)
+        return web.json_response({"status": "ok"})
+
+    return health
