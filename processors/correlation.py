@@ -38,6 +38,7 @@ schema cannot represent is left out and counted in ``report_fields_dropped{type,
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 import uuid
@@ -1466,6 +1467,7 @@ def _ssrcs(sample: ClientSample) -> Iterable[int]:
         yield track.ssrc
 
 
+@functools.lru_cache(maxsize=1024)
 def _normalise(name: str) -> str:
     """``client-left``, ``clientLeft`` and ``CLIENT_LEFT`` are one event name."""
     out = []

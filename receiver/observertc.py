@@ -286,48 +286,66 @@ class ObservertcReceiver:
     async def _serve_websocket(
         self, ws: web.WebSocketResponse, origin: Origin, route: Route, encoding: Encoding | None, principal: Principal = ANYONE
     ) -> None:
-        limit = self._config.max_message_bytes
+        frames = 0
         async for msg in ws:
-            if principal.expired():
-                self._refuse("websocket", "unauthenticated")
-                await ws.send_bytes(orjson.dumps({"error": "unauthenticated", "detail": "access token expired"}))
-                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"access token expired")
+            go_on = await self._frame(ws, msg, origin, route, encoding, principal)
+            del msg  # nothing of a frame stays alive while the next one is awaited
+            if not go_on:
                 break
-            if msg.type == WSMsgType.TEXT:
-                data = msg.data.encode()
-                frame_encoding: Encoding | None = "json"
-            elif msg.type == WSMsgType.BINARY:
-                data, frame_encoding = msg.data, encoding
-            else:  # ERROR: aiohttp has already closed with 1009 (too big) or 1002 (protocol error)
-                too_big = getattr(ws.exception(), "code", None) == WSCloseCode.MESSAGE_TOO_BIG
-                self._refuse("websocket", "too_large" if too_big else "websocket_protocol")
-                break
-            stamped = _restamp(origin)
-            hold = Hold(self._inflight)
-            try:
-                self._admit()
-                hold.take(len(data))
-                decoded = decode(
-                    data, stamped, route=route, encoding=frame_encoding, gzipped=None, limit=limit, limits=self._config.limits
-                )
-                _check_samples(principal, decoded.samples)
-                await self._deliver(decoded.samples, stamped, "websocket")
-            except (RefusedInput, Refused, AuthError) as exc:
-                self._refuse("websocket", exc.reason)
-                await ws.send_bytes(orjson.dumps({"error": exc.reason, "detail": exc.detail}))
-            except RetryLater as exc:
-                code = exc.code if isinstance(exc, Busy) else "pipeline_full"
-                self._refuse("websocket", code)
-                await ws.send_bytes(orjson.dumps({"error": code, "detail": exc.reason, "retryAfter": exc.retry_after}))
-            except Exception:  # a bug of ours must cost one frame, never the connection
-                self._internal_error("websocket")
-                self._refuse("websocket", "internal_error")
-                await ws.send_bytes(orjson.dumps({"error": "internal_error", "detail": "message not accepted"}))
-            finally:
-                hold.release()
-            # A frame already buffered is read without yielding, and a pipeline that only queues never
-            # yields either: give other connections and the exporters their turn after each frame.
-            await asyncio.sleep(0)
+            frames += 1
+            if frames % _FRAMES_PER_TURN == 0:
+                # Frames already buffered are read without yielding, and a pipeline that only queues
+                # never yields either: give other connections and the exporters their turn now and then.
+                await asyncio.sleep(0)
+
+    async def _frame(
+        self, ws: web.WebSocketResponse, msg: Any, origin: Origin, route: Route, encoding: Encoding | None, principal: Principal
+    ) -> bool:
+        """Handle one WebSocket frame; False when the connection is to be closed."""
+        if principal.expired():
+            self._refuse("websocket", "unauthenticated")
+            await ws.send_bytes(orjson.dumps({"error": "unauthenticated", "detail": "access token expired"}))
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"access token expired")
+            return False
+        if msg.type == WSMsgType.TEXT:
+            data = msg.data.encode()
+            frame_encoding: Encoding | None = "json"
+        elif msg.type == WSMsgType.BINARY:
+            data, frame_encoding = msg.data, encoding
+        else:  # ERROR: aiohttp has already closed with 1009 (too big) or 1002 (protocol error)
+            too_big = getattr(ws.exception(), "code", None) == WSCloseCode.MESSAGE_TOO_BIG
+            self._refuse("websocket", "too_large" if too_big else "websocket_protocol")
+            return False
+        stamped = _restamp(origin)
+        hold = Hold(self._inflight)
+        try:
+            self._admit()
+            hold.take(len(data))
+            decoded = decode(
+                data,
+                stamped,
+                route=route,
+                encoding=frame_encoding,
+                gzipped=None,
+                limit=self._config.max_message_bytes,
+                limits=self._config.limits,
+            )
+            _check_samples(principal, decoded.samples)
+            await self._deliver(decoded.samples, stamped, "websocket")
+        except (RefusedInput, Refused, AuthError) as exc:
+            self._refuse("websocket", exc.reason)
+            await ws.send_bytes(orjson.dumps({"error": exc.reason, "detail": exc.detail}))
+        except RetryLater as exc:
+            code = exc.code if isinstance(exc, Busy) else "pipeline_full"
+            self._refuse("websocket", code)
+            await ws.send_bytes(orjson.dumps({"error": code, "detail": exc.reason, "retryAfter": exc.retry_after}))
+        except Exception:  # a bug of ours must cost one frame, never the connection
+            self._internal_error("websocket")
+            self._refuse("websocket", "internal_error")
+            await ws.send_bytes(orjson.dumps({"error": "internal_error", "detail": "message not accepted"}))
+        finally:
+            hold.release()
+        return True
 
     # -- authentication -----------------------------------------------------------------------------
     def _authorize(self, request: web.Request) -> Principal:
@@ -473,6 +491,10 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return _error(exc.status, _REASONS.get(exc.status, "http_error"), exc.reason, headers or None)
+
+
+_FRAMES_PER_TURN = 8
+"""WebSocket frames handled in a row before yielding to the other connections."""
 
 
 def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
