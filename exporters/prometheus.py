@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import choose_encoder, generate_latest
 
 from webrtc_observer import auth
 from webrtc_observer.component import Factory, Settings
@@ -33,6 +33,8 @@ from webrtc_observer.http_server import Listener, ServerConfig, health_handler, 
 from webrtc_observer.model import Batch
 from webrtc_observer.telemetry import Histogram, Telemetry, clip_label
 from webrtc_observer.transaction import after_commit
+
+from . import _exposition
 
 
 @dataclass
@@ -163,14 +165,16 @@ class _PerCallSeries:
 class _RegistryCollector:
     """Renders the telemetry registry as Prometheus metric families on every scrape."""
 
-    def __init__(self, telemetry: Telemetry, namespace: str, per_call: _PerCallSeries | None) -> None:
+    def __init__(self, telemetry: Telemetry, namespace: str, per_call: _PerCallSeries | None, own: bool = True) -> None:
         self._telemetry = telemetry
         self._namespace = namespace
         self._per_call = per_call
+        self._own = own
+        """False: only the per-call series (the registry itself is rendered by ._exposition)."""
 
     def collect(self) -> Iterator[Metric]:
         ns = self._namespace
-        for metric in self._telemetry:
+        for metric in self._telemetry if self._own else ():
             name = metric_name(ns, metric.name, metric.unit)
             labels = list(metric.labels)
             if isinstance(metric, Histogram):
@@ -210,6 +214,9 @@ class PrometheusExporter:
         self._per_call = _PerCallSeries(config.per_call, refused, label) if config.per_call.enabled else None
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_RegistryCollector(settings.telemetry, config.namespace, self._per_call))
+        self._per_call_registry = CollectorRegistry(auto_describe=False)
+        if self._per_call is not None:
+            self._per_call_registry.register(_RegistryCollector(Telemetry(), config.namespace, self._per_call, own=False))
         self._runner: Listener | None = None
         self.bound_port: int | None = None
 
@@ -227,8 +234,17 @@ class PrometheusExporter:
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         # Rendering reads every metric under its lock: off the event loop, like any other work.
+        if content_type.startswith("text/plain"):  # the text format, written directly (._exposition)
+            body = await asyncio.to_thread(self._text)
+            return web.Response(body=body, headers={"Content-Type": _exposition.CONTENT_TYPE})
         body = await asyncio.to_thread(encoder, self._registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    def _text(self) -> bytes:
+        body = _exposition.render(self._settings.telemetry, self._config.namespace, metric_name)
+        if self._per_call is not None:
+            body += generate_latest(self._per_call_registry)
+        return body
 
     async def consume(self, batch: Batch) -> None:
         per_call = self._per_call

@@ -152,3 +152,31 @@ async def test_the_metrics_endpoint_serves_health_without_credentials(http):
             assert resp.status == 401
         async with http.get(metrics_url(c), headers={"Authorization": "Bearer scrape-token-0123456789"}) as resp:
             assert resp.status == 200
+
+
+def test_the_text_exposition_is_byte_for_byte_what_prometheus_client_writes():
+    """The exporter writes the text format itself, for speed; prometheus_client's output is the reference."""
+    import random
+
+    from prometheus_client.core import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+
+    from webrtc_observer.exporters import _exposition
+    from webrtc_observer.exporters.prometheus import _RegistryCollector, metric_name
+    from webrtc_observer.telemetry import Telemetry
+
+    rng = random.Random(7)
+    t = Telemetry(max_series=50, max_samples=400)
+    counter = t.counter("samples_received", 'Samples "received"\\ per\nservice', ("service_id", "media_unit_id"))
+    t.gauge("calls_active", "Calls", ()).set(2)
+    t.gauge("by_callback", "A callback", ("x",), callback=lambda: {("a",): 1.0, ("b",): 2.5e10, ("c",): float("nan")})
+    jitter = t.histogram("quality_jitter", "Jitter", ("service_id", "media_unit_id", "kind"), (0.01, 0.1, 1.0), "seconds")
+    plain = t.histogram("plain", "No labels", (), (1.0, 1e9))
+    t.counter("never_added", "No series yet", ("reason",))
+    for i in range(120):  # past max_series and max_samples: overflow series too
+        counter.add(rng.random() * 1e12, f'svc-{i}"\\\n{"x" * rng.randrange(80)}', "mu")
+        jitter.observe(rng.random(), f"s{i}", "mu", rng.choice(("audio", "video")))
+        plain.observe(rng.choice((0.5, 3.0, 1e12, float("inf"))))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_RegistryCollector(t, "observertc", None))
+    assert _exposition.render(t, "observertc", metric_name) == generate_latest(registry)
