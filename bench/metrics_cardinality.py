@@ -1,16 +1,28 @@
 """Size and time of a /metrics scrape after a label bomb: many made-up serviceIds, each very long.
 
-    .venv/bin/python bench/metrics_cardinality.py --services 10000 --id-length 4000 --repeats 20
+    .venv/bin/python bench/metrics_cardinality.py                       # quality samples; budget 10,000 and off
+    .venv/bin/python bench/metrics_cardinality.py --shape plain --max-samples 10000 --repeats 20
 
-Starts ``webrtc-observer run`` as its own process, with the default pipeline's processors
-(correlation, quality, reports) and the ``prometheus`` exporter. Posts one client sample with an
-inbound audio track into each made-up serviceId (``--jitter``: the track carries jitter, so the
-quality processor observes it into ``quality_jitter``, a histogram with a series per serviceId).
-Then scrapes ``/metrics`` ``--repeats`` times and prints the scrape size, the number of series
-lines, the scrape time (min / median / max) and the collector's resident memory. The targets
-(README, "The collector's own telemetry"): a scrape under 2 MiB, served in under 100 ms.
+Starts ``webrtc-observer run`` as its own process, once per ``--max-samples`` value, with the
+default pipeline's processors (correlation, quality, reports) and the ``prometheus`` exporter. Posts
+one message into each made-up serviceId. ``--shape`` says what the message carries:
 
-A benchmark prints figures; it asserts nothing (tests/test_cardinality.py asserts the size bound).
+* ``quality`` (the default): one client's two samples, 5 s apart, with inbound and outbound audio
+  and video tracks and a candidate pair, so the quality processor observes RTT, jitter, fraction
+  lost, bitrate and MOS: 11 histogram label sets per serviceId, 162 sample lines.
+* ``jitter``: one sample with an inbound audio track that carries jitter (``quality_jitter`` only).
+* ``plain``: one sample with an inbound audio track and no quality field.
+
+Then it scrapes ``/metrics`` ``--repeats`` times and prints, for each ``max_samples``
+(``service.telemetry.metrics.max_samples``; ``off`` is a budget larger than any scrape): the scrape
+size, its sample lines and those of client-labelled series (overflow series left out), the largest
+of the repeats (calls end 60 s after their clients' last sample, and the call histograms then get
+series of their own, so a slow run grows late), the scrape's
+wall time as the scraper sees it and the collector's CPU time for it (all its threads: rendering
+runs on one), min / median / max, and the collector's resident memory. The targets (README, "The
+collector's own telemetry"): a scrape under 2 MiB, served in under 100 ms.
+
+A benchmark prints figures; it asserts nothing (tests/test_cardinality.py asserts the bounds).
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import statistics
@@ -27,12 +40,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
+from webrtc_observer.telemetry import CLIENT_LABELS, OVERFLOW
+
+OFF = 1_000_000_000
+"""``max_samples`` for "budget off": more lines than any scrape here has."""
+
+# The receiver's id limit (256 characters by default) would refuse these ids before they reach any
+# metric: raised, so the metrics' own bounds are what is measured.
 CONFIG = """
-receivers: {{observertc: {{endpoint: "127.0.0.1:{port}"}}}}
+receivers: {{observertc: {{endpoint: "127.0.0.1:{port}", limits: {{max_id_length: 8192}}}}}}
 processors:
   correlation: {{}}
   quality: {{}}
@@ -40,10 +61,14 @@ processors:
 exporters:
   prometheus: {{endpoint: "127.0.0.1:{metrics_port}"}}
 service:
-  telemetry: {{metrics: {{max_series: {max_series}}}, logs: {{level: warning}}}}
+  telemetry: {{metrics: {{max_series: {max_series}, max_samples: {max_samples}}}, logs: {{level: warning}}}}
   pipelines:
     p: {{receivers: [observertc], processors: [correlation, quality, reports], exporters: [prometheus]}}
 """
+
+T0 = 1_700_000_000_000
+_CLIENT_VALUE = re.compile(rb'(\w+)="((?:[^"\\]|\\.)*)"')
+_CLIENT_LABELS = frozenset(name.encode() for name in CLIENT_LABELS)
 
 
 def _free_port() -> int:
@@ -59,9 +84,92 @@ def _rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid`` so far (schedstat: nanoseconds on a CPU)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
 def _hostile_id(i: int, length: int) -> str:
     head = f"{i:06d}-"
     return head + "x" * max(0, length - len(head))
+
+
+def _quality_sample(client_id: str, ts: int, step: int) -> dict[str, Any]:
+    """A 2.x client sample of one peer connection, audio and video both ways, counters ``step`` × 5 s on."""
+    pc = "pc-1"
+    return {
+        "clientId": client_id,
+        "callId": f"call-{client_id}",
+        "timestamp": ts,
+        "iceCandidatePairs": [
+            {
+                "candidatePairId": "CP1",
+                "peerConnectionId": pc,
+                "state": "succeeded",
+                "nominated": True,
+                "currentRoundTripTime": 0.042,
+            }
+        ],
+        "inboundAudioTracks": [
+            {
+                "peerConnectionId": pc,
+                "ssrc": 1111,
+                "packetsReceived": 500 + 250 * step,
+                "packetsLost": 3 + 2 * step,
+                "bytesReceived": 40_000 + 20_000 * step,
+                "jitter": 0.004,
+                "roundTripTime": 0.05,
+            }
+        ],
+        "inboundVideoTracks": [
+            {
+                "peerConnectionId": pc,
+                "ssrc": 2222,
+                "packetsReceived": 900 + 450 * step,
+                "packetsLost": 1,
+                "framesDecoded": 300 + 150 * step,
+                "bytesReceived": 1_000_000 + 500_000 * step,
+                "frameWidth": 640,
+                "frameHeight": 480,
+            }
+        ],
+        "outboundAudioTracks": [
+            {
+                "peerConnectionId": pc,
+                "ssrc": 3333,
+                "packetsSent": 510,
+                "bytesSent": 40_000 + 20_000 * step,
+                "roundTripTime": 0.048,
+                "fractionLost": 0.0,
+            }
+        ],
+        "outboundVideoTracks": [
+            {"peerConnectionId": pc, "ssrc": 4444, "packetsSent": 950, "bytesSent": 900_000 + 500_000 * step}
+        ],
+    }
+
+
+def _message(shape: str, i: int) -> dict[str, Any]:
+    client = f"c{i}"
+    if shape == "quality":
+        return {"clientSamples": [_quality_sample(client, T0, 0), _quality_sample(client, T0 + 5000, 1)]}
+    track: dict[str, object] = {"peerConnectionId": "pc-1", "ssrc": 1, "packetsReceived": 500, "packetsLost": 3}
+    if shape == "jitter":
+        track["jitter"] = 0.004
+    return {"clientSamples": [{"clientId": client, "callId": f"call-{i}", "timestamp": T0, "inboundAudioTracks": [track]}]}
+
+
+def _client_labelled(line: bytes) -> bool:
+    """Whether a sample line has a client-derived label whose value is not the overflow one."""
+    brace = line.find(b"{")
+    if brace < 0:
+        return False
+    overflow = OVERFLOW.encode()
+    return any(name in _CLIENT_LABELS and value != overflow for name, value in _CLIENT_VALUE.findall(line, brace))
 
 
 async def _wait_ready(session: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -77,27 +185,14 @@ async def _wait_ready(session: aiohttp.ClientSession, url: str, proc: subprocess
     raise SystemExit("the collector did not become ready in 30 s")
 
 
-async def _post_all(url: str, services: int, length: int, concurrency: int, jitter: bool) -> dict[int, int]:
+async def _post_all(url: str, services: int, length: int, concurrency: int, shape: str) -> dict[int, int]:
     statuses: dict[int, int] = {}
     numbers = iter(range(services))
 
-    track: dict[str, object] = {"peerConnectionId": "pc-1", "ssrc": 1, "packetsReceived": 500, "packetsLost": 3}
-    if jitter:
-        track["jitter"] = 0.004
-
     async def worker(session: aiohttp.ClientSession) -> None:
         for i in numbers:
-            body = {
-                "clientSamples": [
-                    {
-                        "clientId": f"c{i}",
-                        "callId": f"call-{i}",
-                        "timestamp": 1_700_000_000_000,
-                        "inboundAudioTracks": [track],
-                    }
-                ]
-            }
-            async with session.post(f"{url}/rest/samples/{quote(_hostile_id(i, length), safe='')}/web", json=body) as resp:
+            target = f"{url}/rest/samples/{quote(_hostile_id(i, length), safe='')}/web"
+            async with session.post(target, json=_message(shape, i)) as resp:
                 await resp.read()
                 statuses[resp.status] = statuses.get(resp.status, 0) + 1
 
@@ -106,11 +201,17 @@ async def _post_all(url: str, services: int, length: int, concurrency: int, jitt
     return statuses
 
 
-async def _run(args: argparse.Namespace) -> None:
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.0f} / {statistics.median(values):.0f} / {max(values):.0f} ms"
+
+
+async def _run_one(args: argparse.Namespace, max_samples: int) -> None:
     port, metrics_port = _free_port(), _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "collector.yaml"
-        config.write_text(CONFIG.format(port=port, metrics_port=metrics_port, max_series=args.max_series))
+        config.write_text(
+            CONFIG.format(port=port, metrics_port=metrics_port, max_series=args.max_series, max_samples=max_samples)
+        )
         exe = Path(sys.executable).with_name("webrtc-observer")
         proc = subprocess.Popen([str(exe), "run", "--config", str(config)], stdout=subprocess.DEVNULL)
         try:
@@ -119,16 +220,19 @@ async def _run(args: argparse.Namespace) -> None:
                 await _wait_ready(session, f"{url}/health", proc)
                 rss_before = _rss_mib(proc.pid)
                 started = time.monotonic()
-                statuses = await _post_all(url, args.services, args.id_length, args.concurrency, args.jitter)
+                statuses = await _post_all(url, args.services, args.id_length, args.concurrency, args.shape)
                 posting = time.monotonic() - started
-                sizes, lines, times = [], [], []
+                sizes, lines, client, walls, cpus = [], [], [], [], []
                 for _ in range(args.repeats):
-                    t0 = time.perf_counter()
+                    cpu0, t0 = _cpu_seconds(proc.pid), time.perf_counter()
                     async with session.get(metrics) as resp:
                         body = await resp.read()
-                    times.append((time.perf_counter() - t0) * 1000)
+                    walls.append((time.perf_counter() - t0) * 1000)
+                    cpus.append((_cpu_seconds(proc.pid) - cpu0) * 1000)
+                    samples = [line for line in body.splitlines() if line and not line.startswith(b"#")]
                     sizes.append(len(body))
-                    lines.append(sum(1 for line in body.splitlines() if line and not line.startswith(b"#")))
+                    lines.append(len(samples))
+                    client.append(sum(1 for line in samples if _client_labelled(line)))
                 rss_after = _rss_mib(proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -136,29 +240,42 @@ async def _run(args: argparse.Namespace) -> None:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    shape = "with jitter" if args.jitter else "without quality fields"
-    print(f"posted {args.services} serviceIds ({shape}) of {args.id_length} chars in {posting:.1f} s: answers {statuses}")
-    print(f"max_series {args.max_series}: scrape {max(sizes) / 1024:.0f} KiB, {max(lines)} series lines")
+    budget = "off" if max_samples >= OFF else f"{max_samples:,}"
+    print(f"max_samples {budget} (max_series {args.max_series}):")
+    print(f"  posted {args.services} serviceIds in {posting:.1f} s: answers {statuses}")
     print(
-        f"scrape time over {args.repeats} repeats: min {min(times):.1f} ms, "
-        f"median {statistics.median(times):.1f} ms, max {max(times):.1f} ms (the first: {times[0]:.1f} ms)"
+        f"  largest scrape {max(sizes):,} bytes ({max(sizes) / 2**20:.2f} MiB), {max(lines):,} sample lines,"
+        f" {max(client):,} of them client-labelled"
     )
-    print(f"collector RSS: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after")
+    print(f"  over {args.repeats} scrapes, min / median / max: wall {_spread(walls)}, collector CPU {_spread(cpus)}")
+    print(f"  collector RSS: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after")
+
+
+def _max_samples(text: str) -> int:
+    return OFF if text == "off" else int(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--services", type=int, default=10_000, help="made-up serviceIds, one sample each")
+    parser.add_argument("--services", type=int, default=10_000, help="made-up serviceIds, one message each")
     parser.add_argument("--id-length", type=int, default=4000, help="characters of each serviceId")
     parser.add_argument("--max-series", type=int, default=2000, help="service.telemetry.metrics.max_series")
-    parser.add_argument("--repeats", type=int, default=20, help="scrapes timed")
     parser.add_argument(
-        "--jitter", action="store_true", help="samples carry jitter, so quality_jitter grows a series per serviceId"
+        "--max-samples",
+        type=_max_samples,
+        nargs="+",
+        default=[10_000, OFF],
+        help="service.telemetry.metrics.max_samples, one run each; 'off' for no budget (default: 10000 off)",
     )
+    parser.add_argument("--repeats", type=int, default=20, help="scrapes timed")
+    parser.add_argument("--shape", choices=("quality", "jitter", "plain"), default="quality", help="what each message carries")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    asyncio.run(_run(args))
+    shape = {"quality": "2 samples feeding the quality histograms", "jitter": "1 sample with jitter", "plain": "1 plain sample"}
+    print(f"{args.services} serviceIds of {args.id_length} characters, each: {shape[args.shape]}")
+    for max_samples in args.max_samples:
+        asyncio.run(_run_one(args, max_samples))
 
 
 if __name__ == "__main__":

@@ -54,9 +54,16 @@ class LogsConfig:
 class MetricsConfig:
     max_series: int = 2000
     """Label sets kept per metric; past it, updates land in the metric's ``_overflow_`` series."""
+    max_samples: int = 10_000
+    """Exposed sample lines that label sets with client-derived labels may use, all metrics together;
+    past it, new label sets land in their metric's ``_overflow_`` series."""
 
     def validate(self) -> list[tuple[str, str]]:
-        return [("max_series", "must be at least 1")] if self.max_series < 1 else []
+        errors: list[tuple[str, str]] = []
+        for name in ("max_series", "max_samples"):
+            if getattr(self, name) < 1:
+                errors.append((name, "must be at least 1"))
+        return errors
 
 
 @dataclass
@@ -103,6 +110,30 @@ class MemoryLimiterConfig:
 
 
 @dataclass
+class StateConfig:
+    """``service.state``: each process checkpoints its processors' state to a local file and resumes
+    from it when it starts again (see :mod:`webrtc_observer.state_store`)."""
+
+    directory: str | None = None
+    """Where every process keeps ``worker-<i>.state``. Default: with ``workers`` > 1 a directory of
+    the supervisor's run (a restarted worker resumes, a new run starts empty); with one process no
+    checkpoint at all."""
+    checkpoint_interval: Duration = Duration(5.0)
+    """How often the state is written; what changed since the last checkpoint is lost with the process."""
+
+    def validate(self) -> list[tuple[str, str]]:
+        issues = []
+        if self.checkpoint_interval <= 0:
+            issues.append(("checkpoint_interval", "must be more than 0"))
+        if self.directory is not None:
+            if not self.directory.strip():
+                issues.append(("directory", "must not be empty: leave it out for the default"))
+            elif Path(self.directory).exists() and not Path(self.directory).is_dir():
+                issues.append(("directory", f"{self.directory} exists and is not a directory"))
+        return issues
+
+
+@dataclass
 class _ServiceOptions:
     pipelines: dict[str, _PipelineOptions] = field(default_factory=dict)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
@@ -113,6 +144,8 @@ class _ServiceOptions:
     """Processes running the pipelines; every sample of a call is handled by one of them."""
     memory_limiter: MemoryLimiterConfig | None = None
     """Refuse new data (503) from ``limit - spike_limit`` of resident memory on."""
+    state: StateConfig = field(default_factory=StateConfig)
+    """Checkpoints of the processors' state, so that a restarted process resumes its calls."""
 
 
 @dataclass
@@ -128,6 +161,7 @@ class CollectorConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     workers: int = 1
     memory_limiter: MemoryLimiterConfig | None = None
+    state: StateConfig = field(default_factory=StateConfig)
 
 
 def load_file(
@@ -177,6 +211,7 @@ def load_text(
             issues.append(ConfigIssue("service.pipelines", "at least one pipeline is required"))
         for name, options in service.pipelines.items():
             pipelines[name] = _pipeline(name, options, defined, issues)
+            _check_order(name, pipelines[name], config_types.get("processors", {}), issues)
 
     if service is not None and service.workers != 1:
         _check_workers(service.workers, components, issues)
@@ -193,7 +228,26 @@ def load_text(
         service.health,
         service.workers,
         service.memory_limiter,
+        service.state,
     )
+
+
+def _check_order(name: str, pipeline: PipelineConfig, known: Mapping[str, type], issues: list[ConfigIssue]) -> None:
+    """Each processor's config class may declare ``NEEDS_UPSTREAM``: what must come before it in the
+    pipeline (reports need correlated samples, for instance). A processor provides its own type, and
+    what its config class lists in ``PROVIDES`` (a stand-in for another processor)."""
+    before: set[str] = set()
+    for i, cid in enumerate(pipeline.processors):
+        for needed in getattr(known.get(cid.type), "NEEDS_UPSTREAM", ()):
+            if needed not in before:
+                where = "after it" if any(p.type == needed for p in pipeline.processors[i:]) else "not in the pipeline"
+                issues.append(
+                    ConfigIssue(
+                        f"service.pipelines.{name}.processors[{i}]",
+                        f"processor '{cid}' needs a {needed} processor before it ({needed} is {where})",
+                    )
+                )
+        before.update((cid.type, *getattr(known.get(cid.type), "PROVIDES", ())))
 
 
 MAX_WORKERS = 64

@@ -48,7 +48,7 @@ class OutRecord:
     """One Kafka record of a chunk being sent; ``index`` is its place in the chunk, ``chunk`` the
     sender's bookkeeping of the chunk's outcomes."""
 
-    __slots__ = ("chunk", "headers", "index", "item", "key", "topic", "value")
+    __slots__ = ("chunk", "headers", "index", "item", "key", "partition", "timestamp", "topic", "value")
 
     def __init__(
         self,
@@ -59,6 +59,8 @@ class OutRecord:
         index: int = 0,
         chunk: Any = None,
         item: bytes = b"",
+        partition: int | None = None,
+        timestamp: int | None = None,
     ) -> None:
         self.topic = topic
         self.key = key
@@ -68,6 +70,10 @@ class OutRecord:
         self.chunk = chunk
         self.item = item
         """The queue item the record was decoded from."""
+        self.partition = partition
+        """None: the library's partitioner picks one from the key."""
+        self.timestamp = timestamp
+        """The record's timestamp, epoch ms; None: the time of producing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +99,10 @@ class KafkaClient(Protocol):
     def close(self, timeout: float) -> None:
         """Deliver what the library holds for up to ``timeout`` seconds, then drop the rest and release
         everything. Records dropped here may or may not be reported."""
+        ...
+
+    def partitions(self, topic: str, timeout: float) -> int:
+        """The partition count of ``topic`` (metadata, up to ``timeout`` seconds); 0 if unknown."""
         ...
 
 
@@ -268,8 +278,18 @@ class ConfluentClient:
                 waited = 0.0
                 while True:
                     try:
+                        extra: dict[str, int] = {}
+                        if record.partition is not None:
+                            extra["partition"] = record.partition
+                        if record.timestamp is not None:
+                            extra["timestamp"] = record.timestamp
                         produce(
-                            record.topic, record.value, record.key, headers=record.headers, on_delivery=partial(delivered, record)
+                            record.topic,
+                            record.value,
+                            record.key,
+                            headers=record.headers,
+                            on_delivery=partial(delivered, record),
+                            **extra,
                         )
                         break
                     except BufferError:
@@ -290,6 +310,15 @@ class ConfluentClient:
                     except (TypeError, ValueError) as exc:
                         self._on_result(record, RecordError(str(exc), False))
                         break
+
+    def partitions(self, topic: str, timeout: float) -> int:
+        producer = self._producer
+        if producer is None:
+            return 0
+        found = producer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if found is None or found.error is not None:
+            return 0
+        return len(found.partitions)
 
     def close(self, timeout: float) -> None:
         producer = self._producer
@@ -405,7 +434,14 @@ class KafkaPythonClient:
         send = producer.send
         for i, record in enumerate(records):
             try:
-                future = send(record.topic, value=record.value, key=record.key, headers=record.headers)
+                future = send(
+                    record.topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=record.headers,
+                    partition=record.partition,
+                    timestamp_ms=record.timestamp,
+                )
             except self._errors.KafkaTimeoutError as exc:
                 # No metadata within max_block_ms: the cluster is unreachable; do not wait once per record.
                 error = RecordError(_describe(exc), True)
@@ -417,6 +453,11 @@ class KafkaPythonClient:
                 continue
             future.add_callback(self._ok, record)
             future.add_errback(self._failed, record)
+
+    def partitions(self, topic: str, timeout: float) -> int:
+        producer = self._ensure()
+        found = producer.partitions_for(topic)
+        return len(found) if found else 0
 
     def close(self, timeout: float) -> None:
         producer, self._producer = self._producer, None

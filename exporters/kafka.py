@@ -17,15 +17,27 @@ kafka-python). Its calls may block, so they run on a worker thread of the export
 library's callbacks come back to the loop through ``call_soon_threadsafe``. Delivery is at least
 once: a record retried after a timed-out attempt may arrive twice.
 
+Every report record also carries its deterministic id (:attr:`Report.id <webrtc_observer.model.Report>`)
+in the header ``report-id``, so consumers can drop the duplicates an at-least-once delivery may bring.
+
 Samples (a pipeline without a ``reports`` processor) are sent as ``{"type": "ClientSample", "payload"}``
 with JSON encoding, like the file exporter writes them; Avro has no schema for them, so they are dropped
 and counted.
+
+``encoding: samples`` is the ingest tier of a scaled-out collector (README: Scaling out): each sample
+becomes one record (:mod:`webrtc_observer.sample_records`: msgpack of the decoded model, header
+``format-version``), keyed by its :func:`~webrtc_observer.model.routing_key` (so a room's samples share a
+partition), timestamped with its receive time, on the topic ``samples`` by default. Every
+``tick_interval`` an empty tick record (header ``tick``) goes to every partition of the topic, so a
+quiet partition's stream time still advances. Reports are not sent in this encoding (dropped, counted
+and logged): put no ``reports`` processor in such a pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import queue
 import re
 import threading
@@ -38,9 +50,12 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from webrtc_observer.component import Factory, Settings
+from webrtc_observer import sample_records
+from webrtc_observer.component import Factory, RetryLater, Settings
+from webrtc_observer.config import Duration
 from webrtc_observer.exporterhelper import QueuedExporter, QueuedExporterConfig, SendError, renamed_options
-from webrtc_observer.model import Batch, ClientSample, Report, SfuSample, TurnSample
+from webrtc_observer.exporterhelper._storage import DiskQueue
+from webrtc_observer.model import Batch, ClientSample, Report, SfuSample, TurnSample, routing_key
 from webrtc_observer.schemas import REPORTS_VERSION as _REPORTS_VERSION
 
 from . import _kafka_clients as clients
@@ -77,7 +92,11 @@ class KafkaExporterConfig(QueuedExporterConfig):
     topic: str | None = None
     """The one topic of every report; ``reports`` unless ``topic_per_type`` is enabled."""
     topic_per_type: TopicPerTypeConfig = field(default_factory=TopicPerTypeConfig)
-    encoding: Literal["json", "avro"] = "json"
+    encoding: Literal["json", "avro", "samples"] = "json"
+    """``json`` or ``avro`` reports; ``samples``: the samples themselves, for a scaled-out analysis tier."""
+    tick_interval: Duration | None = None
+    """With ``encoding: samples``: how often an empty tick record goes to every partition (default 1s;
+    0 disables)."""
     key: Literal["call", "random"] = "call"
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
     """lz4 by default: report JSON shrinks several fold for little CPU."""
@@ -105,6 +124,13 @@ class KafkaExporterConfig(QueuedExporterConfig):
             problem = _topic_problem(self.topic_per_type.prefix, _LONGEST_TYPE_TOPIC, prefix=True)
             if problem:
                 issues.append(("topic_per_type.prefix", problem))
+        if self.encoding == "samples":
+            if self.topic_per_type.enabled:
+                issues.append(("topic_per_type", "encoding samples writes one topic (topic, default samples)"))
+            if self.key != "call":
+                issues.append(("key", "encoding samples keys every record by its routing key (room, call or client)"))
+        elif self.tick_interval is not None:
+            issues.append(("tick_interval", "only with encoding: samples"))
         if self.acks not in ("all", "-1", "1", "0"):
             issues.append(("acks", f"must be all, 1 or 0, got {self.acks!r}"))
         kind = clients.resolve(self.client)
@@ -123,6 +149,17 @@ class KafkaExporterConfig(QueuedExporterConfig):
     @property
     def acks_normalized(self) -> str:
         return "all" if self.acks == "-1" else self.acks
+
+    @property
+    def ticks(self) -> float:
+        """Seconds between tick records; 0: none."""
+        if self.encoding != "samples":
+            return 0.0
+        return 1.0 if self.tick_interval is None else float(self.tick_interval)
+
+    @property
+    def single_topic(self) -> str:
+        return self.topic or ("samples" if self.encoding == "samples" else "reports")
 
 
 def _topic_problem(name: str, suffix_length: int, prefix: bool = False) -> str | None:
@@ -154,12 +191,18 @@ class _Item(msgspec.Struct, array_like=True):
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
+    partition: int | None = None
+    """None: the library's partitioner picks it from the key."""
+    timestamp: int | None = None
+    """Epoch ms; None: the time of producing."""
 
 
 _json = msgspec.json.Encoder()
 _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder(_Item).decode
 _NO_AVRO_SAMPLES = "samples have no Avro report schema"
+_NO_SAMPLES_REPORTS = "encoding samples sends samples only"
+_FORMAT_HEADERS = [(sample_records.FORMAT_HEADER, sample_records.FORMAT_VERSION.encode())]
 
 
 class _Encoder:
@@ -178,9 +221,12 @@ class _Encoder:
         self._avro_encoders: dict[str, Callable[[Any], bytes]] = {}
         self._key_of = _call_key if config.key == "call" else _random_key
         self._warned_samples = False
+        self._warned_reports = False
         self._error_log: dict[str, tuple[float, int]] = {}
 
     def __call__(self, batch: Batch) -> list[bytes]:
+        if self._config.encoding == "samples":
+            return self._samples(batch)
         items: list[bytes] = []
         failed: Counter[str] = Counter()
         for report in batch.reports:
@@ -189,7 +235,7 @@ class _Encoder:
             except Exception as exc:  # not encodable: retrying cannot help
                 failed[f"{report.type}: {type(exc).__name__}: {exc}"] += 1
                 continue
-            headers = self._header(report.type, report.schema_version)
+            headers = [*self._header(report.type, report.schema_version), ("report-id", (report.id or "").encode())]
             items.append(_pack(_Item(self._topic(report.type), self._key_of(report.payload), value, headers)))
         for sample in batch.samples:
             name = type(sample).__name__
@@ -208,6 +254,36 @@ class _Encoder:
             for reason, n in failed.items():
                 self._log_limited(reason, n)
         return items
+
+    def _samples(self, batch: Batch) -> list[bytes]:
+        """``encoding: samples``: one record per sample, keyed by its routing key, at its receive time."""
+        topic = self._config.single_topic
+        items = [
+            _pack(
+                _Item(
+                    topic,
+                    routing_key(sample).encode(),
+                    sample_records.encode(sample),
+                    _FORMAT_HEADERS,
+                    timestamp=sample.origin.received_at,
+                )
+            )
+            for sample in batch.samples
+        ]
+        if batch.reports:
+            self._failed.add(len(batch.reports), self._label)
+            if not self._warned_reports:
+                self._warned_reports = True
+                self._log.warning("encoding samples sends samples only; reports are dropped (remove the reports processor)")
+        return items
+
+    def tick_items(self, partitions: int, now_ms: int) -> list[bytes]:
+        """An empty tick record for each of ``partitions`` partitions, at ``now_ms``."""
+        topic = self._config.single_topic
+        return [
+            _pack(_Item(topic, None, b"", [(sample_records.TICK_HEADER, b"1")], partition=p, timestamp=now_ms))
+            for p in range(partitions)
+        ]
 
     def _avro(self, report: Report) -> bytes:
         encoder = self._avro_encoders.get(report.type)
@@ -426,13 +502,18 @@ class _KafkaSender:
     async def start(self) -> None:
         cfg = self._config
         self._worker = _Worker(f"kafka-{self._label}")
+        options = dict(cfg.client_options)
+        if cfg.encoding == "samples" and self._kind == "confluent":
+            # The partition of a key must not depend on which client an ingest process runs:
+            # murmur2 is what the Java client and kafka-python use (librdkafka defaults to crc32).
+            options.setdefault("partitioner", "murmur2_random")
         settings = ClientSettings(
             brokers=list(cfg.brokers),
             acks=cfg.acks_normalized,
             compression=cfg.compression,
             timeout=float(cfg.timeout),
             max_queued=cfg.sending_queue.queue_size,
-            options=dict(cfg.client_options),
+            options=options,
         )
         loop = asyncio.get_running_loop()
 
@@ -466,7 +547,9 @@ class _KafkaSender:
             except msgspec.DecodeError as exc:  # not a record this exporter wrote: cannot be sent
                 outcomes.settle_now(chunk, i, RecordError(f"undecodable queue item: {exc}", False))
                 continue
-            record = OutRecord(decoded.topic, decoded.key, decoded.value, decoded.headers, i, chunk, item)
+            record = OutRecord(
+                decoded.topic, decoded.key, decoded.value, decoded.headers, i, chunk, item, decoded.partition, decoded.timestamp
+            )
             fresh.append(record)
             mine.append(record)
         try:
@@ -483,6 +566,13 @@ class _KafkaSender:
             raise SendError(f"kafka client failed: {exc}") from exc
         if chunk.errors:
             raise _send_error(chunk.errors)
+
+    async def partitions(self, topic: str, timeout: float) -> int:
+        """How many partitions ``topic`` has (0 when it is unknown yet)."""
+        client, worker = self._client, self._worker
+        if client is None or worker is None:
+            return 0
+        return int(await worker.call(client.partitions, topic, timeout))
 
     async def shutdown(self) -> None:
         """Release the library; what it still holds was counted by the helper (lost, or on disk)."""
@@ -532,7 +622,10 @@ class KafkaExporter(QueuedExporter):
             raise RuntimeError(f"kafka client {config.client!r} is not installed")
         self.client_kind: clients.ClientKind = kind
         self._kafka = config
-        super().__init__(settings, config, _KafkaSender(settings, config, kind), _Encoder(config, settings))
+        self._kafka_sender = _KafkaSender(settings, config, kind)
+        self._kafka_encoder = _Encoder(config, settings)
+        self._ticker: asyncio.Task[None] | None = None
+        super().__init__(settings, config, self._kafka_sender, self._kafka_encoder)
 
     async def start(self) -> None:
         await super().start()  # starts the sender, then the queue's consumers
@@ -540,10 +633,45 @@ class KafkaExporter(QueuedExporter):
         self._log.info(
             "exporting to kafka",
             brokers=",".join(cfg.brokers),
-            topic=type_topic(cfg.topic_per_type.prefix, "REPORT_TYPE") if cfg.topic_per_type.enabled else cfg.topic or "reports",
+            topic=type_topic(cfg.topic_per_type.prefix, "REPORT_TYPE") if cfg.topic_per_type.enabled else cfg.single_topic,
             encoding=cfg.encoding,
             client=self.client_kind,
         )
+        if cfg.ticks > 0:
+            self._ticker = asyncio.create_task(self._tick_loop(cfg.ticks), name=f"exporter-{self._label}-ticks")
+
+    async def shutdown(self) -> int:
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+        return await super().shutdown()
+
+    async def _tick_loop(self, interval: float) -> None:
+        """Every ``interval``: a tick record to every partition of the topic, through the sending queue
+        (behind the samples queued before it). Skipped while the queue is full or the topic unknown."""
+        topic = self._kafka.single_topic
+        partitions = 0
+        checked = -math.inf
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if now - checked > (30 if partitions else 5):  # partitions may be added to a topic
+                try:
+                    partitions = await self._kafka_sender.partitions(topic, min(5.0, max(interval, 1.0)))
+                except Exception as exc:
+                    self._log.debug("no partition count for ticks", topic=topic, error=str(exc))
+                checked = now
+            if not partitions:
+                continue
+            items = self._kafka_encoder.tick_items(partitions, int(time.time() * 1000))
+            count = len(items)
+            size = sum(map(len, items)) + DiskQueue.RECORD_OVERHEAD * count if self._storage.persistent else 0
+            try:
+                self._reserve(count, size)
+                await self._enqueue(items, count, size)
+            except RetryLater:
+                continue  # the next tick says the same, later
 
 
 def _create(settings: Settings, config: KafkaExporterConfig, _next: None) -> KafkaExporter:

@@ -3,7 +3,7 @@
 It publishes the same telemetry registry as the Prometheus exporter through opentelemetry-sdk's
 MeterProvider: counters as observable counters, gauges as observable gauges, histograms as SDK
 histograms with the registry's bucket boundaries. Metric names are ``<namespace>.<name>``
-(``observertc.samples_received``) with UCUM units (``s``, ``1``, ``bit/s``). The SDK exports on its
+(``observertc.samples_received``) with UCUM units (``s``, ``1``, ``By/s``). The SDK exports on its
 own thread every ``interval``, so the event loop never waits for the backend. Attributes are the
 registry's bounded label sets (client-derived values cut to 64 characters, ``_overflow_`` series past
 ``service.telemetry.metrics.max_series``).
@@ -38,7 +38,7 @@ from webrtc_observer.model import Batch
 from webrtc_observer.telemetry import Histogram as RegistryHistogram
 from webrtc_observer.telemetry import Metric, Telemetry
 
-_UNITS = {"seconds": "s", "ratio": "1", "bits_per_second": "bit/s", "bytes": "By", "": "1"}
+_UNITS = {"seconds": "s", "ratio": "1", "bytes_per_second": "By/s", "bits_per_second": "bit/s", "bytes": "By", "": "1"}
 _DEFAULT_ENDPOINTS = {"grpc": "http://localhost:4317", "http/protobuf": "http://localhost:4318/v1/metrics"}
 
 

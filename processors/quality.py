@@ -1,10 +1,21 @@
 """Processor ``quality``: quality histograms per service, media unit and media kind, from client samples.
 
 It records into the collector's telemetry registry, which the Prometheus and OTLP exporters publish.
-It does not change the batch: it hands the very batch it got to the next stage, and observes it when
-the message's transaction commits (:func:`webrtc_observer.transaction.after_commit`). A message
-refused anywhere (``RetryLater``, ``Refused``, a sibling pipeline) leaves no trace in the baselines or
-the histograms, and is counted once, when its retry goes through.
+
+As a batch passes, every track of its client samples is measured from the baselines as they are
+(:meth:`QualityProcessor.measure`, which changes nothing): one :class:`~webrtc_observer.model.TrackQuality`
+per track and sample, handed on in the batch's ``quality`` list (``msgspec.structs.replace``: samples,
+reports, partition and time as they came), so later stages (``issues``, ``summary``, the live view) use
+the very numbers the histograms get. When the message's transaction commits
+(:func:`webrtc_observer.transaction.after_commit`), :meth:`QualityProcessor.commit` observes those same
+values into the histograms and keeps the new baselines. A message refused anywhere (``RetryLater``,
+``Refused``, a sibling pipeline) leaves no trace in the baselines or the histograms, and is counted
+once, when its retry goes through. A batch in which nothing was measured is handed on as it is.
+
+What a TrackQuality holds beyond the histograms' values: ``packets_delta``, ``bytes_delta`` and
+``frames_delta`` over the interval (packets and bytes received or sent, frames decoded or encoded),
+``interval``, ``fps`` (video: ``framesPerSecond``, else the interval's frames per second), the frame
+size, and for outbound video the sender's ``qualityLimitationReason`` when it is not ``none``.
 
 Histograms (names without prefix or unit suffix, as everywhere in the registry). Labels are
 service_id, media_unit_id and kind unless said otherwise:
@@ -13,8 +24,9 @@ service_id, media_unit_id and kind unless said otherwise:
 * ``quality_jitter``: unit ``seconds``. One per track and sample.
 * ``quality_fraction_lost``: unit ``ratio``. Inbound, one per track and interval between two samples;
   outbound, one per track and sample.
-* ``quality_bitrate``: unit ``bits_per_second``, with one more label, ``direction`` (inbound or
-  outbound). One per track and interval.
+* ``quality_bitrate``: unit ``bytes_per_second`` (Prometheus' base unit: promtool refuses bits), with
+  one more label, ``direction`` (inbound or outbound). One per track and interval. TrackQuality's
+  ``bitrate`` is the same interval in bits per second (8 × the observed value).
 * ``quality_mos``: no unit, 1..4.5. One per inbound track and interval.
 * ``quality_client_score``: no unit, 0..5, labels service_id and media_unit_id only. One per 3.x
   sample that carries a score.
@@ -31,7 +43,7 @@ Where each value comes from (2.x field names, as in :class:`~webrtc_observer.mod
   the same track. A negative ``Δlost`` (duplicates) counts as 0, as RFC 3550 §6.4.1 does for the RTCP
   fraction. An interval with no packets expected gives no observation. Outbound, the ``fractionLost``
   the far end reported (remote-inbound-rtp), per sample.
-* bitrate: ``8·ΔbytesReceived`` (inbound) or ``8·ΔbytesSent`` (outbound), over the difference of the
+* bitrate: ``ΔbytesReceived`` (inbound) or ``ΔbytesSent`` (outbound), over the difference of the
   samples' ``timestamp``. It counts payload bytes, as the W3C counters do. A simulcast sender has one
   outbound track per layer, so each layer is its own observation.
 * MOS, inbound tracks only, where the media is heard or seen (see :mod:`._emodel` for the maths and
@@ -45,8 +57,8 @@ Where each value comes from (2.x field names, as in :class:`~webrtc_observer.mod
 * client score: the ``score`` of a 3.x ClientSample (0..5, computed by client-monitor-js 4.x).
 
 Deltas need the previous counters of each track. They are kept per client (service_id, client_id),
-and per track of the client (peer_connection_id, direction, ssrc), in one array of doubles updated in
-place (about 200 bytes a track).
+and per track of the client (peer_connection_id, direction, ssrc), in one array of doubles (about
+200 bytes a track), replaced by a new one when the message commits.
 
 This state is kept per input partition (:mod:`webrtc_observer.state`): a batch from partition ``p``
 (``Batch.partition``) reads and updates the clients of ``p`` only, so the state of a partition can be
@@ -69,7 +81,8 @@ wall clock. State is bounded:
   depend on what other partitions hold.)
 * A client without samples for ``track_idle_timeout`` is forgotten. That is checked on each batch of
   its partition (ticks too) from the old end of the LRU order, so no timer is needed.
-* A track that a client's sample no longer carries is forgotten.
+* A track that a client's sample no longer carries is forgotten. (A 2020 PeerConnectionSample is
+  about one peer connection: only the tracks of the peer connection it describes are.)
 * A client is forgotten when the batch carries its ``CLIENT_LEFT`` call event (the ``correlation``
   processor, placed before this one, emits it).
 
@@ -103,7 +116,7 @@ import msgspec
 from webrtc_observer import state, transaction
 from webrtc_observer.component import Consumer, Factory, Settings
 from webrtc_observer.config import Duration
-from webrtc_observer.model import Batch, ClientSample, Stats, Track
+from webrtc_observer.model import Batch, ClientSample, Stats, Track, TrackQuality
 from webrtc_observer.state import LOCAL, Changes, Partition
 
 from . import _emodel
@@ -127,9 +140,10 @@ the jitter buffer adds delay that users hear."""
 FRACTION_LOST_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 """Ratio. ``le=0`` counts loss-free intervals exactly. 1 %, 5 % and 20 % are client-monitor-js's
 packet-loss score steps; Opus FEC copes up to a few percent."""
-BITRATE_BUCKETS = (1e3, 8e3, 16e3, 32e3, 64e3, 128e3, 256e3, 512e3, 1e6, 2e6, 4e6, 8e6, 16e6)
-"""Bits per second, in doublings. Audio (Opus 6–128 kbit/s) sits at the low end. Video layers go from
-about 100 kbit/s (thumbnails) to a few Mbit/s (1080p). ``le=1000`` holds near-silent or dry streams."""
+BITRATE_BUCKETS = (125.0, 1e3, 2e3, 4e3, 8e3, 16e3, 32e3, 64e3, 125e3, 250e3, 500e3, 1e6, 2e6)
+"""Bytes per second (Prometheus' base unit; 1, 8, 16 ... 16 000 kbit/s), in doublings. Audio (Opus
+6–128 kbit/s, 0.75–16 kB/s) sits at the low end. Video layers go from about 100 kbit/s (thumbnails) to a
+few Mbit/s (1080p). ``le=125`` (1 kbit/s) holds near-silent or dry streams."""
 MOS_BUCKETS = (1.5, 2.0, 2.58, 3.1, 3.6, 4.03, 4.2, 4.34, 4.4, 4.5)
 """MOS. 2.58, 3.1, 3.6, 4.03 and 4.34 are the MOS that ITU-T G.109 gives for R = 50, 60, 70, 80 and 90,
 the edges of its user-satisfaction categories. 4.4 sits just under the unimpaired 4.41; 4.5 is the
@@ -198,12 +212,14 @@ class _Part:
             self.dirty.add(key)
 
 
-# A track's baseline is one array of doubles, updated in place: no objects per sample, and about 130
-# bytes per track. NaN stands for an unknown value; every comparison with it is false.
+# A track's baseline is one array of doubles, about 130 bytes per track, never changed once kept (a
+# message computes new ones, kept when it commits). NaN stands for an unknown value; every comparison
+# with it is false.
 _LAST, _BASE, _BYTES, _RECEIVED, _LOST, _JB_DELAY, _JB_EMITTED, _FRAMES = range(8)
 _TRACK_FIELDS = 8
 """last sample timestamp (a sample not after it is a resend), baseline timestamp, then the counters
-at the baseline: bytes, packets received, packets lost, jitter buffer delay and emitted count, frames."""
+at the baseline: bytes, packets (received inbound, sent outbound), packets lost, jitter buffer delay and
+emitted count, frames (decoded inbound, encoded outbound)."""
 _NAN = math.nan
 
 
@@ -216,6 +232,7 @@ class _Measures(msgspec.Struct, gc=False):
     bytesReceived: float | None = None
     bytesSent: float | None = None
     packetsReceived: float | None = None
+    packetsSent: float | None = None
     packetsLost: float | None = None
     jitterBufferDelay: float | None = None
     jitterBufferEmittedCount: float | None = None
@@ -280,6 +297,24 @@ class _KindSeries:
         self.mos = q._mos.bind(service, media_unit, kind)
 
 
+class _Plan:
+    """What :meth:`QualityProcessor.measure` found in one batch, for :meth:`QualityProcessor.commit`."""
+
+    __slots__ = ("clients", "clock", "failed", "now", "quality", "scores")
+
+    def __init__(self, now: float, clock: int | None) -> None:
+        self.now = now
+        """Seconds: the partition's stream time, or the wall clock for LOCAL input."""
+        self.clock = clock
+        """The partition's stream time after the batch (epoch ms); None for LOCAL input."""
+        self.quality: list[TrackQuality] = []
+        self.scores: list[tuple[float, str, str]] = []
+        """(client score, service id, media unit id) of 3.x samples."""
+        self.clients: list[tuple[tuple[str, str], dict[tuple[str, bool, int], array[float]]]] = []
+        """Per client sample with tracks: the client and the baselines of every track it carries."""
+        self.failed = 0
+
+
 _MAX_BOUND = 4096
 """(service, media unit, kind) series kept bound; past it the cache starts over (binding again is cheap)."""
 
@@ -321,10 +356,10 @@ class QualityProcessor:
         )
         self._bitrate = t.histogram(
             "quality_bitrate",
-            "Payload bitrate of RTP streams, per track and interval between samples",
+            "Payload rate of RTP streams in bytes per second (8 bits each), per track and interval between samples",
             BITRATE_LABELS,
             BITRATE_BUCKETS,
-            "bits_per_second",
+            "bytes_per_second",
         )
         self._mos = t.histogram(
             "quality_mos",
@@ -349,35 +384,219 @@ class QualityProcessor:
         self._track_count = 0
 
     async def consume(self, batch: Batch) -> None:
-        await self._next.consume(batch)
+        plan = self.measure(batch)
+        out = batch
+        if plan.quality:  # later stages read what was measured here: Batch.quality
+            out = msgspec.structs.replace(batch, quality=[*batch.quality, *plan.quality])
+        await self._next.consume(out)
         # Tracks' baselines and histograms change only when the message commits: a message refused
         # here, downstream or by a sibling pipeline leaves no trace, and its retry is counted once.
-        await transaction.after_commit(lambda: self.observe(batch))
+        await transaction.after_commit(lambda: self.commit(batch, plan))
 
     @property
     def tracked(self) -> int:
         """How many tracks' counters are kept now, all partitions together."""
         return self._track_count
 
-    # -- observation ----------------------------------------------------------------------------
-    def observe(self, batch: Batch) -> None:
-        """Record the quality of the batch's client samples; never raises, never changes the batch."""
-        part = self._part(batch.partition)
+    # -- measurement ----------------------------------------------------------------------------
+    def measure(self, batch: Batch) -> _Plan:
+        """What the batch's client samples measure, from the baselines as they are: changes nothing;
+        :meth:`commit` applies the plan. Never raises."""
+        part = self._parts.get(batch.partition)
+        clock: int | None = None
         if batch.partition is LOCAL:
             now = self._clock()
         else:
+            clock = part.clock if part is not None else 0
             t = _stream_time(batch)
-            if t is not None and t > part.clock:
-                part.clock = t
-            now = part.clock / 1000
-        self._expire(part, now)
+            if t is not None and t > clock:
+                clock = t
+            now = clock / 1000
+        plan = _Plan(now, clock)
+        deadline = now - self._idle
+        pending: dict[tuple[str, str], dict[tuple[str, bool, int], array[float]]] = {}
         for sample in batch.samples:
-            if isinstance(sample, ClientSample):
-                try:
-                    self._client(part, sample, now)
-                except Exception:  # a metric must never break the pipeline
-                    self._failed.add(1, self._label)
-                    self._log.error("quality measurement failed", exc_info=True, client_id=sample.client_id)
+            if not isinstance(sample, ClientSample):
+                continue
+            try:
+                self._measure_client(part, sample, deadline, pending, plan)
+            except Exception:  # a metric must never break the pipeline
+                plan.failed += 1
+                self._log.error("quality measurement failed", exc_info=True, client_id=sample.client_id)
+        return plan
+
+    def _measure_client(
+        self,
+        part: _Part | None,
+        sample: ClientSample,
+        deadline: float,
+        pending: dict[tuple[str, str], dict[tuple[str, bool, int], array[float]]],
+        plan: _Plan,
+    ) -> None:
+        origin = sample.origin
+        score = sample.score
+        if isinstance(score, (int, float)) and not isinstance(score, bool) and 0.0 <= score <= 5.0:  # false for NaN
+            plan.scores.append((float(score), origin.service_id, origin.media_unit_id))
+        if not sample.inbound_tracks and not sample.outbound_tracks:
+            return
+        key = (origin.service_id, sample.client_id)
+        tracks = pending.get(key)
+        if tracks is None:  # the first sample of the client in this batch: its kept baselines
+            client = part.clients.get(key) if part is not None else None
+            tracks = client.tracks if client is not None and client.seen > deadline else {}
+        pair_rtts = _pair_round_trip_times(sample)
+        after: dict[tuple[str, bool, int], array[float]] = {}
+        if origin.generation == "pcsample-v20200114":  # one sample per peer connection: keep the others'
+            described = {t.peer_connection_id or "" for t in (*sample.inbound_tracks, *sample.outbound_tracks)}
+            described.update(pc.peer_connection_id for pc in sample.peer_connections)
+            after.update((k, v) for k, v in tracks.items() if k[0] not in described)
+        for inbound, sample_tracks in ((True, sample.inbound_tracks), (False, sample.outbound_tracks)):
+            for track in sample_tracks:
+                track_key = (track.peer_connection_id or "", inbound, track.ssrc)
+                old = tracks.get(track_key)
+                quality, baseline = self._measure_track(sample, track, track_key, old, pair_rtts)
+                if quality is not None:
+                    plan.quality.append(quality)
+                if baseline is not None:
+                    after[track_key] = baseline
+                elif old is not None:
+                    after[track_key] = old
+        pending[key] = after  # tracks the sample no longer carries are left out: forgotten
+        plan.clients.append((key, after))
+
+    def _measure_track(
+        self,
+        sample: ClientSample,
+        track: Track,
+        key: tuple[str, bool, int],
+        baseline: array[float] | None,
+        pair_rtts: dict[str, float],
+    ) -> tuple[TrackQuality | None, array[float] | None]:
+        """The track's quality in this sample and its next baseline (a new array); (None, None) for a
+        sample not after the track's last one."""
+        inbound = key[1]
+        timestamp = sample.timestamp
+        if baseline is not None and timestamp <= baseline[_LAST]:
+            return None, None  # resent or reordered: already counted, or too late to be a delta
+        m = _measures(track.stats)
+        video = track.kind == "video"
+        rtt = _seconds(m.roundTripTime)
+        if rtt is None:
+            rtt = pair_rtts.get(key[0])
+        jitter = _seconds(m.jitter)
+        fraction_lost: float | None = None
+        if not inbound:
+            reported = _counter(m.fractionLost)
+            if reported <= 1.0:  # false for NaN
+                fraction_lost = reported
+        if inbound:
+            counters = (
+                _counter(m.bytesReceived),
+                _counter(m.packetsReceived),
+                _finite(m.packetsLost),
+                _counter(m.jitterBufferDelay),
+                _counter(m.jitterBufferEmittedCount),
+                _counter(m.framesDecoded),
+            )
+        else:
+            counters = (_counter(m.bytesSent), _counter(m.packetsSent), _NAN, _NAN, _NAN, _counter(m.framesEncoded))
+        width, height = _counter(m.frameWidth), _counter(m.frameHeight)
+        reported_fps = _counter(m.framesPerSecond)
+        bitrate = mos = fps = None
+        d_bytes = d_packets = d_frames = None
+        interval: float | None = None
+        if baseline is None:
+            new = array("d", (timestamp, timestamp, *counters))
+        else:
+            new = array("d", baseline)
+            new[_LAST] = timestamp
+            span = (timestamp - baseline[_BASE]) / 1000.0
+            if span >= MIN_INTERVAL:  # else keep the older baseline; the next sample gets a longer interval
+                interval = span
+                d_bytes = _delta(counters[0], baseline[_BYTES])
+                d_packets = _delta(counters[1], baseline[_RECEIVED])
+                d_frames = _delta(counters[5], baseline[_FRAMES])
+                if d_bytes is not None:
+                    bitrate = 8.0 * d_bytes / interval
+                if inbound:
+                    d_lost = counters[2] - baseline[_LOST]
+                    if d_packets is not None and d_lost == d_lost:  # NaN when either count is unknown
+                        d_lost = max(0.0, d_lost)  # negative with duplicates: RFC 3550 counts that as 0
+                        expected = d_packets + d_lost
+                        if expected > 0:
+                            fraction_lost = d_lost / expected
+                new[_BASE] = timestamp
+                new[_BYTES : _FRAMES + 1] = array("d", counters)
+        if video:
+            if reported_fps > 0:  # false for NaN
+                fps = reported_fps
+            elif d_frames is not None and interval:
+                fps = d_frames / interval
+            elif reported_fps == 0:
+                fps = 0.0
+        if inbound and self._mos_enabled and interval is not None and baseline is not None:
+            if not video:
+                if fraction_lost is not None and rtt is not None:
+                    before = baseline
+                    mos = _emodel.audio_mos(rtt, _jitter_buffer_delay(before, counters, jitter), fraction_lost)
+            elif bitrate is not None and fps and width > 0 and height > 0:
+                bpp = _emodel.bits_per_pixel(bitrate, width, height, fps)
+                if bpp is not None:
+                    mos = _emodel.video_mos(bpp)
+        limitation = None
+        if video and not inbound:
+            reason = track.stats.get("qualityLimitationReason")
+            if isinstance(reason, str) and reason and reason != "none":
+                limitation = reason
+        origin = sample.origin
+        quality = TrackQuality(
+            service_id=origin.service_id,
+            media_unit_id=origin.media_unit_id,
+            call_id=sample.call_id,
+            client_id=sample.client_id,
+            peer_connection_id=key[0],
+            ssrc=track.ssrc,
+            kind=track.kind,
+            direction="inbound" if inbound else "outbound",
+            timestamp=timestamp,
+            track_id=track.track_id,
+            rtt=rtt,
+            jitter=jitter,
+            fraction_lost=fraction_lost,
+            bitrate=bitrate,
+            mos=mos,
+            fps=fps,
+            frame_width=int(width) if video and width > 0 else None,
+            frame_height=int(height) if video and height > 0 else None,
+            packets_delta=None if d_packets is None else int(d_packets),
+            bytes_delta=None if d_bytes is None else int(d_bytes),
+            frames_delta=None if d_frames is None else int(d_frames),
+            interval=interval,
+            quality_limitation=limitation,
+        )
+        return quality, new
+
+    # -- commit: baselines and histograms -------------------------------------------------------
+    def commit(self, batch: Batch, plan: _Plan) -> None:
+        """Apply what :meth:`measure` found for ``batch``: the histograms, the tracks' baselines, the
+        partition's clock, idle and departed clients forgotten. Never raises."""
+        part = self._part(batch.partition)
+        if plan.clock is not None and plan.clock > part.clock:
+            part.clock = plan.clock
+        now = plan.now
+        self._expire(part, now)
+        for score, service, media_unit in plan.scores:
+            self._client_score.observe(score, service, media_unit)
+        for quality in plan.quality:
+            self._observe(quality)
+        for key, tracks in plan.clients:
+            try:
+                self._keep(part, key, tracks, now)
+            except Exception:  # a metric must never break the pipeline
+                plan.failed += 1
+                self._log.error("quality baselines not kept", exc_info=True, client_id=key[1])
+        if plan.failed:
+            self._failed.add(plan.failed, self._label)
         for report in batch.reports:  # the correlation processor says who left: forget them now
             if report.type == "CALL_EVENT" and report.payload.get("name") == "CLIENT_LEFT":
                 key = (report.payload.get("serviceId"), report.payload.get("clientId"))
@@ -385,6 +604,19 @@ class QualityProcessor:
                 if gone:
                     self._evicted.add(gone, self._label, "left")
         self._tracks_gauge.set(self._track_count, self._label)
+
+    def _observe(self, q: TrackQuality) -> None:
+        series = self._series(q.service_id, q.media_unit_id, q.kind)
+        if q.rtt is not None:
+            series.rtt.observe(q.rtt)
+        if q.jitter is not None:
+            series.jitter.observe(q.jitter)
+        if q.fraction_lost is not None:
+            series.fraction_lost.observe(q.fraction_lost)
+        if q.bitrate is not None:
+            (series.bitrate_in if q.direction == "inbound" else series.bitrate_out).observe(q.bitrate / 8.0)
+        if q.mos is not None:
+            series.mos.observe(q.mos)
 
     def _part(self, partition: Partition) -> _Part:
         part = self._parts.get(partition)
@@ -439,15 +671,8 @@ class QualityProcessor:
             series = self._bound[key] = _KindSeries(self, service, media_unit, kind)
         return series
 
-    def _client(self, part: _Part, sample: ClientSample, now: float) -> None:
-        origin = sample.origin
-        service, media_unit = origin.service_id, origin.media_unit_id
-        score = sample.score
-        if isinstance(score, (int, float)) and not isinstance(score, bool) and 0.0 <= score <= 5.0:  # false for NaN
-            self._client_score.observe(score, service, media_unit)
-        if not sample.inbound_tracks and not sample.outbound_tracks:
-            return
-        key = (service, sample.client_id)
+    def _keep(self, part: _Part, key: tuple[str, str], tracks: dict[tuple[str, bool, int], array[float]], now: float) -> None:
+        """Keep the baselines a client sample left (``tracks``: every track it carries, in order)."""
         clients = part.clients
         client = clients.get(key)
         if client is None:
@@ -456,27 +681,24 @@ class QualityProcessor:
             client.seen = now
             clients.move_to_end(key)
         part.touch(key, client)
-        tracks = client.tracks
-        known = len(tracks)
-        pair_rtts = _pair_round_trip_times(sample)
-        present: dict[tuple[str, bool, int], None] = {}
-        for inbound, sample_tracks in ((True, sample.inbound_tracks), (False, sample.outbound_tracks)):
-            for track in sample_tracks:
-                track_key = (track.peer_connection_id or "", inbound, track.ssrc)
-                present[track_key] = None
-                self._track(sample, track, track_key, tracks, pair_rtts)
-        if len(tracks) > len(present):  # tracks the client no longer reports are forgotten
-            for gone in [k for k in tracks if k not in present]:
-                del tracks[gone]
-        added = len(tracks) - known
+        kept = client.tracks
+        known = len(kept)
+        for track_key, baseline in tracks.items():
+            current = kept.get(track_key)
+            if current is None or current[_LAST] <= baseline[_LAST]:  # a later sample committed first: keep its
+                kept[track_key] = baseline
+        if len(kept) > len(tracks):  # tracks the client no longer reports are forgotten
+            for gone in [k for k in kept if k not in tracks]:
+                del kept[gone]
+        added = len(kept) - known
         part.tracks += added
         self._track_count += added
         if self._track_count > self._max_tracks:
             self._bound_tracks(part, client)
-            extra = list(tracks)[self._max_tracks :]
+            extra = list(kept)[self._max_tracks :]
             if extra:  # one client alone has more tracks than allowed: keep its first ones
                 for track_key in extra:
-                    del tracks[track_key]
+                    del kept[track_key]
                 part.tracks -= len(extra)
                 self._track_count -= len(extra)
                 self._evicted.add(len(extra), self._label, "max_tracks")
@@ -533,108 +755,6 @@ class QualityProcessor:
         if part is not None:
             self._track_count -= part.tracks
             self._tracks_gauge.set(self._track_count, self._label)
-
-    def _track(
-        self,
-        sample: ClientSample,
-        track: Track,
-        key: tuple[str, bool, int],
-        tracks: dict[tuple[str, bool, int], array[float]],
-        pair_rtts: dict[str, float],
-    ) -> None:
-        inbound = key[1]
-        timestamp = sample.timestamp
-        baseline = tracks.get(key)
-        if baseline is not None:
-            if timestamp <= baseline[_LAST]:
-                return  # resent or reordered: already counted, or too late to be a delta
-            baseline[_LAST] = timestamp
-
-        m = _measures(track.stats)
-        origin = sample.origin
-        series = self._series(origin.service_id, origin.media_unit_id, track.kind)
-        rtt = _seconds(m.roundTripTime)
-        if rtt is None:
-            rtt = pair_rtts.get(key[0])
-        if rtt is not None:
-            series.rtt.observe(rtt)
-        jitter = _seconds(m.jitter)
-        if jitter is not None:
-            series.jitter.observe(jitter)
-        if not inbound:
-            reported = _counter(m.fractionLost)
-            if reported <= 1.0:  # false for NaN
-                series.fraction_lost.observe(reported)
-
-        if inbound:
-            counters = (
-                _counter(m.bytesReceived),
-                _counter(m.packetsReceived),
-                _finite(m.packetsLost),
-                _counter(m.jitterBufferDelay),
-                _counter(m.jitterBufferEmittedCount),
-                _counter(m.framesDecoded),
-            )
-        else:
-            counters = (_counter(m.bytesSent), _NAN, _NAN, _NAN, _NAN, _counter(m.framesEncoded))
-        if baseline is None:
-            tracks[key] = array("d", (timestamp, timestamp, *counters))
-            return
-
-        interval = (timestamp - baseline[_BASE]) / 1000.0
-        if interval < MIN_INTERVAL:
-            return  # keep the older baseline; the next sample gets a longer interval
-        self._interval(baseline, counters, m, inbound, track.kind, series, interval, rtt, jitter)
-        baseline[_BASE] = timestamp
-        baseline[_BYTES : _FRAMES + 1] = array("d", counters)
-
-    def _interval(
-        self,
-        before: array[float],
-        after: tuple[float, float, float, float, float, float],
-        m: _Measures,
-        inbound: bool,
-        kind: str,
-        series: _KindSeries,
-        interval: float,
-        rtt: float | None,
-        jitter: float | None,
-    ) -> None:
-        """Observe what needs two samples of one track, ``interval`` seconds apart."""
-        bitrate = None
-        d_bytes = _delta(after[0], before[_BYTES])
-        if d_bytes is not None:
-            bitrate = 8.0 * d_bytes / interval
-            (series.bitrate_in if inbound else series.bitrate_out).observe(bitrate)
-        if not inbound:
-            return
-        fraction_lost = None
-        d_received = _delta(after[1], before[_RECEIVED])
-        d_lost = after[2] - before[_LOST]
-        if d_received is not None and d_lost == d_lost:  # NaN when either count is unknown
-            d_lost = max(0.0, d_lost)  # negative with duplicates: RFC 3550 counts that as 0
-            expected = d_received + d_lost
-            if expected > 0:
-                fraction_lost = d_lost / expected
-                series.fraction_lost.observe(fraction_lost)
-        if not self._mos_enabled:
-            return
-        if kind == "audio":
-            if fraction_lost is None or rtt is None:
-                return
-            buffer = _jitter_buffer_delay(before, after, jitter)
-            series.mos.observe(_emodel.audio_mos(rtt, buffer, fraction_lost))
-        elif bitrate is not None:
-            reported_fps = _counter(m.framesPerSecond)
-            fps: float | None = reported_fps
-            if not reported_fps > 0:  # also NaN
-                d_frames = _delta(after[5], before[_FRAMES])
-                fps = d_frames / interval if d_frames else None
-            width, height = _counter(m.frameWidth), _counter(m.frameHeight)
-            if fps and width > 0 and height > 0:
-                bpp = _emodel.bits_per_pixel(bitrate, width, height, fps)
-                if bpp is not None:
-                    series.mos.observe(_emodel.video_mos(bpp))
 
 
 def _jitter_buffer_delay(before: array[float], after: tuple[float, ...], jitter: float | None) -> float:

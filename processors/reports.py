@@ -348,12 +348,7 @@ class ReportsProcessor:
         if not d.reports and not (self._forward_samples and batch.samples):
             await transaction.after_commit(lambda: self._commit(d))
             return
-        out = Batch(
-            samples=batch.samples if self._forward_samples else [],
-            reports=d.reports,
-            partition=batch.partition,
-            time=batch.time,
-        )
+        out = msgspec.structs.replace(batch, samples=batch.samples if self._forward_samples else [], reports=d.reports)
         await self._next.consume(out)  # RetryLater propagates: the sender resends, the cache stays as it was
         # Remember and count when the message commits: a sibling pipeline may still refuse it.
         await transaction.after_commit(lambda: self._commit(d))

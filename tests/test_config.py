@@ -106,7 +106,7 @@ EXPECTED = [
     "receivers.observertc.websocket_heartbeat: expected a duration",
     "receivers.observertc.colour: unknown option",
     "receivers.observertc.cors.allowed_origins[0]: an origin looks like",
-    "receivers.zeromq: unknown receiver type 'zeromq' (known: observertc)",
+    "receivers.zeromq: unknown receiver type 'zeromq' (known: kafka, observertc)",
     "exporters.file.path: environment variable MISSING_DIR is not set",
     "exporters.file.rotation.max_megabytes: expected an integer",
     "exporters.file.sending_queue.queue_size: must be at least 1",
@@ -188,3 +188,32 @@ def test_cli_run_refuses_a_bad_config_without_starting(tmp_path):
 def test_cli_names_a_missing_file(tmp_path):
     result = _cli("validate", "--config", str(tmp_path / "nope.yaml"))
     assert result.returncode == 1 and "cannot read config file" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("processors", "where"),
+    [("[reports, correlation]", "after it"), ("[reports]", "not in the pipeline"), ("[quality, reports]", "not in the pipeline")],
+)
+def test_a_processor_order_that_cannot_work_is_a_config_error(processors: str, where: str) -> None:
+    text = f"""
+receivers: {{observertc: {{}}}}
+processors: {{correlation: {{}}, reports: {{}}, quality: {{}}}}
+exporters: {{debug: {{}}}}
+service: {{pipelines: {{p: {{receivers: [observertc], processors: {processors}, exporters: [debug]}}}}}}
+"""
+    with pytest.raises(ConfigError) as exc:
+        load(text)
+    (issue,) = exc.value.issues
+    assert issue.path.startswith(
+        "service.pipelines.p.processors["
+    ) and f"needs a correlation processor before it (correlation is {where})" in str(issue), issue
+
+
+def test_a_processor_order_that_works_is_accepted() -> None:
+    text = """
+receivers: {observertc: {}}
+processors: {correlation: {}, reports: {}, quality: {}}
+exporters: {debug: {}}
+service: {pipelines: {p: {receivers: [observertc], processors: [correlation, quality, reports], exporters: [debug]}}}
+"""
+    assert [str(p) for p in load(text).pipelines["p"].processors] == ["correlation", "quality", "reports"]

@@ -14,6 +14,7 @@ when it is missing, except in CI (``CI`` set), where the missing tool is a failu
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -33,6 +34,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import _samples
+from tests._kafka_broker import kafka_broker_fixture  # noqa: F401  (the kafka_broker fixture)
+from tests._process import CollectorProcess, free_port
 from webrtc_observer.components import builtin_factories, config_types
 from webrtc_observer.config import ComponentId, load_text
 from webrtc_observer.exporters.prometheus import metric_name
@@ -153,7 +156,7 @@ def test_dockerfile_runs_as_a_non_root_user(dockerfile):
 def test_dockerfile_exposes_ports_data_volume_and_default_config(dockerfile):
     final = stages(dockerfile)[-1]
     exposed = {p for k, a in final if k == "EXPOSE" for p in a.split()}
-    assert exposed == {str(SAMPLES_PORT), str(METRICS_PORT)}
+    assert exposed == {str(SAMPLES_PORT), str(METRICS_PORT), "7081"}, "samples, /metrics and the live view"
     assert DATA_DIR in json.loads(_one(final, "VOLUME"))
     env = " ".join(a for k, a in final if k == "ENV")
     assert re.search(rf"OBSERVER_FILE={DATA_DIR}/\S+", env)
@@ -168,7 +171,7 @@ def test_dockerfile_entrypoint_is_the_console_script(dockerfile):
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["webrtc-observer"] == "webrtc_observer.cli:main"
     # The chart's container runs the same command (the image's ENTRYPOINT with the chart's args).
-    template = (CHART / "templates" / "deployment.yaml").read_text()
+    template = "".join(path.read_text() for path in sorted((CHART / "templates").iterdir()))
     assert f'args: ["run", "--config", "{IMAGE_CONFIG}"]' in template
 
 
@@ -380,6 +383,7 @@ def test_helm_lint_is_clean(helm, tmp_path):
         )
     )
     helm("lint", "--strict", str(CHART), "-f", str(extra))
+    helm("lint", "--strict", str(CHART), "--set", "mode=scaleout", "--set", "serviceMonitor.enabled=true")
 
 
 def test_default_render(helm):
@@ -548,6 +552,416 @@ def test_a_kafka_exporter_without_brokers_is_refused_at_render_time(helm, tmp_pa
     values.write_text(yaml.safe_dump({"kafka": {"brokers": []}}))
     result = helm("template", "obs", str(CHART), "-f", str(values), check=False)
     assert result.returncode != 0 and "kafka.brokers must list at least one broker" in result.stderr
+
+
+# ==================================================================================================
+# Helm chart, mode: scaleout (ingest and analysis tiers on Kafka)
+# ==================================================================================================
+
+SCALEOUT = {
+    "mode": "scaleout",
+    "scaleout": {
+        "kafka": {"brokers": ["kafka-0.kafka:9092", "kafka-1.kafka:9092"]},
+        "topics": {
+            "samples": {"name": "rtc-samples", "partitions": 6},
+            "state": {"name": "rtc-state"},
+            "reports": {"name": "rtc-reports"},
+        },
+        "ingest": {"replicas": 4},
+        "analysis": {"replicas": 2, "groupId": "rtc-analysis", "sessionTimeout": "8s", "checkpointInterval": "3s"},
+    },
+}
+
+
+def by_name(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for doc in docs:
+        key = (doc["kind"], doc["metadata"]["name"])
+        assert key not in found, f"two {key}"
+        found[key] = doc
+    return found
+
+
+def render_values(helm: Any, tmp_path: Path, values: dict[str, Any], *args: str) -> list[dict[str, Any]]:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return render(helm, "-f", str(path), *args)
+
+
+def tier_configs(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The collector.yaml of each tier (ingest, analysis), by the component label of its ConfigMap."""
+    return {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d["data"]["collector.yaml"]
+        for d in docs
+        if d["kind"] == "ConfigMap"
+    }
+
+
+def kafka_receiver_registered() -> bool:
+    return "kafka" in builtin_factories()["receivers"]
+
+
+def require_kafka_receiver() -> None:
+    """The analysis tier's ``kafka`` receiver is part of the collector; its absence is a failure, not a skip."""
+    if not kafka_receiver_registered():
+        pytest.fail(
+            "the kafka receiver is not registered in webrtc_observer/components.py: the analysis tier the chart "
+            "renders in mode scaleout (receivers.kafka) cannot run"
+        )
+
+
+def validate(text: str, tmp_path: Path, name: str, env: dict[str, str] | None = None) -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "webrtc_observer", "validate", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+    assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
+    return result.stdout
+
+
+def test_scaleout_renders_two_tiers_each_with_its_config_and_probes(helm, tmp_path):
+    docs = render_values(helm, tmp_path, {**SCALEOUT, "serviceMonitor": {"enabled": True}})
+    objects = by_name(docs)
+    assert sorted(objects) == [
+        ("ConfigMap", "obs-webrtc-observer-analysis"),
+        ("ConfigMap", "obs-webrtc-observer-ingest"),
+        ("Deployment", "obs-webrtc-observer-analysis"),
+        ("Deployment", "obs-webrtc-observer-ingest"),
+        ("Service", "obs-webrtc-observer"),  # the samples Service keeps its name: clients' URLs do not change
+        ("Service", "obs-webrtc-observer-analysis"),
+        ("ServiceMonitor", "obs-webrtc-observer"),
+    ]
+    ingest, analysis = objects["Deployment", "obs-webrtc-observer-ingest"], objects["Deployment", "obs-webrtc-observer-analysis"]
+    assert ingest["spec"]["replicas"] == 4 and analysis["spec"]["replicas"] == 2
+    pods = {"ingest": ingest["spec"]["template"], "analysis": analysis["spec"]["template"]}
+    for tier, pod in pods.items():
+        labels = pod["metadata"]["labels"]
+        assert labels["app.kubernetes.io/component"] == tier
+        deployment = ingest if tier == "ingest" else analysis
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        (container,) = pod["spec"]["containers"]
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes["config"]["configMap"]["name"] == f"obs-webrtc-observer-{tier}"
+        assert container["args"] == ["run", "--config", IMAGE_CONFIG]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Each Deployment selects its own pods only.
+    assert not ingest["spec"]["selector"]["matchLabels"].items() <= pods["analysis"]["metadata"]["labels"].items()
+    assert not analysis["spec"]["selector"]["matchLabels"].items() <= pods["ingest"]["metadata"]["labels"].items()
+    # A change of one tier's config restarts that tier.
+    configs = tier_configs(docs)
+    for tier, pod in pods.items():
+        assert (
+            pod["metadata"]["annotations"]["checksum/config"] == hashlib.sha256(configs[tier].rstrip("\n").encode()).hexdigest()
+        )
+
+    (ingest_container,) = pods["ingest"]["spec"]["containers"]
+    (analysis_container,) = pods["analysis"]["spec"]["containers"]
+    assert {p["name"]: p["containerPort"] for p in ingest_container["ports"]} == {
+        "samples": SAMPLES_PORT,
+        "metrics": METRICS_PORT,
+    }
+    assert {p["name"]: p["containerPort"] for p in analysis_container["ports"]} == {"metrics": METRICS_PORT}
+    # The ingest tier is probed as in mode single (/health on the samples port); the analysis tier has no
+    # samples port: /health on the metrics port.
+    for probe in ("readinessProbe", "startupProbe"):
+        assert ingest_container[probe]["httpGet"] == {"path": "/health", "port": "samples"}, probe
+        assert analysis_container[probe]["httpGet"] == {"path": "/health", "port": "metrics"}, probe
+    assert ingest_container["livenessProbe"]["tcpSocket"] == {"port": "samples"}
+    assert analysis_container["livenessProbe"]["tcpSocket"] == {"port": "metrics"}
+    assert ingest_container["resources"]["limits"] and analysis_container["resources"]["limits"]
+
+    # The samples Service reaches the ingest pods only; the analysis Service has only the metrics port.
+    samples, metrics = objects["Service", "obs-webrtc-observer"], objects["Service", "obs-webrtc-observer-analysis"]
+    assert samples["spec"]["selector"].items() <= pods["ingest"]["metadata"]["labels"].items()
+    assert not samples["spec"]["selector"].items() <= pods["analysis"]["metadata"]["labels"].items()
+    assert {p["name"]: p["port"] for p in samples["spec"]["ports"]} == {"samples": SAMPLES_PORT, "metrics": METRICS_PORT}
+    assert metrics["spec"]["selector"].items() <= pods["analysis"]["metadata"]["labels"].items()
+    assert [(p["name"], p["targetPort"]) for p in metrics["spec"]["ports"]] == [("metrics", "metrics")]
+    assert metrics["spec"]["publishNotReadyAddresses"] is True
+    # One ServiceMonitor scrapes both tiers.
+    monitor = objects["ServiceMonitor", "obs-webrtc-observer"]
+    selector = monitor["spec"]["selector"]["matchLabels"].items()
+    assert selector <= samples["metadata"]["labels"].items() and selector <= metrics["metadata"]["labels"].items()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+
+
+def test_scaleout_configs_follow_the_kafka_contract(helm, tmp_path):
+    configs = {tier: yaml.safe_load(text) for tier, text in tier_configs(render_values(helm, tmp_path, SCALEOUT)).items()}
+    brokers = ["kafka-0.kafka:9092", "kafka-1.kafka:9092"]
+
+    ingest = configs["ingest"]
+    assert ingest["exporters"]["kafka"] == {
+        "brokers": brokers,
+        "topic": "rtc-samples",
+        "encoding": "samples",
+        "tick_interval": "1s",
+    }
+    assert ingest["service"]["pipelines"] == {
+        "samples": {"receivers": ["observertc"], "processors": [], "exporters": ["kafka", "prometheus"]}
+    }
+    assert ingest["receivers"]["observertc"]["endpoint"] == f"0.0.0.0:{SAMPLES_PORT}"
+    assert ingest["exporters"]["prometheus"]["endpoint"] == f"0.0.0.0:{METRICS_PORT}"
+    assert "workers" not in ingest["service"] and ingest["service"]["shutdown_timeout"] == "30s"
+
+    analysis = configs["analysis"]
+    assert analysis["receivers"] == {
+        "kafka": {
+            "brokers": brokers,
+            "topic": "rtc-samples",
+            "group_id": "rtc-analysis",
+            "session_timeout": "8s",
+            "auto_offset_reset": "earliest",
+            "encoding": "samples",
+            "state": {"topic": "rtc-state", "checkpoint_interval": "3s"},
+        }
+    }  # no group_instance_id: static membership is off unless asked for
+    assert analysis["service"]["pipelines"] == {
+        "reports": {
+            "receivers": ["kafka"],
+            "processors": ["correlation", "quality", "reports"],
+            "exporters": ["kafka", "prometheus"],
+        }
+    }
+    assert analysis["processors"] == {"correlation": {"call_id_mode": "auto"}, "quality": {}, "reports": {}}
+    assert analysis["exporters"]["kafka"] == {"brokers": brokers, "topic": "rtc-reports", "key": "call", "encoding": "json"}
+    assert analysis["exporters"]["prometheus"]["endpoint"] == f"0.0.0.0:{METRICS_PORT}"
+    assert "observertc" not in analysis["receivers"]
+
+
+def test_scaleout_brokers_default_to_kafka_brokers_and_options_pass_through(helm, tmp_path):
+    values = {
+        "mode": "scaleout",
+        "kafka": {"brokers": ["broker:9092"]},
+        "scaleout": {
+            "ingest": {"tickInterval": "500ms", "exporterOptions": {"client_options": {"linger.ms": 5}, "topic": "ignored"}},
+            "analysis": {"receiverOptions": {"group_instance_id": "${env:POD_NAME}"}},
+        },
+    }
+    configs = {tier: yaml.safe_load(text) for tier, text in tier_configs(render_values(helm, tmp_path, values)).items()}
+    samples = configs["ingest"]["exporters"]["kafka"]
+    assert samples["brokers"] == ["broker:9092"] and samples["tick_interval"] == "500ms"
+    assert samples["client_options"] == {"linger.ms": 5}
+    assert samples["topic"] == "webrtc-samples", "the contract's fields win over exporterOptions"
+    receiver = configs["analysis"]["receivers"]["kafka"]
+    assert receiver["brokers"] == ["broker:9092"] and receiver["group_instance_id"] == "${env:POD_NAME}"
+    assert receiver["topic"] == "webrtc-samples" and receiver["state"]["topic"] == "webrtc-observer-state"
+    assert configs["analysis"]["exporters"]["kafka"]["brokers"] == ["broker:9092"]
+    assert configs["analysis"]["exporters"]["kafka"]["topic"] == "reports"
+
+
+def test_scaleout_configs_pass_webrtc_observer_validate(helm, tmp_path):
+    configs = tier_configs(render_values(helm, tmp_path, SCALEOUT))
+    out = validate(configs["ingest"], tmp_path, "ingest")
+    assert "pipeline samples: observertc -> kafka, prometheus" in out
+    require_kafka_receiver()
+    out = validate(configs["analysis"], tmp_path, "analysis")
+    assert "pipeline reports: kafka -> correlation -> quality -> reports -> kafka, prometheus" in out
+
+
+def test_scaleout_obfuscation_can_run_in_the_ingest_tier(helm, tmp_path):
+    values = {
+        **SCALEOUT,
+        "salt": {"existingSecret": "observer-salt"},
+        "config": {
+            "processors": {"obfuscation": {"salt": "${env:OBSERVER_SALT}"}},
+            "service": {
+                "pipelines": {
+                    "reports": {
+                        "receivers": ["observertc"],
+                        "processors": ["obfuscation", "correlation", "quality", "reports"],
+                        "exporters": ["kafka", "prometheus"],
+                    }
+                }
+            },
+        },
+    }
+    values["scaleout"] = {**SCALEOUT["scaleout"], "ingest": {"processors": ["obfuscation"]}}
+    docs = render_values(helm, tmp_path, values)
+    configs = tier_configs(docs)
+    ingest, analysis = yaml.safe_load(configs["ingest"]), yaml.safe_load(configs["analysis"])
+    # Ids are hashed before they reach the samples topic, and not hashed twice.
+    assert ingest["service"]["pipelines"]["samples"]["processors"] == ["obfuscation"]
+    assert ingest["processors"] == {"obfuscation": {"salt": "${env:OBSERVER_SALT}"}}
+    assert analysis["service"]["pipelines"]["reports"]["processors"] == ["correlation", "quality", "reports"]
+    assert "obfuscation" not in analysis["processors"]
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        salt = next(e for e in container["env"] if e["name"] == "OBSERVER_SALT")
+        assert salt["valueFrom"]["secretKeyRef"]["name"] == "observer-salt"
+    out = validate(configs["ingest"], tmp_path, "ingest", env={"OBSERVER_SALT": "a-secret-salt"})
+    assert "pipeline samples: observertc -> obfuscation -> kafka, prometheus" in out
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"mode": "multi"}, "mode must be single or scaleout, got multi"),
+        ({"mode": "scaleout", "workers": 2}, "mode scaleout: workers must be 1"),
+        (
+            {"mode": "scaleout", "kafka": {"brokers": []}},
+            "scaleout.kafka.brokers (or kafka.brokers) must list at least one broker",
+        ),
+        ({"mode": "scaleout", "scaleout": {"topics": {"samples": {"partitions": 0}}}}, "partitions must be at least 1"),
+        (
+            {"mode": "scaleout", "scaleout": {"ingest": {"processors": ["obfuscation"]}}},
+            "scaleout.ingest.processors lists obfuscation, which config.processors does not define",
+        ),
+        (
+            {"mode": "scaleout", "config": {"service": {"pipelines": {"reports": {"exporters": ["kafka"]}}}}},
+            "config.service.pipelines.reports.exporters must list prometheus",
+        ),
+        (
+            {"mode": "scaleout", "config": {"service": {"pipelines": {"raw": {"receivers": ["observertc"]}}}}},
+            "only config.service.pipelines.reports is split into the two tiers; remove (set to null) raw",
+        ),
+    ],
+    ids=["mode", "workers", "brokers", "partitions", "ingest-processor", "prometheus", "other-pipeline"],
+)
+def test_scaleout_refuses_what_it_cannot_render(helm, tmp_path, values, message):
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = helm("template", "obs", str(CHART), "-f", str(path), check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_scaleout_notes_give_the_topic_commands_and_warn_about_idle_members(helm, tmp_path):
+    def notes(*args: str) -> str:
+        out = helm("install", "obs", str(CHART), "--dry-run=client", "--namespace", "observability", *args).stdout
+        return out.partition("NOTES:")[2]
+
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(SCALEOUT))
+    text = notes("-f", str(path))
+    assert "consumer group rtc-analysis" in text and "WARNING" not in text
+    assert "--topic rtc-samples --partitions 6 " in text
+    assert "--topic rtc-state --partitions 6 --config cleanup.policy=compact --config retention.ms=" in text
+    assert "--topic rtc-reports " in text and "kafka-0.kafka:9092" in text
+    idle = notes("-f", str(path), "--set", "scaleout.analysis.replicas=8")
+    assert "WARNING: 8 analysis replicas for 6 partitions: 2 of them own no partition and sit idle" in idle
+    assert "cleanup.policy=compact" not in notes(), "mode single has no scale-out notes"
+
+
+async def scrape_metrics(http: aiohttp.ClientSession, log: Path) -> str:
+    """The /metrics of a collector process, at the endpoint its log says the prometheus exporter serves."""
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    (endpoint,) = [line["endpoint"] for line in lines if line.get("event") == "serving metrics"]
+    async with http.get(f"http://{endpoint}/metrics") as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+def check_dashboard_metrics(dashboard: dict[str, Any], text: str, which: Any) -> None:
+    """Every metric of the dashboard for which ``which(name)`` holds is in the scrape ``text``, with the labels
+    its queries select and group by."""
+    exported = exported_series(text)
+    used = {n: e for n, e in _dashboard_metrics(dashboard).items() if which(n)}
+    assert used, "the dashboard queries none of these metrics"
+    missing = {name: exprs[0] for name, exprs in used.items() if name not in exported}
+    assert not missing, f"the dashboard queries metrics the collector does not export: {missing}"
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels.setdefault(family.name, set()).update(sample.labels)
+    for expr in (e for exprs in used.values() for e in exprs):
+        available = {label for n in METRIC.findall(expr) for label in labels.get(exported[n], set())} | {"le"}
+        for grouping in GROUPING.findall(expr):
+            wanted = {g.strip() for g in grouping.split(",") if g.strip()}
+            assert wanted <= available, f"{expr}: no metric here has the labels {wanted - available}"
+
+
+def _create_topics(bootstrap: str, topics: dict[str, tuple[int, dict[str, str]]]) -> None:
+    """The topics as deploy/README.md says to create them (partitions, configs)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    new = [NewTopic(name, num_partitions=n, replication_factor=1, config=config) for name, (n, config) in topics.items()]
+    for future in admin.create_topics(new, operation_timeout=10).values():
+        future.result(timeout=15)
+
+
+async def test_scaleout_tiers_run_end_to_end_from_the_rendered_configs(helm, tmp_path, http, kafka_broker, dashboard):
+    """The two ConfigMaps, run as they are (endpoints on loopback, brokers: a real broker): samples posted
+    to the ingest tier come out of the analysis tier as reports with their ids."""
+    require_kafka_receiver()
+    port = free_port()
+    values = {
+        "mode": "scaleout",
+        "config": {
+            "receivers": {"observertc": {"endpoint": f"127.0.0.1:{port}"}},
+            "exporters": {"prometheus": {"endpoint": "127.0.0.1:0"}},
+        },
+        "scaleout": {
+            "kafka": {"brokers": [kafka_broker.bootstrap]},
+            "topics": {
+                "samples": {"name": "samples", "partitions": 3},
+                "state": {"name": "state"},
+                "reports": {"name": "reports"},
+            },
+            "analysis": {"sessionTimeout": "6s", "checkpointInterval": "1s"},
+        },
+    }
+    configs = tier_configs(render_values(helm, tmp_path, values))
+    await asyncio.to_thread(
+        _create_topics,
+        kafka_broker.bootstrap,
+        {
+            "samples": (3, {"retention.ms": "86400000"}),
+            "state": (3, {"cleanup.policy": "compact", "retention.ms": "-1"}),
+            "reports": (3, {"retention.ms": "86400000"}),
+        },
+    )
+    processes: list[CollectorProcess] = []
+    try:
+        for tier in ("ingest", "analysis"):
+            path = tmp_path / f"{tier}.yaml"
+            path.write_text(configs[tier])
+            processes.append(CollectorProcess(tmp_path / f"{tier}.log", path, port))
+        ingest, analysis = processes
+        await ingest.wait_ready(http)
+        body = _samples.samples_v2(_samples.client_sample_v2("c-alice"), _samples.client_sample_v2("c-bob"))
+        async with http.post(ingest.url("/rest/samples/svc/web-app"), json=body) as resp:
+            assert resp.status == 202, await resp.text()
+
+        def joined(messages: list[Any]) -> set[str]:
+            return {
+                json.loads(m.value)["payload"]["clientId"]
+                for m in messages
+                if m.headers.get("report-type") == b"CALL_EVENT" and json.loads(m.value)["payload"]["name"] == "CLIENT_JOINED"
+            }
+
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            assert analysis.proc.poll() is None, analysis.log.read_text()
+            messages = await asyncio.to_thread(kafka_broker.read, "reports", None, 5.0)
+            if joined(messages) == {"c-alice", "c-bob"}:
+                break
+            assert asyncio.get_running_loop().time() < deadline, f"no reports from the analysis tier:\n{analysis.log.read_text()}"
+            await asyncio.sleep(0.2)
+        assert all(m.headers.get("report-id") for m in messages), "every report carries its id"
+        # The ingest tier wrote the room's samples to one partition (keyed by service and room), and ticks
+        # to every partition.
+        samples = await asyncio.to_thread(kafka_broker.read, "samples")
+        room = [m for m in samples if m.key == b"svc\x00room-1"]
+        assert len(room) == 2 and len({m.partition for m in room}) == 1, [(m.key, m.partition) for m in samples]
+        assert {m.partition for m in samples if "tick" in m.headers} == {0, 1, 2}
+        # The analysis tier exports what the dashboard's "Scaling out" row queries, with those labels.
+        text = await scrape_metrics(http, analysis.log)
+        check_dashboard_metrics(dashboard, text, _is_scaleout)
+    finally:
+        for process in processes:
+            if process.proc.poll() is None:
+                process.proc.terminate()
+                try:
+                    process.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.proc.kill()
+                    process.proc.wait()
+            process.close_log()
 
 
 # ==================================================================================================
@@ -726,10 +1140,15 @@ def _is_quality(name: str) -> bool:
     return name.startswith("observertc_quality_")
 
 
+def _is_scaleout(name: str) -> bool:
+    """Metrics of the kafka receiver: the scaled-out analysis tier's scrape has them (see the end-to-end test)."""
+    return name.startswith("observertc_kafka_receiver_")
+
+
 def test_every_dashboard_metric_is_exported(dashboard, scrape):
     text, _ = scrape
     exported = exported_series(text)
-    used = _dashboard_metrics(dashboard)
+    used = {n: e for n, e in _dashboard_metrics(dashboard).items() if not _is_scaleout(n)}
     checked = {n: e for n, e in used.items() if not _is_quality(n) or "quality" in builtin_factories()["processors"]}
     missing = {name: exprs[0] for name, exprs in checked.items() if name not in exported}
     assert not missing, f"the dashboard queries metrics the collector does not export: {missing}"
@@ -749,7 +1168,7 @@ def test_every_dashboard_quality_metric_is_exported(dashboard, scrape):
         "observertc_quality_round_trip_time_seconds",
         "observertc_quality_jitter_seconds",
         "observertc_quality_fraction_lost_ratio",
-        "observertc_quality_bitrate_bits_per_second",
+        "observertc_quality_bitrate_bytes_per_second",
         "observertc_quality_mos",
         "observertc_quality_client_score",
     }

@@ -40,7 +40,8 @@ service: {{pipelines: {{p: {{receivers: [observertc], exporters: [file]}}}}}}
     for f in files:
         assert f.stat().st_size <= 1024 * 1024
     newest = [json.loads(line) for line in path.read_text().splitlines()]
-    assert newest[-1] == {"type": "CALL_EVENT", "schemaVersion": "2.2.11", "payload": _report(11_999).payload}
+    last = _report(11_999)
+    assert newest[-1] == {"type": "CALL_EVENT", "schemaVersion": "2.2.11", "payload": last.payload, "id": last.id}
     # Nothing is lost between files that were kept: the timestamps run on without a gap.
     kept = [json.loads(line)["payload"]["timestamp"] for f in reversed(files) for line in f.read_text().splitlines()]
     assert kept == list(range(kept[0], 12_000))

@@ -212,15 +212,16 @@ async def test_two_consecutive_samples_give_every_histogram(http):
         assert lost[audio].counts[FRACTION_LOST_BUCKETS.index(0.01)] == 1
         assert lost[video].count == 1 and lost[video].sum == 0.0
 
+        # Bitrate in bytes per second (Prometheus' base unit): 32 kbit/s is 4 kB/s, 800 kbit/s 100 kB/s.
         bitrate = series(c, "quality_bitrate")
         assert {k: (v.count, v.sum) for k, v in bitrate.items()} == {
-            (SVC, MU, "audio", "inbound"): (1, pytest.approx(32_000)),
-            (SVC, MU, "audio", "outbound"): (1, pytest.approx(32_000)),
-            (SVC, MU, "video", "inbound"): (1, pytest.approx(800_000)),
-            (SVC, MU, "video", "outbound"): (1, pytest.approx(800_000)),
+            (SVC, MU, "audio", "inbound"): (1, pytest.approx(4_000)),
+            (SVC, MU, "audio", "outbound"): (1, pytest.approx(4_000)),
+            (SVC, MU, "video", "inbound"): (1, pytest.approx(100_000)),
+            (SVC, MU, "video", "outbound"): (1, pytest.approx(100_000)),
         }
-        assert bitrate[(SVC, MU, "audio", "inbound")].counts[BITRATE_BUCKETS.index(32e3)] == 1
-        assert bitrate[(SVC, MU, "video", "outbound")].counts[BITRATE_BUCKETS.index(1e6)] == 1
+        assert bitrate[(SVC, MU, "audio", "inbound")].counts[BITRATE_BUCKETS.index(4e3)] == 1
+        assert bitrate[(SVC, MU, "video", "outbound")].counts[BITRATE_BUCKETS.index(125e3)] == 1
 
         # MOS, inbound only. Audio: RTT 50 ms, jitter buffer 2 × 4 ms, loss 2/252. Video: 800 kbit/s
         # over 640×480 at 30 fps (150 frames in 5 s).
@@ -234,10 +235,28 @@ async def test_two_consecutive_samples_give_every_histogram(http):
 
         assert series(c, "quality_client_score") == {}  # 2.x samples carry no score
 
-        # The batches went on unchanged: the very objects the raw pipeline got.
+        # The batches went on with what was measured added: the very samples the raw pipeline got, and
+        # one TrackQuality per track and sample, with the numbers the histograms got.
         quality, raw = c.exporter("recording").batches, c.exporter("recording/raw").batches
         assert len(quality) == len(raw) == 2
-        assert all(a is b for a, b in zip(quality, raw, strict=True))
+        for a, b in zip(quality, raw, strict=True):
+            assert a is not b and all(x is y for x, y in zip(a.samples, b.samples, strict=True))
+            assert (a.reports, a.partition, a.time) == (b.reports, b.partition, b.time) and b.quality == []
+        first, second = quality[0].quality, quality[1].quality
+        assert len(first) == len(second) == 4
+        assert all(q.interval is None and q.bitrate is None and q.mos is None for q in first)
+        measured = {(q.direction, q.kind): q for q in second}
+        assert set(measured) == {("inbound", "audio"), ("inbound", "video"), ("outbound", "audio"), ("outbound", "video")}
+        audio_in, video_in = measured[("inbound", "audio")], measured[("inbound", "video")]
+        assert (audio_in.client_id, audio_in.service_id, audio_in.media_unit_id) == ("c-alice", SVC, MU)
+        assert audio_in.interval == 5.0 and audio_in.packets_delta == 250 and audio_in.bytes_delta == 20_000
+        assert audio_in.bitrate == pytest.approx(32_000) and audio_in.fraction_lost == pytest.approx(2 / 252)
+        assert audio_in.mos == pytest.approx(mos[audio].sum) and audio_in.rtt == pytest.approx(0.05)
+        assert video_in.frames_delta == 150 and video_in.fps == pytest.approx(30.0)
+        assert (video_in.frame_width, video_in.frame_height) == (640, 480)
+        assert video_in.mos == pytest.approx(mos[video].sum) and video_in.bitrate == pytest.approx(800_000)
+        assert measured[("outbound", "video")].bitrate == pytest.approx(800_000)
+        assert audio_in.ssrc == raw[1].samples[0].inbound_tracks[0].ssrc and audio_in.timestamp == T0 + 5000
         assert processor(c).tracked == 4
         assert c.telemetry.get("quality_tracks").value("quality") == 4
 
@@ -249,7 +268,7 @@ async def test_metric_metadata():
             "quality_round_trip_time": ("seconds", ("service_id", "media_unit_id", "kind")),
             "quality_jitter": ("seconds", ("service_id", "media_unit_id", "kind")),
             "quality_fraction_lost": ("ratio", ("service_id", "media_unit_id", "kind")),
-            "quality_bitrate": ("bits_per_second", ("service_id", "media_unit_id", "kind", "direction")),
+            "quality_bitrate": ("bytes_per_second", ("service_id", "media_unit_id", "kind", "direction")),
             "quality_mos": ("", ("service_id", "media_unit_id", "kind")),
             "quality_client_score": ("", ("service_id", "media_unit_id")),
         }
@@ -285,8 +304,8 @@ async def test_a_second_3x_sample_gives_deltas(http):
         await post(c, http, first)
         await post(c, http, second)
         bitrate = series(c, "quality_bitrate")
-        assert bitrate[(SVC, MU, "audio", "inbound")].sum == pytest.approx(32_000)
-        assert bitrate[(SVC, MU, "video", "outbound")].sum == pytest.approx(1_000_000)
+        assert bitrate[(SVC, MU, "audio", "inbound")].sum == pytest.approx(4_000)
+        assert bitrate[(SVC, MU, "video", "outbound")].sum == pytest.approx(125_000)
         assert series(c, "quality_client_score")[(SVC, MU)].count == 2
         mos = series(c, "quality_mos")
         # no loss, 124 ms RTT, jitter buffer 2 × 19 ms: d = 62 + 38 + 26.5 ms
@@ -310,8 +329,8 @@ async def test_a_counter_reset_gives_no_negative_bitrate(http):
         await post(c, http, wrapper(after))  # measured from the reset values
         bitrate = series(c, "quality_bitrate")
         assert bitrate[(SVC, MU, "audio", "inbound")].count == 1
-        assert bitrate[(SVC, MU, "audio", "inbound")].sum == pytest.approx(32_000)
-        assert bitrate[(SVC, MU, "video", "outbound")].sum == pytest.approx(800_000)
+        assert bitrate[(SVC, MU, "audio", "inbound")].sum == pytest.approx(4_000)
+        assert bitrate[(SVC, MU, "video", "outbound")].sum == pytest.approx(100_000)
         assert all(v.sum >= 0 for v in bitrate.values())
         lost = series(c, "quality_fraction_lost")
         assert all(0 <= v.sum <= v.count for v in lost.values())
@@ -462,14 +481,50 @@ async def test_idle_tracks_are_forgotten():
     assert quality.tracked == 1
 
 
-async def test_the_batch_is_passed_on_as_it_is():
+async def test_the_batch_is_passed_on_with_its_quality_and_nothing_else_changed():
     quality, sink, _, _ = _standalone()
     sample = _sample(T0, {"bytesReceived": 5, "jitter": 0.01})
     before = copy.deepcopy(sample)
-    batch = Batch(samples=[sample])
+    batch = Batch(samples=[sample], reports=[_left("other")], partition=None, time=T0)
     await quality.consume(batch)
-    assert sink.batches == [batch] and sink.batches[0] is batch and batch.samples[0] is sample
+    [out] = sink.batches
+    assert out is not batch and batch.quality == [], "the batch received is not changed"
+    assert out.samples[0] is sample and out.reports == batch.reports and out.time == T0
     assert sample == before
+    [q] = out.quality
+    assert (q.client_id, q.peer_connection_id, q.ssrc, q.direction, q.kind) == ("c", "pc", 1, "inbound", "audio")
+    assert q.jitter == 0.01 and q.interval is None and q.bytes_delta is None
+    # Nothing measured (no tracks; a tick): the very batch goes on.
+    for nothing in (Batch(samples=[ClientSample(origin=ORIGIN, client_id="s", timestamp=T0)]), Batch(partition=1, time=T0)):
+        await quality.consume(nothing)
+        assert sink.batches[-1] is nothing
+
+
+async def test_outbound_quality_limitation_and_frozen_video_show_in_the_quality():
+    quality, sink, _, _ = _standalone()
+    video = {"packetsReceived": 100, "framesDecoded": 50, "bytesReceived": 10_000, "frameWidth": 640, "frameHeight": 360}
+    out = {"packetsSent": 100, "bytesSent": 10_000, "framesEncoded": 50, "qualityLimitationReason": "cpu"}
+
+    def sample(ts: int, inbound: dict[str, Any], outbound: dict[str, Any]) -> ClientSample:
+        return ClientSample(
+            origin=ORIGIN,
+            client_id="c",
+            timestamp=ts,
+            inbound_tracks=[Track(kind="video", ssrc=1, peer_connection_id="pc", stats=inbound)],
+            outbound_tracks=[Track(kind="video", ssrc=2, peer_connection_id="pc", stats=outbound)],
+        )
+
+    await quality.consume(Batch(samples=[sample(T0, video, out)]))
+    frozen = {**video, "packetsReceived": 400, "bytesReceived": 310_000}  # packets flow, no frame decoded
+    await quality.consume(Batch(samples=[sample(T0 + 2000, frozen, {**out, "packetsSent": 160, "framesEncoded": 110})]))
+    inbound, outbound = sink.batches[-1].quality
+    assert (inbound.packets_delta, inbound.frames_delta, inbound.fps) == (300, 0, 0.0)
+    assert inbound.mos is None, "a frozen picture gives no MOS"
+    assert (outbound.packets_delta, outbound.frames_delta, outbound.fps) == (60, 60, 30.0)
+    assert outbound.quality_limitation == "cpu" and inbound.quality_limitation is None
+    none = {**out, "packetsSent": 200, "qualityLimitationReason": "none"}
+    await quality.consume(Batch(samples=[sample(T0 + 4000, frozen, none)]))
+    assert sink.batches[-1].quality[1].quality_limitation is None
 
 
 async def test_short_intervals_keep_the_older_baseline():
@@ -480,7 +535,7 @@ async def test_short_intervals_keep_the_older_baseline():
     assert telemetry.get("quality_bitrate").series() == {}
     await quality.consume(Batch(samples=[_sample(T0 + 4000, {"bytesReceived": 16_000})]))
     bitrate = telemetry.get("quality_bitrate").series()[(SVC, MU, "audio", "inbound")]
-    assert bitrate.count == 1 and bitrate.sum == pytest.approx(32_000)  # over 4 s from the first
+    assert bitrate.count == 1 and bitrate.sum == pytest.approx(4_000)  # 32 kbit/s over 4 s from the first
 
 
 async def test_out_of_order_and_zero_interval_samples_are_skipped():
@@ -764,3 +819,46 @@ async def test_local_state_moves_the_same_way():
     assert a_seen == b_seen and "quality_mos" in {name for name, _, _ in b_seen}
     b.revoke(None)
     assert b.tracked == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# /metrics after real samples: promtool passes with the bitrate histogram filled
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_metrics_after_real_samples_pass_promtool(http):
+    from tests.test_prometheus_exporter import promtool_check, samples_of
+    from webrtc_observer.config import ComponentId
+
+    yaml_text = """
+receivers: {observertc: {endpoint: "127.0.0.1:0"}}
+processors: {correlation: {}, quality: {}, reports: {}}
+exporters: {recording: {}, prometheus: {endpoint: "127.0.0.1:0"}}
+service:
+  pipelines:
+    p: {receivers: [observertc], processors: [correlation, quality, reports], exporters: [recording, prometheus]}
+"""
+    async with testing.running_collector(yaml_text) as c:
+        await post(c, http, wrapper(v2(T0, 0)))
+        await post(c, http, wrapper(v2(T0 + 5000, 1)))
+        await post(c, http, _samples.client_sample_v3())
+        port = c.service.exporters[ComponentId("prometheus")].bound_port
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    values = samples_of(text)
+    name = "observertc_quality_bitrate_bytes_per_second"
+    counts = {
+        dict(labels)["kind"] + "/" + dict(labels)["direction"]: v for (n, labels), v in values.items() if n == f"{name}_count"
+    }
+    assert counts == {"audio/inbound": 1, "audio/outbound": 1, "video/inbound": 1, "video/outbound": 1}
+    sums = {
+        dict(labels)["kind"]: v
+        for (n, labels), v in values.items()
+        if n == f"{name}_sum" and dict(labels)["direction"] == "inbound"
+    }
+    assert sums == {"audio": pytest.approx(4_000), "video": pytest.approx(100_000)}  # 32 and 800 kbit/s
+    assert not [n for n, _ in values if "_bits" in n], "no family in bits"
+    for family in ("quality_mos", "quality_round_trip_time_seconds", "quality_client_score"):
+        assert any(n.startswith(f"observertc_{family}_count") and v > 0 for (n, _), v in values.items()), family
+    promtool_check(text)

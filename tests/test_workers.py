@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -83,7 +84,8 @@ def test_one_worker_owns_every_sample_of_a_room() -> None:
 class _Supervised:
     """``webrtc-observer run`` with ``service.workers: 2``: a file per worker, /metrics per worker."""
 
-    def __init__(self, tmp_path: Path, workers: int = 2) -> None:
+    def __init__(self, tmp_path: Path, workers: int = 2, state: str = "{}") -> None:
+        """``state``: the ``service.state`` options (YAML flow mapping)."""
         self.port = _free_ports(1)
         self.metrics_port = _free_ports(workers)
         self.workers = workers
@@ -98,6 +100,7 @@ exporters:
   prometheus: {{endpoint: "127.0.0.1:{self.metrics_port}"}}
 service:
   workers: {workers}
+  state: {state}
   pipelines: {{p: {{receivers: [observertc], processors: [correlation, reports], exporters: [file, prometheus]}}}}
 """
         )
@@ -233,3 +236,116 @@ async def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
     finally:
         assert collector.stop() == 0, collector.log.read_text()
     assert "worker died; starting it again" in collector.log.read_text()
+
+
+# -- a worker killed mid-call resumes its calls (service.state) ------------------------------------
+
+
+async def _post_until_accepted(http: aiohttp.ClientSession, url: str, body: dict, timeout: float = 60) -> None:
+    """POST until 202: a 503 (the owning worker is down or starting again) or a connection the
+    killed worker dropped is tried again, as a client would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with http.post(url, json=body) as resp:
+                if resp.status == 202:
+                    return
+                assert resp.status == 503, (resp.status, await resp.text())
+        except aiohttp.ClientConnectionError:
+            pass
+        assert time.monotonic() < deadline, f"not accepted within {timeout}s"
+        await asyncio.sleep(0.05)
+
+
+def _complete_reports(path: Path) -> list[dict]:
+    """The reports of a file the collector may still be writing (a partial last line is left out)."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+
+
+def _worker_pids(log: str, index: int) -> list[int]:
+    """The pids the supervisor started worker ``index`` with, in order (it logs every start)."""
+    return [int(m.group(1)) for m in re.finditer(rf"worker started .*worker={index} pid=(\d+)", log)]
+
+
+async def _until(condition, timeout: float = 30, what: str = "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def _lifecycle(reports: list[dict], name: str) -> Counter:
+    return Counter(
+        (r["payload"]["callId"], r["payload"].get("clientId"))
+        for r in reports
+        if r["type"] == "CALL_EVENT" and r["payload"]["name"] == name
+    )
+
+
+async def test_a_worker_killed_mid_call_resumes_its_calls_without_announcing_them_again(tmp_path: Path) -> None:
+    collector = _Supervised(tmp_path, state="{checkpoint_interval: 200ms}")
+    calls = [f"call-{n}" for n in range(8)]
+    clients = [(call, f"{call}-{c}") for call in calls for c in ("a", "b")]
+    url = f"http://127.0.0.1:{collector.port}/rest/samples/svc/mu"
+    files = [tmp_path / f"reports-{i}.jsonl" for i in range(2)]
+
+    async def send_round(http: aiohttp.ClientSession, tick: int) -> None:
+        for call, client in clients:
+            sample = _samples.client_sample_v2(client, call_id=call, ts=_samples.T0 + tick * 1000, roomId=f"room-{call}")
+            await _post_until_accepted(http, url, _samples.samples_v2(sample, sfu=False))
+
+    def owners() -> dict[str, int]:
+        return {
+            r["payload"]["callId"]: i
+            for i, path in enumerate(files)
+            for r in _complete_reports(path)
+            if r["type"] == "CALL_EVENT" and r["payload"]["name"] == "CALL_STARTED"
+        }
+
+    try:
+        async with aiohttp.ClientSession() as http:
+            await collector.wait_ready(http)
+            for tick in range(2):
+                await send_round(http, tick)
+
+            async def all_started() -> bool:
+                return len(owners()) == len(calls)
+
+            await _until(all_started, what="every CALL_STARTED in the files")
+            by_worker = Counter(owners().values())
+            victim = by_worker.most_common(1)[0][0]
+            victim_calls = sorted(c for c, w in owners().items() if w == victim)
+
+            # A checkpoint that began after the calls were accepted: two more than now.
+            metric = "observertc_local_state_checkpoint_duration_seconds_count"
+            done = await collector.metric(http, victim, metric)
+
+            async def checkpointed() -> bool:
+                return await collector.metric(http, victim, metric) >= done + 2
+
+            await _until(checkpointed, what="a checkpoint covering the calls")
+            (pid,) = _worker_pids(collector.log.read_text(), victim)
+            os.kill(pid, signal.SIGKILL)
+
+            for tick in range(2, 5):  # the same calls go on; the first sends wait out the restart
+                await send_round(http, tick)
+            assert len(_worker_pids(collector.log.read_text(), victim)) == 2, "the killed worker was not started again"
+    finally:
+        assert collector.stop() == 0, collector.log.read_text()
+
+    reports = [r for path in files for r in _complete_reports(path)]
+    assert _lifecycle(reports, "CALL_STARTED") == {(call, None): 1 for call in calls}
+    assert _lifecycle(reports, "CLIENT_JOINED") == dict.fromkeys(clients, 1)
+    log = collector.log.read_text()
+    assert "worker died; starting it again" in log
+    assert re.search(rf"state restored .*worker={victim}", log), log
+    # The restarted worker took the samples that came after its restart, in the calls it resumed.
+    after = {
+        (r["payload"]["callId"], r["payload"]["clientId"])
+        for r in _complete_reports(files[victim])
+        if r["type"] == "INBOUND_AUDIO_TRACK" and r["payload"]["timestamp"] == _samples.T0 + 4000
+    }
+    assert after == {(call, client) for call, client in clients if call in victim_calls}

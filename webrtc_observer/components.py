@@ -14,10 +14,12 @@ def builtin_factories() -> Mapping[str, Mapping[str, Factory[Any]]]:
     """kind (``receivers``/``processors``/``exporters``) → type → factory."""
     from webrtc_observer.exporters import debug, file, kafka, liveview, otlp, prometheus
     from webrtc_observer.processors import correlation, obfuscation, quality, reports
+    from webrtc_observer.receiver import kafka as kafka_receiver
     from webrtc_observer.receiver import observertc
 
     factories: list[Factory[Any]] = [
         observertc.FACTORY,
+        kafka_receiver.FACTORY,
         obfuscation.FACTORY,
         correlation.FACTORY,
         reports.FACTORY,

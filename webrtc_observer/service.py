@@ -3,12 +3,15 @@
 Graph: each receiver is one instance shared by every pipeline that lists it and feeds all of them;
 each pipeline has its own processor instances (state is per pipeline); each exporter is one instance
 shared by the pipelines that list it. Start order is exporters, processors, receivers; shutdown is the
-reverse, so by the time an exporter stops nothing can reach it any more.
+reverse, so by the time an exporter stops nothing can reach it any more. With a state checkpoint
+(``service.state``, :mod:`webrtc_observer.state_store`) the processors' state is restored between the
+processors and the receivers, and written a last time after the receivers stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -21,6 +24,7 @@ from webrtc_observer.logs import get_logger
 from webrtc_observer.memory_limiter import MemoryLimiter
 from webrtc_observer.model import Batch
 from webrtc_observer.state import Stateful
+from webrtc_observer.state_store import LocalCheckpoint, LocalStore
 from webrtc_observer.telemetry import Metric, Telemetry
 from webrtc_observer.transaction import Transactional
 from webrtc_observer.workers import Peers
@@ -73,7 +77,8 @@ class Service:
     ) -> None:
         """``peers``: this process is one of several workers (see :mod:`webrtc_observer.workers`)."""
         self.config = config
-        self.telemetry = telemetry or Telemetry(max_series=config.telemetry.metrics.max_series)
+        metrics = config.telemetry.metrics
+        self.telemetry = telemetry or Telemetry(max_series=metrics.max_series, max_samples=metrics.max_samples)
         self.worker = peers.worker if peers is not None else Worker()
         self._peers = peers
         self.log = get_logger() if peers is None else get_logger(worker=self.worker.index)
@@ -86,6 +91,8 @@ class Service:
         self.processors: list[tuple[str, ComponentId, Any]] = []
         self.receivers: dict[ComponentId, Any] = {}
         self._build(factories)
+        self.local_state = self._local_state()
+        """Checkpoints of the processors' state (``service.state``), or None."""
 
     @property
     def ready(self) -> bool:
@@ -177,6 +184,25 @@ class Service:
         if unused:
             self.log.info("defined but not in any pipeline", components=", ".join(unused))
 
+    def _local_state(self) -> LocalCheckpoint | None:
+        """``service.state``: the directory given, else with workers the supervisor's run directory,
+        else (one process) no checkpoint; none either without stateful processors."""
+        directory = self.config.state.directory
+        if directory is None and self._peers is not None:
+            directory = os.path.join(self._peers.directory, "state")
+        stateful = self.stateful()
+        if directory is None or not stateful:
+            return None
+        return LocalCheckpoint(
+            LocalStore(directory, self.worker),
+            stateful,
+            interval=float(self.config.state.checkpoint_interval),
+            flush=self.flush,
+            flush_timeout=min(10.0, self.config.shutdown_timeout / 4),
+            telemetry=self.telemetry,
+            log=self.log,
+        )
+
     async def start(self) -> None:
         """Exporters first, then processors (downstream first), then receivers."""
         order: list[tuple[str, Lifecycle]] = []
@@ -184,6 +210,8 @@ class Service:
             order.append(("memory limiter", self._memory))
         order += [(f"exporter {cid}", e) for cid, e in self.exporters.items()]
         order += [(f"processor {pid} in {name}", p) for name, pid, p in reversed(self.processors)]
+        if self.local_state is not None:  # restores before any input; shuts down after the receivers
+            order.append(("state checkpoint", self.local_state))
         if self._peers is not None:
             order.append(("samples from peer workers", self._peers))
         order += [(f"receiver {rid}", r) for rid, r in self.receivers.items()]

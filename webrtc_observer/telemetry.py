@@ -7,9 +7,13 @@ conventions (``observertc_samples_received_total``).
 Cardinality is bounded in one place, here. Label values of the labels in :data:`CLIENT_LABELS` come
 from clients (a service id is whatever a browser puts in the URL): they are cut to
 :data:`MAX_LABEL_LENGTH` characters. Each metric keeps at most ``max_series`` label sets (a histogram
-counts label sets, not bucket lines); past it, updates land in an overflow series in which every
-client-derived label is :data:`OVERFLOW` and the other labels keep their value, so totals still add
-up. Overflowed updates are counted in ``telemetry_overflowed_updates{metric}``.
+counts label sets, not bucket lines). All metrics together, label sets with client-derived labels
+may use at most ``max_samples`` exposed sample lines (a :class:`SampleBudget`): one for a counter or
+gauge series, a histogram's bucket lines plus ``_sum`` and ``_count`` for a histogram series. Past
+either bound, updates land in an overflow series in which every client-derived label is
+:data:`OVERFLOW` and the other labels keep their value, so totals still add up. Overflow series are
+not charged to the budget (they are bounded already), nor are series without client-derived labels.
+Overflowed updates are counted in ``telemetry_overflowed_updates{metric}``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ OVERFLOW = "_overflow_"
 MAX_LABEL_LENGTH = 64
 """Client-derived label values are cut to this many characters."""
 DEFAULT_MAX_SERIES = 2000
+DEFAULT_MAX_SAMPLES = 10_000
 CLIENT_LABELS = frozenset(
     {"service_id", "media_unit_id", "call_id", "room_id", "client_id", "user_id", "peer_connection_id", "sfu_id"}
 )
@@ -40,6 +45,34 @@ _V = TypeVar("_V")
 def clip_label(value: str) -> str:
     """A client-derived label value as published: at most :data:`MAX_LABEL_LENGTH` characters."""
     return value if len(value) <= MAX_LABEL_LENGTH else value[:MAX_LABEL_LENGTH]
+
+
+class SampleBudget:
+    """Exposed sample lines that label sets with client-derived labels may use, in all metrics together.
+
+    A line is what Prometheus' scrape ``sample_limit`` counts: one line of the text exposition. A
+    label set is charged once, when it is admitted, and keeps its lines (series are never removed).
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("max_samples must be at least 1")
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        """Lines taken so far."""
+        return self._used
+
+    def take(self, lines: int) -> bool:
+        """Take ``lines`` if they all fit; whether they did."""
+        with self._lock:
+            if self._used + lines > self.limit:
+                return False
+            self._used += lines
+            return True
 
 
 @dataclass
@@ -57,17 +90,26 @@ class Metric:
     """Positions of the client-derived labels."""
     _overflowed: int = field(default=0, init=False, repr=False)
     """Updates that landed in an overflow series."""
+    budget: SampleBudget | None = field(default=None, repr=False)
+    """The registry's budget of lines for label sets with client-derived labels (none: unbounded)."""
 
     def __post_init__(self) -> None:
         self._client = tuple(i for i, name in enumerate(self.labels) if name in CLIENT_LABELS)
 
+    @property
+    def lines_per_series(self) -> int:
+        """Sample lines one label set of this metric takes in the exposition."""
+        return 1
+
     def _bounded(self, labels: LabelValues, table: dict[LabelValues, _V]) -> tuple[LabelValues, bool]:
         """The key ``labels`` are kept under in ``table`` (clipped), and whether it is an overflow key.
 
-        Called with the lock held. Past ``max_series`` label sets, an overflow key keeps the
-        collector-derived values, so a metric has one overflow series per combination of them (one in
-        all when every label is client-derived); once the table holds ``2 * max_series`` keys, the rest
-        lands in the all-``_overflow_`` series. So a metric never has more than ``2 * max_series + 1``.
+        Called with the lock held. A new label set with client-derived labels is admitted while the
+        metric has fewer than ``max_series`` and the registry's :class:`SampleBudget` has room for
+        all its lines (which it then takes). Otherwise an overflow key keeps the collector-derived
+        values, so a metric has one overflow series per combination of them (one in all when every
+        label is client-derived); once the table holds ``2 * max_series`` keys, the rest lands in the
+        all-``_overflow_`` series. So a metric never has more than ``2 * max_series + 1``.
         """
         if labels in table:
             return labels, False
@@ -77,7 +119,7 @@ class Metric:
             labels = tuple(clip_label(v) if i in self._client else v for i, v in enumerate(labels))
             if labels in table:
                 return labels, False
-        if len(table) < self.max_series:
+        if len(table) < self.max_series and (not self._client or self.budget is None or self.budget.take(self.lines_per_series)):
             return labels, False
         if self._client and len(self._client) < len(labels):
             key = tuple(OVERFLOW if i in self._client else v for i, v in enumerate(labels))
@@ -135,6 +177,11 @@ class Histogram(Metric):
     buckets: tuple[float, ...] = ()
     _series: dict[LabelValues, HistogramValue] = field(default_factory=dict)
     _listeners: list[Callable[[float, LabelValues], None]] = field(default_factory=list)
+
+    @property
+    def lines_per_series(self) -> int:
+        """A bucket line per bound and ``+Inf``, then ``_sum`` and ``_count`` (no ``_created`` is exposed)."""
+        return len(self.buckets) + 3
 
     def observe(self, value: float, *labels: str) -> None:
         self.bind(*labels).observe(value)
@@ -202,21 +249,28 @@ class BoundHistogram:
 class Telemetry:
     """A registry of :class:`Metric`. Asking twice for one name returns the same metric.
 
-    ``max_series`` bounds the label sets of every metric (``service.telemetry.metrics.max_series``).
+    ``max_series`` bounds the label sets of every metric (``service.telemetry.metrics.max_series``);
+    ``max_samples`` bounds the sample lines that label sets with client-derived labels use in all
+    metrics together (``service.telemetry.metrics.max_samples``).
     """
 
-    def __init__(self, max_series: int = DEFAULT_MAX_SERIES) -> None:
+    def __init__(self, max_series: int = DEFAULT_MAX_SERIES, max_samples: int = DEFAULT_MAX_SAMPLES) -> None:
         if max_series < 1:
             raise ValueError("max_series must be at least 1")
         self._metrics: dict[str, Metric] = {}
         self._lock = threading.Lock()
         self.max_series = max_series
+        self.budget = SampleBudget(max_samples)
         self.counter(
             "telemetry_overflowed_updates",
-            "Updates that landed in a metric's overflow series because it had max_series label sets",
+            "Updates that landed in a metric's overflow series because of max_series or max_samples",
             ("metric",),
             callback=self._overflow_counts,
         )
+
+    @property
+    def max_samples(self) -> int:
+        return self.budget.limit
 
     def _overflow_counts(self) -> dict[LabelValues, float]:
         return {(m.name,): float(m.overflowed) for m in self if m.overflowed}
@@ -251,7 +305,14 @@ class Telemetry:
             metric = self._metrics.get(name)
             if metric is None:
                 metric = self._metrics[name] = Histogram(
-                    name, "histogram", description, labels, unit, self.max_series, buckets=tuple(sorted(buckets))
+                    name,
+                    "histogram",
+                    description,
+                    labels,
+                    unit,
+                    self.max_series,
+                    budget=self.budget,
+                    buckets=tuple(sorted(buckets)),
                 )
             elif not isinstance(metric, Histogram) or metric.labels != labels:
                 raise ValueError(f"metric {name} already registered as {metric.kind}{metric.labels}")
@@ -270,7 +331,7 @@ class Telemetry:
         with self._lock:
             metric = self._metrics.get(name)
             if metric is None:
-                metric = self._metrics[name] = Metric(name, kind, description, labels, unit, self.max_series)
+                metric = self._metrics[name] = Metric(name, kind, description, labels, unit, self.max_series, budget=self.budget)
             elif metric.kind != kind or metric.labels != labels:
                 raise ValueError(f"metric {name} already registered as {metric.kind}{metric.labels}")
             if callback is not None:

@@ -10,7 +10,9 @@
   (``RetryLater``) reaches the client as it would in one process.
 
 Resources a component owns are per worker: the Prometheus and live-view endpoints listen on port +
-worker index, and the file exporter writes one file per worker (``reports-0.jsonl``...).
+worker index, and the file exporter writes one file per worker (``reports-0.jsonl``...). Each
+worker checkpoints its processors' state in the run's directory (``service.state``), so a worker
+started again resumes its calls instead of announcing them anew.
 """
 
 from __future__ import annotations
@@ -35,20 +37,14 @@ import msgspec
 
 from webrtc_observer.component import Consumer, RetryLater, Worker
 from webrtc_observer.logs import get_logger
-from webrtc_observer.model import Batch, ClientSample, Sample, SfuSample, TurnSample
+from webrtc_observer.model import Batch, ClientSample, Sample, SfuSample, TurnSample, routing_key
 
 # -- which worker owns a sample ------------------------------------------------------------------
 
 
 def owner_of(sample: Sample, workers: int) -> int:
     """The worker that handles ``sample``: every sample of a room (or call) goes to the same one."""
-    if isinstance(sample, ClientSample):
-        key = sample.room_id or sample.call_id or sample.client_id
-    elif isinstance(sample, SfuSample):
-        key = sample.sfu_id
-    else:
-        key = sample.server_id
-    return zlib.crc32(f"{sample.origin.service_id}\x00{key}".encode()) % workers
+    return zlib.crc32(routing_key(sample).encode()) % workers
 
 
 # -- the wire between workers ----------------------------------------------------------------------
@@ -150,6 +146,12 @@ class Peers:
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._log = get_logger(component="workers")
+
+    @property
+    def directory(self) -> str:
+        """The supervisor's directory for this run: the workers' sockets, and by default their
+        state checkpoints (``service.state``), so a restarted worker finds its own."""
+        return self._directory
 
     def router(self, receiver: str, local: Consumer) -> Consumer:
         """What receiver ``receiver`` feeds: ``local`` for the samples this worker owns, peers for the rest."""

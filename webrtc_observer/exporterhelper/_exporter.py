@@ -103,6 +103,17 @@ class QueuedExporter:
         self._started = False
         self._send_failing_since: float | None = None
         self._disk_failing_since: float | None = None
+        # For flush(): records are taken from the queue in the order they were put, so positions in
+        # that order tell what was accepted before a flush and whether all of it is acknowledged.
+        self._put_seq = 0
+        """Records put in the queue so far (those an earlier run left on disk included)."""
+        self._taken_seq = 0
+        """Records consumers took so far."""
+        self._taken_chunks: dict[int, int] = {}
+        """Start position → end of each chunk taken and not yet acknowledged."""
+        self._direct: set[asyncio.Future[None]] = set()
+        """Deliveries in progress without a queue (``sending_queue.enabled: false``)."""
+        self._progress = asyncio.Event()
         t = settings.telemetry
         lbl = ("exporter",)
         self._sent = t.counter("exporter_sent_records", "Records delivered (acknowledged by the destination)", lbl)
@@ -120,6 +131,9 @@ class QueuedExporter:
         )
         self._lost = t.counter("exporter_lost_records", "Records an exporter could not deliver before shutdown ended", lbl)
         self._queue_gauge.set(0, label)
+        # Every series exists from the start at 0, so rate() and increase() see the first failure.
+        for counter in (self._sent, self._send_failed, self._enqueue_failed, self._corrupt, self._storage_errors, self._lost):
+            counter.add(0, label)
 
     # -- what the owner and the service see -------------------------------------------------------
 
@@ -140,6 +154,8 @@ class QueuedExporter:
         await self._sender.start()
         await self._storage.open()
         self._started = True
+        self._taken_seq = 0
+        self._put_seq = self._storage.size  # what an earlier run left goes first
         if self._storage.corrupt:
             self._corrupt.add(self._storage.corrupt, self._label)
             self._log.error("skipped torn or corrupt records in the persistent queue", records=self._storage.corrupt)
@@ -182,6 +198,23 @@ class QueuedExporter:
         self._count_lost(lost)
         await self._sender.shutdown()
         return lost
+
+    async def flush(self, timeout: float) -> None:
+        """Return once every record accepted before the call was acknowledged by the destination (or
+        dropped for good, counted as send-failed); raises TimeoutError after ``timeout`` seconds.
+        Records accepted meanwhile are not waited for. The persistent queue works the same way."""
+        target = self._put_seq
+        direct = list(self._direct)
+        async with asyncio.timeout(timeout):
+            if direct:
+                await asyncio.wait(direct)
+            while self._acknowledged_prefix() < target:
+                self._progress.clear()
+                await self._progress.wait()
+
+    def _acknowledged_prefix(self) -> int:
+        """Every record before this position (in put order) is acknowledged or dropped."""
+        return min(self._taken_chunks) if self._taken_chunks else self._taken_seq
 
     def unsent(self) -> int:
         """Records lost if the exporter stopped now: what the in-memory queue holds (0 on disk)."""
@@ -248,7 +281,13 @@ class QueuedExporter:
     async def _enqueue(self, items: list[bytes], count: int, size: int) -> None:
         if not self._queue_config.enabled:
             self._release(count, size)
-            await self._deliver(items)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._direct.add(done)
+            try:
+                await self._deliver(items)
+            finally:
+                self._direct.discard(done)
+                done.set_result(None)
             return
         try:
             await self._storage.put(items)
@@ -261,6 +300,7 @@ class QueuedExporter:
             raise RetryLater(f"persistent queue of exporter {self._label} cannot write: {exc}", self._retry_after()) from None
         finally:
             self._release(count, size)
+        self._put_seq += count
         self._disk_failing_since = None
         self._gauge()
 
@@ -272,12 +312,17 @@ class QueuedExporter:
     async def _consume_loop(self) -> None:
         while True:
             ticket, items = await self._storage.get(self._max_chunk)
+            start = self._taken_seq
+            self._taken_seq += len(items)
+            self._taken_chunks[start] = self._taken_seq
             await self._deliver(items)
             try:
                 await self._storage.ack(ticket)
             except StorageError as exc:  # delivered, but may be sent again by the next run
                 self._storage_errors.add(1, self._label)
                 self._log.error("persistent queue acknowledgement failed", error=str(exc))
+            del self._taken_chunks[start]
+            self._progress.set()
             self._gauge()
             if not self._storage.size:
                 self._idle.set()
