@@ -1,11 +1,52 @@
-"""Exporter ``liveview``: a small built-in web page showing what is happening now.
+"""Exporter ``liveview``: a built-in web page for watching calls as they happen, and a JSON API.
 
-``GET /ui`` is a single HTML page (no build step, no framework) that polls ``GET /ui/api/state`` every
-second: active calls with their clients, per-client quality (RTT, loss, bitrate, MOS estimate)
-updating live, recent call events, and the collector's own counters and exporter health. The state is
-built from the reports that reach this exporter, so put it after ``reports`` in a pipeline. Everything
-it keeps is bounded: ``max_calls`` calls (older ones are dropped from the view first), the last
-``max_events`` events.
+``GET /ui`` is a single HTML page (no framework, no build step, no CDN; its charts are plain SVG drawn
+by its own script) that polls the API below. It shows:
+
+* the calls, worst first by a quality score, with their open issues; search by call, room, user or
+  client id, filter by service and issue type, paged;
+* a page per call: participants with their peer connections and tracks, the SFUs that carry the
+  call, charts of the last minutes per client (RTT, loss, jitter, bitrate in and out, MOS, fps,
+  resolution), the issues timeline and the lifecycle events (with user ids);
+* the last ended calls with their ``CALL_SUMMARY``, so a call that just failed can still be read;
+* the collector's own counters and exporter health.
+
+Where the numbers come from: every measurement shown is the ``quality`` processor's
+(:attr:`Batch.quality <webrtc_observer.model.Batch.quality>`, the same values as the
+``observertc_quality_*`` histograms), never computed here. Per client, a point of a chart is the
+worst of its tracks in that sample (highest RTT, fraction lost and jitter; lowest MOS, fps and frame
+height; audio MOS before video MOS) and bitrates are summed per direction. Issues are the ``issues``
+processor's ``CLIENT_ISSUE`` / ``CLIENT_ISSUE_RESOLVED`` reports, summaries the ``summary``
+processor's ``CALL_SUMMARY``, lifecycle the correlation processor's ``CALL_EVENT`` reports. So list
+this exporter in a pipeline after ``quality`` and ``reports`` (after ``issues`` and ``summary`` for
+those parts).
+
+A call's **quality score** (0..4.5, lower is worse): the lowest *recent MOS* of its clients (the
+lowest MOS of each client's last ``score_samples`` samples; 4.5 when none is known; once all left,
+of the departed as they left), less 1.5 per open critical issue, 1 per major and 0.5 per minor one. A call is *active* while it has a client; a call
+whose clients all left is *ending* (waiting out the correlation processor's ``call_empty_timeout``)
+and is counted apart; at ``CALL_ENDED`` it moves to the ended calls.
+
+Clients that left: at ``CLIENT_LEFT`` a client leaves the view, and no later report or measurement
+of it brings it back until a new ``CLIENT_JOINED`` (a client's last sample may be measured after its
+leave was reported). Measurements that come in the same batch as the leave still land on its charts.
+
+The API (JSON, ``Cache-Control: no-store``; bad parameters give 400 with ``{"error", "parameter"}``):
+
+* ``GET /ui/api/state``: counts (active and ending calls, clients, ended calls, what was dropped for
+  the bounds), the collector's counters and health, the recent events.
+* ``GET /ui/api/calls?q=&service=&issue=&status=active|ending|all&offset=0&limit=25``: one page of
+  calls, worst first, with ``total``; plus the services and issue types present, for the filters.
+  ``issue`` matches calls that raised an issue of that type while in view.
+* ``GET /ui/api/call?service=&call=``: one live or ended call, in full (404 when not in view).
+* ``GET /ui/api/ended?q=&service=&offset=0&limit=25``: the ended calls, newest first, with summaries.
+
+``limit`` is at most 100. Everything kept is bounded (see :class:`LiveViewConfig`): calls in view,
+clients per call (the present and the departed), tracks per client, points per client series,
+events, issues per call, ended calls. What a bound turned away is counted in ``/ui/api/state``.
+
+The view is updated only when the message's transaction commits
+(:func:`~webrtc_observer.transaction.after_commit`): a refused, retried message shows once.
 """
 
 from __future__ import annotations
@@ -13,9 +54,13 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import json
+import math
 import re
 import time
+from array import array
 from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -25,8 +70,7 @@ from aiohttp import web
 from webrtc_observer import auth
 from webrtc_observer.component import Factory, Settings
 from webrtc_observer.http_server import Listener, ServerConfig, serve
-from webrtc_observer.model import Batch
-from webrtc_observer.processors import _emodel
+from webrtc_observer.model import Batch, Report, TrackQuality
 from webrtc_observer.telemetry import Histogram, Telemetry
 from webrtc_observer.transaction import after_commit
 
@@ -36,10 +80,24 @@ _TRACK_TYPES = {
     "OUTBOUND_AUDIO_TRACK": ("outbound", "audio"),
     "OUTBOUND_VIDEO_TRACK": ("outbound", "video"),
 }
-_SHOWN_EVENTS = frozenset(
+_SFU_PAD_TYPES = frozenset({"SFU_INBOUND_RTP_PAD", "SFU_OUTBOUND_RTP_PAD"})
+_LIFECYCLE = frozenset(
     {"CALL_STARTED", "CALL_ENDED", "CLIENT_JOINED", "CLIENT_LEFT", "PEER_CONNECTION_OPENED", "PEER_CONNECTION_CLOSED"}
 )
+_ISSUE_RAISED, _ISSUE_RESOLVED, _SUMMARY = "CLIENT_ISSUE", "CLIENT_ISSUE_RESOLVED", "CALL_SUMMARY"
 _COUNTERS = ("samples_received", "samples_refused", "reports", "exporter_sent_records", "exporter_send_failed_records")
+_SEVERITY_PENALTY = {"critical": 1.5, "major": 1.0, "minor": 0.5, "info": 0.0}
+_SEVERITY_RANK = {"critical": 3, "major": 2, "minor": 1, "info": 0}
+_MAX_LIMIT = 100
+_MAX_ATTACHMENTS = 64 * 1024
+"""Attachments longer than this are not parsed (an issue's values are small)."""
+_MAX_ID = 256
+"""Ids and search text are cut to this many characters."""
+
+# One point of a client's series: values in these units, NaN when not measured.
+_SERIES = ("rttMs", "lossPercent", "jitterMs", "inKbps", "outKbps", "mos", "fps", "width", "height")
+_RTT, _LOSS, _JITTER, _IN, _OUT, _MOS, _FPS, _WIDTH, _HEIGHT = range(len(_SERIES))
+_NAN = float("nan")
 
 
 @dataclass
@@ -47,184 +105,842 @@ class LiveViewConfig(ServerConfig):
     endpoint: str = "0.0.0.0:7081"
     """host:port serving /ui."""
     max_calls: int = 500
+    """Live calls in view; past it the one updated longest ago is dropped (counted)."""
+    max_clients_per_call: int = 50
+    """Clients kept per call, present and departed each; more are not shown (counted)."""
+    max_tracks_per_client: int = 32
+    """Tracks kept per client; more are not shown (counted)."""
+    max_points: int = 120
+    """Points per client series (one per sample: 10 minutes at a 5 s sample interval)."""
     max_events: int = 200
+    """Recent events shown on the front page."""
+    max_call_events: int = 100
+    """Lifecycle events kept per call."""
+    max_call_issues: int = 100
+    """Issue raises and resolves kept per call (and open issues at most this many)."""
+    max_ended_calls: int = 50
+    """Ended calls kept, with their summaries; the oldest is dropped first."""
+    score_samples: int = 3
+    """A client's recent MOS is the lowest of its last this many samples."""
     auth: auth.AuthConfig | None = None
     """Who may open the page: ``bearer_tokens`` (``?accessToken=`` in the page's URL) or ``basic``."""
 
     def validate(self) -> list[tuple[str, str]]:
         issues = super().validate()
         issues += auth.scrape_auth_issues(self.auth, "the live view shows every service")
-        for name in ("max_calls", "max_events"):
-            if getattr(self, name) < 1:
-                issues.append((name, "must be at least 1"))
+        for name in (
+            "max_calls",
+            "max_clients_per_call",
+            "max_tracks_per_client",
+            "max_points",
+            "max_events",
+            "max_call_events",
+            "max_call_issues",
+            "max_ended_calls",
+            "score_samples",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                issues.append((name, f"must be a whole number of at least 1, got {value!r}"))
+        if isinstance(self.max_points, int) and self.max_points > 10_000:
+            issues.append(("max_points", f"must be at most 10000, got {self.max_points}"))
         return issues
 
 
-class _ClientView:
-    __slots__ = ("bitrate_in", "bitrate_out", "client_id", "last", "loss", "mos", "previous", "rtt", "updated", "user_id")
+class BadParameter(ValueError):
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
 
-    def __init__(self, client_id: str, user_id: str | None) -> None:
-        self.client_id = client_id
-        self.user_id = user_id
-        self.rtt: float | None = None
-        self.loss: float | None = None
-        self.bitrate_in: float | None = None
-        self.bitrate_out: float | None = None
-        self.mos: float | None = None
+
+# --------------------------------------------------------------------------------------------------
+# What is kept
+# --------------------------------------------------------------------------------------------------
+
+
+class _Ring:
+    """The last ``capacity`` points of a client: timestamps (int64) and values (float32, NaN = none)."""
+
+    __slots__ = ("capacity", "count", "start", "ts", "values")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.count = 0
+        self.start = 0
+        self.ts = array("q", bytes(8 * capacity))
+        self.values = array("f", [_NAN]) * (capacity * len(_SERIES))
+
+    def last_ts(self) -> int | None:
+        return self.ts[(self.start + self.count - 1) % self.capacity] if self.count else None
+
+    def push(self, ts: int, point: list[float]) -> None:
+        width = len(_SERIES)
+        if self.count < self.capacity:
+            i = (self.start + self.count) % self.capacity
+            self.count += 1
+        else:
+            i = self.start
+            self.start = (self.start + 1) % self.capacity
+        self.ts[i] = ts
+        self.values[i * width : (i + 1) * width] = array("f", point)
+
+    def merge_last(self, point: list[float]) -> None:
+        """Fold more tracks of the last point's sample into it (a sample split over batches)."""
+        width = len(_SERIES)
+        i = (self.start + self.count - 1) % self.capacity
+        old = self.values[i * width : (i + 1) * width]
+        self.values[i * width : (i + 1) * width] = array("f", _combine(list(old), point))
+
+    def points(self) -> Iterator[tuple[int, list[float]]]:
+        width = len(_SERIES)
+        for k in range(self.count):
+            i = (self.start + k) % self.capacity
+            yield self.ts[i], list(self.values[i * width : (i + 1) * width])
+
+    def last(self, n: int) -> list[list[float]]:
+        width = len(_SERIES)
+        out = []
+        for k in range(max(0, self.count - n), self.count):
+            i = (self.start + k) % self.capacity
+            out.append(list(self.values[i * width : (i + 1) * width]))
+        return out
+
+    def last_value(self, n: int, index: int, lowest: bool) -> float | None:
+        """The lowest (or highest) value of one measure over the last ``n`` points."""
+        width = len(_SERIES)
+        found: float | None = None
+        for k in range(max(0, self.count - n), self.count):
+            v = self.values[((self.start + k) % self.capacity) * width + index]
+            if v == v and (found is None or (v < found if lowest else v > found)):  # v == v: not NaN
+                found = v
+        return found
+
+
+def _combine(a: list[float], b: list[float]) -> list[float]:
+    """Two partial points of one sample: worst of each measure, bitrates summed."""
+    out = list(a)
+    for i in (_RTT, _LOSS, _JITTER):
+        out[i] = _worst_high(a[i], b[i])
+    for i in (_IN, _OUT):
+        out[i] = b[i] if math.isnan(a[i]) else a[i] if math.isnan(b[i]) else a[i] + b[i]
+    for i in (_MOS, _FPS):
+        out[i] = _worst_low(a[i], b[i])
+    if not math.isnan(b[_HEIGHT]) and (math.isnan(a[_HEIGHT]) or b[_HEIGHT] < a[_HEIGHT]):
+        out[_WIDTH], out[_HEIGHT] = b[_WIDTH], b[_HEIGHT]
+    return out
+
+
+def _worst_high(a: float, b: float) -> float:
+    return b if math.isnan(a) else a if math.isnan(b) else max(a, b)
+
+
+def _worst_low(a: float, b: float) -> float:
+    return b if math.isnan(a) else a if math.isnan(b) else min(a, b)
+
+
+def _point(tracks: Iterable[TrackQuality]) -> list[float]:
+    """One client sample's point from the quality processor's measurements of its tracks."""
+    p = [_NAN] * len(_SERIES)
+    audio_mos = video_mos = _NAN
+    bitrate = {"inbound": _NAN, "outbound": _NAN}
+    for q in tracks:
+        if q.rtt is not None:
+            p[_RTT] = _worst_high(p[_RTT], q.rtt * 1000)
+        if q.bitrate is not None:
+            b = bitrate[q.direction]
+            bitrate[q.direction] = q.bitrate / 1000 if math.isnan(b) else b + q.bitrate / 1000
+        if q.direction != "inbound":
+            continue
+        if q.fraction_lost is not None:
+            p[_LOSS] = _worst_high(p[_LOSS], q.fraction_lost * 100)
+        if q.jitter is not None:
+            p[_JITTER] = _worst_high(p[_JITTER], q.jitter * 1000)
+        if q.mos is not None:
+            if q.kind == "audio":
+                audio_mos = _worst_low(audio_mos, q.mos)
+            else:
+                video_mos = _worst_low(video_mos, q.mos)
+        if q.kind == "video":
+            if q.fps is not None:
+                p[_FPS] = _worst_low(p[_FPS], q.fps)
+            if q.frame_height is not None and (math.isnan(p[_HEIGHT]) or q.frame_height < p[_HEIGHT]):
+                p[_WIDTH] = _NAN if q.frame_width is None else float(q.frame_width)
+                p[_HEIGHT] = float(q.frame_height)
+    p[_MOS] = video_mos if math.isnan(audio_mos) else audio_mos
+    p[_IN], p[_OUT] = bitrate["inbound"], bitrate["outbound"]
+    return p
+
+
+def _num(value: float | None, digits: int = 2) -> float | None:
+    if value is None or math.isnan(value):
+        return None
+    return round(value, digits)
+
+
+def _point_dict(p: list[float]) -> dict[str, float | None]:
+    return {name: _num(p[i], 0 if name in ("width", "height") else 2) for i, name in enumerate(_SERIES)}
+
+
+class _TrackView:
+    __slots__ = (
+        "direction",
+        "kind",
+        "latest",
+        "peer_connection_id",
+        "remote_client_id",
+        "remote_user_id",
+        "ssrc",
+        "track_id",
+        "updated",
+    )
+
+    def __init__(self, peer_connection_id: str, direction: str, kind: str, ssrc: int) -> None:
+        self.peer_connection_id = peer_connection_id
+        self.direction = direction
+        self.kind = kind
+        self.ssrc = ssrc
+        self.track_id: str | None = None
+        self.remote_client_id: str | None = None
+        self.remote_user_id: str | None = None
+        self.latest: TrackQuality | None = None
         self.updated = 0
-        # (direction, ssrc) → (timestamp ms, bytes, packets received, packets lost) of the previous report
-        self.previous: dict[tuple[str, int], tuple[int, float, float, float]] = {}
-        self.last: dict[str, float] = {}
 
     def as_dict(self) -> dict[str, Any]:
+        q = self.latest
+        out: dict[str, Any] = {
+            "peerConnectionId": self.peer_connection_id,
+            "direction": self.direction,
+            "kind": self.kind,
+            "ssrc": self.ssrc,
+            "trackId": self.track_id,
+            "remoteClientId": self.remote_client_id,
+            "remoteUserId": self.remote_user_id,
+            "updated": self.updated,
+        }
+        if q is not None:
+            out |= {
+                "rttMs": None if q.rtt is None else round(q.rtt * 1000, 1),
+                "lossPercent": None if q.fraction_lost is None else round(q.fraction_lost * 100, 2),
+                "jitterMs": None if q.jitter is None else round(q.jitter * 1000, 1),
+                "kbps": None if q.bitrate is None else round(q.bitrate / 1000, 1),
+                "mos": None if q.mos is None else round(q.mos, 2),
+                "fps": None if q.fps is None else round(q.fps, 1),
+                "width": q.frame_width,
+                "height": q.frame_height,
+                "qualityLimitation": q.quality_limitation,
+            }
+        return out
+
+
+class _ClientView:
+    __slots__ = ("client_id", "joined", "left", "peer_connections", "series", "tracks", "updated", "user_id")
+
+    def __init__(self, client_id: str, user_id: str | None, joined: int | None, points: int) -> None:
+        self.client_id = client_id
+        self.user_id = user_id
+        self.joined = joined
+        self.left: int | None = None
+        self.updated = 0
+        self.series = _Ring(points)
+        # peer connection id → [opened, closed]
+        self.peer_connections: dict[str, list[int | None]] = {}
+        self.tracks: OrderedDict[tuple[str, str, int], _TrackView] = OrderedDict()
+
+    def recent_mos(self, samples: int) -> float | None:
+        return self.series.last_value(samples, _MOS, lowest=True)
+
+    def latest(self) -> dict[str, float | None]:
+        points = self.series.last(1)
+        return _point_dict(points[0] if points else [_NAN] * len(_SERIES))
+
+    def brief(self, samples: int) -> dict[str, Any]:
         return {
             "clientId": self.client_id,
             "userId": self.user_id,
-            "rttMs": None if self.rtt is None else round(self.rtt * 1000),
-            "lossPercent": None if self.loss is None else round(self.loss * 100, 2),
-            "inboundKbps": None if self.bitrate_in is None else round(self.bitrate_in / 1000),
-            "outboundKbps": None if self.bitrate_out is None else round(self.bitrate_out / 1000),
-            "mos": None if self.mos is None else round(self.mos, 2),
+            "joined": self.joined,
+            "left": self.left,
             "updated": self.updated,
+            "recentMos": _num(self.recent_mos(samples)),
+            **self.latest(),
+        }
+
+    def detail(self, samples: int) -> dict[str, Any]:
+        series: dict[str, list[Any]] = {"t": []}
+        for name in _SERIES:
+            series[name] = []
+        for ts, p in self.series.points():
+            series["t"].append(ts)
+            for i, name in enumerate(_SERIES):
+                series[name].append(_num(p[i], 0 if name in ("width", "height") else 2))
+        return {
+            **self.brief(samples),
+            "peerConnections": [
+                {"peerConnectionId": pc, "opened": times[0], "closed": times[1]} for pc, times in self.peer_connections.items()
+            ],
+            "tracks": [t.as_dict() for t in self.tracks.values()],
+            "series": series,
         }
 
 
 class _CallView:
-    __slots__ = ("call_id", "clients", "room_id", "service_id", "started")
+    __slots__ = (
+        "call_id",
+        "clients",
+        "departed",
+        "ended",
+        "events",
+        "issue_counts",
+        "issues",
+        "left",
+        "room_id",
+        "service_id",
+        "sfus",
+        "started",
+        "summary",
+        "timeline",
+        "updated",
+        "users",
+    )
 
-    def __init__(self, payload: dict[str, Any]) -> None:
-        self.call_id = payload["callId"]
-        self.service_id = payload["serviceId"]
-        self.room_id = payload.get("roomId")
-        self.started = payload["timestamp"]
+    def __init__(self, service_id: str, call_id: str, room_id: str | None, started: int, cfg: LiveViewConfig) -> None:
+        self.service_id = service_id
+        self.call_id = call_id
+        self.room_id = room_id
+        self.started = started
+        self.updated = started
+        self.ended: int | None = None
         self.clients: dict[str, _ClientView] = {}
+        self.departed: OrderedDict[str, _ClientView] = OrderedDict()
+        self.left: OrderedDict[str, int] = OrderedDict()
+        """Clients that left (client id → when): nothing re-adds them but a CLIENT_JOINED."""
+        self.users: dict[str, str] = {}
+        """client id → user id, of everyone seen in the call (for the events)."""
+        self.events: deque[dict[str, Any]] = deque(maxlen=cfg.max_call_events)
+        self.timeline: deque[dict[str, Any]] = deque(maxlen=cfg.max_call_issues)
+        self.issues: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+        self.issue_counts: dict[str, int] = {}
+        self.sfus: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.summary: dict[str, Any] | None = None
+
+    def user(self, client_id: str | None) -> str | None:
+        return None if client_id is None else self.users.get(client_id)
+
+    def score(self, samples: int) -> tuple[float, float | None]:
+        """(quality score, lowest recent MOS of the clients or None)."""
+        # Once everyone left (an ending or ended call): how it was when they left.
+        clients = self.clients.values() if self.clients else self.departed.values()
+        values = [m for c in clients if (m := c.recent_mos(samples)) is not None]
+        mos = min(values) if values else None
+        penalty = sum(_SEVERITY_PENALTY.get(i["severity"], 0.0) for i in self.issues.values())
+        return max(0.0, (4.5 if mos is None else mos) - penalty), mos
+
+    def status(self) -> str:
+        return "ended" if self.ended is not None else "active" if self.clients else "ending"
+
+    def matches(self, q: str) -> bool:
+        if q in self.call_id.lower() or (self.room_id is not None and q in self.room_id.lower()):
+            return True
+        return any(q in client_id.lower() or q in user_id.lower() for client_id, user_id in self._people())
+
+    def _people(self) -> Iterator[tuple[str, str]]:
+        for client_id in (*self.clients, *self.departed):
+            yield client_id, self.users.get(client_id) or ""
+
+    def brief(self, cfg: LiveViewConfig, max_clients: int = 12) -> dict[str, Any]:
+        score, mos = self.score(cfg.score_samples)
+        clients = sorted(self.clients.values(), key=lambda c: (_sort_mos(c.recent_mos(cfg.score_samples)), c.client_id))
+        open_issues = sorted(self.issues.values(), key=lambda i: (-_SEVERITY_RANK.get(i["severity"], 0), i["startedAt"] or 0))
+        return {
+            "serviceId": self.service_id,
+            "callId": self.call_id,
+            "roomId": self.room_id,
+            "status": self.status(),
+            "started": self.started,
+            "ended": self.ended,
+            "updated": self.updated,
+            "score": round(score, 2),
+            "mos": _num(mos),
+            "clientCount": len(self.clients),
+            "clients": [c.brief(cfg.score_samples) for c in clients[:max_clients]],
+            "issues": open_issues[:20],
+            "issueCount": len(self.issues),
+            "issueCounts": dict(sorted(self.issue_counts.items())),
+        }
+
+    def detail(self, cfg: LiveViewConfig) -> dict[str, Any]:
+        return {
+            **self.brief(cfg, max_clients=0),
+            "clients": [c.detail(cfg.score_samples) for c in self.clients.values()],
+            "departed": [c.detail(cfg.score_samples) for c in self.departed.values()],
+            "sfus": list(self.sfus.values()),
+            "issues": list(self.issues.values()),
+            "timeline": list(self.timeline),
+            "events": list(self.events),
+            "summary": self.summary,
+        }
+
+
+def _sort_mos(mos: float | None) -> float:
+    return 5.0 if mos is None else mos
+
+
+def _attachments(text: Any) -> dict[str, Any]:
+    if not isinstance(text, str) or len(text) > _MAX_ATTACHMENTS:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# --------------------------------------------------------------------------------------------------
+# The view
+# --------------------------------------------------------------------------------------------------
 
 
 class LiveView:
-    """What the page shows, built from reports."""
+    """What the page shows, built from the reports and quality measurements of committed batches."""
 
-    def __init__(self, max_calls: int, max_events: int) -> None:
+    def __init__(self, config: LiveViewConfig) -> None:
+        self._cfg = config
         self._calls: OrderedDict[tuple[str, str], _CallView] = OrderedDict()
-        self._events: deque[dict[str, Any]] = deque(maxlen=max_events)
-        self._max_calls = max_calls
+        """Live calls, least recently updated first."""
+        self._ended: OrderedDict[tuple[str, str], _CallView] = OrderedDict()
+        self._events: deque[dict[str, Any]] = deque(maxlen=config.max_events)
+        self.dropped = {"calls": 0, "clients": 0, "tracks": 0, "endedCalls": 0, "issues": 0}
 
+    # -- update -------------------------------------------------------------------------------------
     def update(self, batch: Batch) -> None:
+        # Leaves, ends and summaries are applied after the batch's measurements, so the numbers of a
+        # client's last sample land on its charts whatever order the reports came in.
+        later: list[Report] = []
         for report in batch.reports:
             payload = report.payload
-            if report.type == "CALL_EVENT":
+            rtype = report.type
+            if rtype == "CALL_EVENT":
+                name = payload.get("name")
+                if name in ("CLIENT_LEFT", "CALL_ENDED"):
+                    later.append(report)
+                    continue
+                if later and name in ("CLIENT_JOINED", "CALL_STARTED"):
+                    later = self._rejoin(later, payload)
                 self._event(payload)
-            elif report.type in _TRACK_TYPES:
-                self._track(payload, *_TRACK_TYPES[report.type])
+            elif rtype in _TRACK_TYPES:
+                self._track_report(payload, *_TRACK_TYPES[rtype])
+            elif rtype == "OBSERVER_EVENT":
+                name = payload.get("name")
+                if name in (_ISSUE_RAISED, _ISSUE_RESOLVED):
+                    self._issue(payload, name == _ISSUE_RAISED)
+                elif name == _SUMMARY:
+                    later.append(report)
+            elif rtype in _SFU_PAD_TYPES:
+                self._sfu_pad(payload, rtype)
+        if batch.quality:
+            self._quality(batch.quality)
+        for report in later:
+            if report.type == "CALL_EVENT":
+                self._event(report.payload)
+            else:
+                self._summary(report.payload)
 
-    def _call(self, payload: dict[str, Any]) -> _CallView | None:
-        call_id = payload.get("callId")
+    def _rejoin(self, later: list[Report], payload: Any) -> list[Report]:
+        """A join after a leave (or a start after an end) in the same batch: apply the leave first."""
+        key = (payload.get("serviceId"), payload.get("callId"), payload.get("clientId"))
+        keep = []
+        for report in later:
+            p = report.payload
+            same_call = report.type == "CALL_EVENT" and (p.get("serviceId"), p.get("callId")) == key[:2]
+            if same_call and (p.get("name") == "CALL_ENDED" or p.get("clientId") == key[2]):
+                self._event(p)
+            else:
+                keep.append(report)
+        return keep
+
+    def _live(self, service_id: str, call_id: str | None, room_id: str | None, ts: int, create: bool) -> _CallView | None:
+        """The live call; created when ``create`` (never for a call that ended, but by CALL_STARTED)."""
         if call_id is None:
             return None
-        key = (payload["serviceId"], call_id)
+        key = (service_id, call_id)
         call = self._calls.get(key)
-        if call is None:
-            call = self._calls[key] = _CallView(payload)
-            while len(self._calls) > self._max_calls:
-                self._calls.popitem(last=False)
+        if call is not None:
+            self._calls.move_to_end(key)
+            call.updated = max(call.updated, ts)
+            if room_id is not None and call.room_id is None:
+                call.room_id = room_id
+            return call
+        if not create:
+            return None
+        call = self._calls[key] = _CallView(service_id, call_id, room_id, ts, self._cfg)
+        while len(self._calls) > self._cfg.max_calls:
+            self._calls.popitem(last=False)
+            self.dropped["calls"] += 1
         return call
 
-    def _event(self, payload: dict[str, Any]) -> None:
-        name = payload["name"]
-        if name in _SHOWN_EVENTS:
-            self._events.appendleft(
-                {
-                    k: payload.get(k)
-                    for k in ("timestamp", "name", "serviceId", "callId", "clientId", "userId", "peerConnectionId")
-                }
-            )
-        if name == "CALL_ENDED":
-            self._calls.pop((payload["serviceId"], payload.get("callId") or ""), None)
-            return
-        call = self._call(payload)
-        if call is None:
-            return
-        client_id = payload.get("clientId")
-        if name == "CLIENT_JOINED" and client_id:
-            call.clients.setdefault(client_id, _ClientView(client_id, payload.get("userId")))
-        elif name == "CLIENT_LEFT" and client_id:
-            call.clients.pop(client_id, None)
+    def _known(self, payload: Any, create: bool = True) -> _CallView | None:
+        service_id, call_id = payload.get("serviceId"), payload.get("callId")
+        if service_id is None or call_id is None:
+            return None
+        create = create and (service_id, call_id) not in self._ended
+        return self._live(service_id, call_id, payload.get("roomId"), payload.get("timestamp") or 0, create)
 
-    def _track(self, payload: dict[str, Any], direction: str, kind: str) -> None:
-        call = self._call(payload)
+    def _client(self, call: _CallView, client_id: str, user_id: str | None, ts: int, join: bool) -> _ClientView | None:
+        """The present client; ``join`` (a CLIENT_JOINED) brings back one that left."""
+        if user_id:
+            call.users[client_id] = user_id
+        client = call.clients.get(client_id)
+        if client is not None:
+            if user_id and not client.user_id:
+                client.user_id = user_id
+            return client
+        if client_id in call.left and not join:
+            return None
+        call.left.pop(client_id, None)
+        client = call.departed.pop(client_id, None)
+        if client is not None:
+            client.left = None
+            client.joined = ts
+        elif len(call.clients) >= self._cfg.max_clients_per_call:
+            self.dropped["clients"] += 1
+            return None
+        else:
+            client = _ClientView(client_id, user_id or call.users.get(client_id), ts if join else None, self._cfg.max_points)
+        call.clients[client_id] = client
+        return client
+
+    def _event(self, payload: Any) -> None:
+        name = payload.get("name")
+        service_id, call_id, client_id = payload.get("serviceId"), payload.get("callId"), payload.get("clientId")
+        ts = payload.get("timestamp") or 0
+        if name == "CALL_ENDED":
+            call = self._calls.pop((service_id, call_id), None) if call_id is not None else None
+            if call is not None:
+                self._end(call, ts)
+            self._record(call, payload)
+            return
+        if name == "CALL_STARTED" and service_id is not None and call_id is not None:
+            self._ended.pop((service_id, call_id), None)  # the same call id used again: a new call
+        call = self._known(payload, create=name in ("CALL_STARTED", "CLIENT_JOINED"))
+        if call is not None and client_id is not None:
+            user_id = payload.get("userId")
+            if name == "CLIENT_LEFT":
+                self._leave(call, client_id, user_id, ts)
+            else:
+                client = self._client(call, client_id, user_id, ts, join=name == "CLIENT_JOINED")
+                pc_id = payload.get("peerConnectionId")
+                if client is not None and pc_id is not None and name in ("PEER_CONNECTION_OPENED", "PEER_CONNECTION_CLOSED"):
+                    times = client.peer_connections.get(pc_id)
+                    if times is None and len(client.peer_connections) < self._cfg.max_tracks_per_client:
+                        times = client.peer_connections[pc_id] = [None, None]
+                    if times is not None:
+                        times[0 if name == "PEER_CONNECTION_OPENED" else 1] = ts
+        self._record(call, payload)
+
+    def _record(self, call: _CallView | None, payload: Any) -> None:
+        name = payload.get("name")
+        client_id = payload.get("clientId")
+        event = {
+            "timestamp": payload.get("timestamp"),
+            "name": name,
+            "serviceId": payload.get("serviceId"),
+            "callId": payload.get("callId"),
+            "roomId": payload.get("roomId"),
+            "clientId": client_id,
+            "userId": payload.get("userId") or (call.user(client_id) if call is not None else None),
+            "peerConnectionId": payload.get("peerConnectionId"),
+        }
+        if name in ("MEDIA_TRACK_ADDED", "MEDIA_TRACK_REMOVED"):
+            event["trackId"] = payload.get("mediaTrackId")
+            event["ssrc"] = payload.get("SSRC")
+        if call is not None:
+            call.events.append(event)
+        if name in _LIFECYCLE:
+            self._events.appendleft(event)
+
+    def _leave(self, call: _CallView, client_id: str, user_id: str | None, ts: int) -> None:
+        if user_id:
+            call.users[client_id] = user_id
+        call.left[client_id] = ts
+        call.left.move_to_end(client_id)
+        while len(call.left) > 4 * self._cfg.max_clients_per_call:
+            call.left.popitem(last=False)
+        client = call.clients.pop(client_id, None)
+        if client is not None:
+            client.left = ts
+            call.departed[client_id] = client
+            call.departed.move_to_end(client_id)
+            while len(call.departed) > self._cfg.max_clients_per_call:
+                call.departed.popitem(last=False)
+        # Its issues end with it (the issues processor resolves them before the leave).
+        for key in [k for k in call.issues if k[0] == client_id]:
+            del call.issues[key]
+
+    def _end(self, call: _CallView, ts: int) -> None:
+        call.ended = ts
+        for client_id in list(call.clients):
+            self._leave(call, client_id, None, ts)
+        call.issues.clear()
+        key = (call.service_id, call.call_id)
+        self._ended[key] = call
+        self._ended.move_to_end(key)
+        while len(self._ended) > self._cfg.max_ended_calls:
+            self._ended.popitem(last=False)
+            self.dropped["endedCalls"] += 1
+
+    def _track_report(self, payload: Any, direction: str, kind: str) -> None:
+        """Track reports name the track and, inbound, its sender; their numbers come from ``quality``."""
+        call = self._known(payload)
         client_id = payload.get("clientId")
         if call is None or client_id is None:
             return
-        client = call.clients.get(client_id)
+        ts = payload.get("timestamp") or 0
+        client = self._client(call, client_id, payload.get("userId"), ts, join=False)
         if client is None:
-            client = call.clients[client_id] = _ClientView(client_id, payload.get("userId"))
-        ts = payload["timestamp"]
-        client.updated = ts
-        if payload.get("roundTripTime") is not None:
-            client.rtt = float(payload["roundTripTime"])
-        key = (direction, payload["ssrc"])
-        counters = (
-            ts,
-            float(payload.get("bytesReceived" if direction == "inbound" else "bytesSent") or 0),
-            float(payload.get("packetsReceived") or 0),
-            float(payload.get("packetsLost") or 0),
-        )
-        previous = client.previous.get(key)
-        client.previous[key] = counters
-        if previous is None or ts <= previous[0]:
             return
-        seconds = (ts - previous[0]) / 1000
-        bitrate = max(0.0, counters[1] - previous[1]) * 8 / seconds
-        client.last[key[0] + ":" + str(key[1])] = bitrate
-        total_in = sum(v for k, v in client.last.items() if k.startswith("inbound"))
-        total_out = sum(v for k, v in client.last.items() if k.startswith("outbound"))
-        client.bitrate_in, client.bitrate_out = total_in or client.bitrate_in, total_out or client.bitrate_out
+        pc_id, ssrc = payload.get("peerConnectionId"), payload.get("ssrc")
+        if pc_id is None or ssrc is None:
+            return
+        track = self._track(client, pc_id, direction, kind, ssrc)
+        if track is None:
+            return
+        track.track_id = payload.get("trackId") or track.track_id
         if direction == "inbound":
-            received, lost = counters[2] - previous[2], counters[3] - previous[3]
-            if received + lost > 0 and lost >= 0:
-                client.loss = lost / (received + lost)
-            if kind == "audio" and client.rtt is not None and client.loss is not None:
-                jitter = float(payload.get("jitter") or 0)
-                client.mos = _emodel.audio_mos(client.rtt, 2 * jitter, client.loss)
+            track.remote_client_id = payload.get("remoteClientId") or track.remote_client_id
+            track.remote_user_id = payload.get("remoteUserId") or track.remote_user_id
+        remote = payload.get("remoteClientId")
+        if remote and payload.get("remoteUserId"):
+            call.users.setdefault(remote, payload["remoteUserId"])
 
-    def state(self, telemetry: Telemetry, problems: dict[str, str]) -> dict[str, Any]:
-        calls = [
+    def _track(self, client: _ClientView, pc_id: str, direction: str, kind: str, ssrc: int) -> _TrackView | None:
+        key = (pc_id, direction, ssrc)
+        track = client.tracks.get(key)
+        if track is None:
+            if len(client.tracks) >= self._cfg.max_tracks_per_client:
+                self.dropped["tracks"] += 1
+                return None
+            track = client.tracks[key] = _TrackView(pc_id, direction, kind, ssrc)
+            if pc_id not in client.peer_connections and len(client.peer_connections) < self._cfg.max_tracks_per_client:
+                client.peer_connections[pc_id] = [None, None]
+        return track
+
+    def _quality(self, measured: list[TrackQuality]) -> None:
+        groups: dict[tuple[str, str | None, str, int], list[TrackQuality]] = {}
+        for q in measured:
+            groups.setdefault((q.service_id, q.call_id, q.client_id, q.timestamp), []).append(q)
+        for (service_id, call_id, client_id, ts), tracks in groups.items():
+            if call_id is None:
+                continue
+            call = self._live(service_id, call_id, None, ts, create=(service_id, call_id) not in self._ended)
+            if call is None:
+                continue
+            client = self._client(call, client_id, None, ts, join=False)
+            if client is None:
+                continue
+            client.updated = max(client.updated, ts)
+            for q in tracks:
+                track = self._track(client, q.peer_connection_id, q.direction, q.kind, q.ssrc)
+                if track is not None:
+                    track.latest = q
+                    track.updated = ts
+                    if q.track_id is not None:
+                        track.track_id = q.track_id
+            point = _point(tracks)
+            last = client.series.last_ts()
+            if last is None or ts > last:
+                client.series.push(ts, point)
+            elif ts == last:
+                client.series.merge_last(point)
+
+    def _issue(self, payload: Any, raised: bool) -> None:
+        call = self._known(payload)
+        if call is None:
+            return
+        attachments = _attachments(payload.get("attachments"))
+        client_id = payload.get("clientId")
+        issue_type = str(payload.get("value") or "client_issue")[:_MAX_ID]
+        severity = attachments.get("severity")
+        if severity not in _SEVERITY_RANK:
+            severity = "major"
+        pc_id = attachments.get("peerConnectionId") or payload.get("peerConnectionId")
+        key = (client_id, issue_type, pc_id, attachments.get("trackId"), attachments.get("ssrc"))
+        user_id = payload.get("userId") or call.user(client_id)
+        ts = payload.get("timestamp") or 0
+        values = attachments.get("values")
+        entry = {
+            "timestamp": ts,
+            "raised": raised,
+            "type": issue_type,
+            "severity": severity,
+            "clientId": client_id,
+            "userId": user_id,
+            "peerConnectionId": pc_id,
+            "trackId": attachments.get("trackId"),
+            "ssrc": attachments.get("ssrc"),
+            "message": payload.get("message"),
+            "values": values if isinstance(values, dict) else None,
+            "startedAt": attachments.get("startedAt"),
+            "endedAt": attachments.get("endedAt"),
+        }
+        call.timeline.append(entry)
+        self._events.appendleft(
             {
-                "serviceId": c.service_id,
-                "callId": c.call_id,
-                "roomId": c.room_id,
-                "started": c.started,
-                "clients": [cl.as_dict() for cl in c.clients.values()],
+                "timestamp": ts,
+                "name": payload.get("name"),
+                "issue": issue_type,
+                "severity": severity,
+                "serviceId": call.service_id,
+                "callId": call.call_id,
+                "roomId": call.room_id,
+                "clientId": client_id,
+                "userId": user_id,
+                "peerConnectionId": pc_id,
             }
-            for c in reversed(self._calls.values())
-        ]
+        )
+        if raised:
+            call.issue_counts[issue_type] = call.issue_counts.get(issue_type, 0) + 1
+            if client_id is not None and client_id in call.left and client_id not in call.clients:
+                return  # raised about a client that already left: in the timeline only
+            if key not in call.issues and len(call.issues) >= self._cfg.max_call_issues:
+                self.dropped["issues"] += 1
+                return
+            call.issues[key] = {**entry, "startedAt": entry["startedAt"] or ts}
+        elif call.issues.pop(key, None) is None:
+            for k in [k for k in call.issues if k[0] == client_id and k[1] == issue_type][:1]:
+                del call.issues[k]
+
+    def _summary(self, payload: Any) -> None:
+        service_id, call_id = payload.get("serviceId"), payload.get("callId")
+        call = self._ended.get((service_id, call_id)) or self._calls.get((service_id, call_id))
+        if call is None:
+            return
+        attachments = _attachments(payload.get("attachments"))
+        call.summary = {"timestamp": payload.get("timestamp"), "message": payload.get("message"), **attachments}
+
+    def _sfu_pad(self, payload: Any, rtype: str) -> None:
+        sfu_id = payload.get("sfuId")
+        call = self._known(payload, create=False)
+        if call is None or sfu_id is None:
+            return
+        sfu = call.sfus.get(sfu_id)
+        if sfu is None:
+            if len(call.sfus) >= 16:
+                return
+            sfu = call.sfus[sfu_id] = {"sfuId": sfu_id, "inboundPads": [], "outboundPads": [], "clients": [], "updated": 0}
+        pads = sfu["inboundPads" if rtype == "SFU_INBOUND_RTP_PAD" else "outboundPads"]
+        pad = payload.get("rtpPadId")
+        if pad is not None and pad not in pads and len(pads) < 4 * self._cfg.max_tracks_per_client:
+            pads.append(pad)
+        client_id = payload.get("clientId")
+        if client_id is not None and client_id not in sfu["clients"] and len(sfu["clients"]) < self._cfg.max_clients_per_call:
+            sfu["clients"].append(client_id)
+        sfu["updated"] = max(sfu["updated"], payload.get("timestamp") or 0)
+
+    # -- queries ------------------------------------------------------------------------------------
+    def state(self, telemetry: Telemetry, problems: dict[str, str]) -> dict[str, Any]:
         counters = {}
         for name in _COUNTERS:
             metric = telemetry.get(name)
             if metric is not None and not isinstance(metric, Histogram):
                 counters[name] = metric.total()
+        active = sum(1 for c in self._calls.values() if c.clients)
         return {
             "now": int(time.time() * 1000),
-            "calls": calls,
+            "counts": {
+                "activeCalls": active,
+                "endingCalls": len(self._calls) - active,
+                "clients": sum(len(c.clients) for c in self._calls.values()),
+                "endedCalls": len(self._ended),
+                "openIssues": sum(len(c.issues) for c in self._calls.values()),
+                "dropped": dict(self.dropped),
+            },
             "events": list(self._events),
             "counters": counters,
             "health": {"status": "unhealthy" if problems else "ok", "problems": problems},
         }
+
+    def calls(self, query: dict[str, str]) -> dict[str, Any]:
+        status = query.get("status", "active")
+        if status not in ("active", "ending", "all"):
+            raise BadParameter("status", f"must be active, ending or all, got {status[:40]!r}")
+        offset, limit = _paging(query)
+        services = sorted({c.service_id for c in self._calls.values()})
+        issue_types = sorted({t for c in self._calls.values() for t in c.issue_counts})
+        chosen = [
+            c for c in self._filtered(self._calls.values(), query) if status == "all" or (status == "active") == bool(c.clients)
+        ]
+        samples = self._cfg.score_samples
+        ranked = sorted(chosen, key=lambda c: (round(c.score(samples)[0], 6), c.service_id, c.call_id))
+        return {
+            "total": len(ranked),
+            "offset": offset,
+            "limit": limit,
+            "calls": [c.brief(self._cfg) for c in ranked[offset : offset + limit]],
+            "services": services,
+            "issueTypes": issue_types,
+        }
+
+    def ended(self, query: dict[str, str]) -> dict[str, Any]:
+        offset, limit = _paging(query)
+        chosen = list(self._filtered(reversed(self._ended.values()), query))
+        page = [{**c.brief(self._cfg, max_clients=0), "summary": c.summary} for c in chosen[offset : offset + limit]]
+        return {"total": len(chosen), "offset": offset, "limit": limit, "calls": page}
+
+    def call(self, service_id: str, call_id: str) -> dict[str, Any] | None:
+        call = self._calls.get((service_id, call_id)) or self._ended.get((service_id, call_id))
+        return None if call is None else call.detail(self._cfg)
+
+    def _filtered(self, calls: Iterable[_CallView], query: dict[str, str]) -> Iterator[_CallView]:
+        q = query.get("q", "").strip().lower()[:_MAX_ID]
+        service = query.get("service") or None
+        issue = query.get("issue") or None
+        for c in calls:
+            if service is not None and c.service_id != service:
+                continue
+            if issue is not None and issue not in c.issue_counts:
+                continue
+            if q and not c.matches(q):
+                continue
+            yield c
+
+
+def _paging(query: dict[str, str]) -> tuple[int, int]:
+    def whole(name: str, default: int, low: int, high: int) -> int:
+        text = query.get(name)
+        if text is None or text == "":
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise BadParameter(name, f"must be a whole number, got {text[:40]!r}") from None
+        if not low <= value <= high:
+            raise BadParameter(name, f"must be between {low} and {high}, got {value}")
+        return value
+
+    return whole("offset", 0, 0, 1_000_000), whole("limit", 25, 1, _MAX_LIMIT)
 
 
 class LiveViewExporter:
     def __init__(self, settings: Settings, config: LiveViewConfig) -> None:
         self._settings = settings
         self._config = config
-        self._view = LiveView(config.max_calls, config.max_events)
+        self._view = LiveView(config)
         self._runner: Listener | None = None
         self.bound_port: int | None = None
+
+    @property
+    def view(self) -> LiveView:
+        return self._view
 
     async def start(self) -> None:
         authenticator = auth.Authenticator(self._config.auth) if self._config.auth is not None else None
         app = web.Application(middlewares=[_security_headers, auth.middleware(authenticator)])
         app.router.add_get("/", self._redirect)
         app.router.add_get("/ui", self._page)
+        app.router.add_get("/favicon.ico", self._no_icon)
         app.router.add_get("/ui/api/state", self._state)
+        app.router.add_get("/ui/api/calls", self._calls)
+        app.router.add_get("/ui/api/call", self._call)
+        app.router.add_get("/ui/api/ended", self._ended)
         # One page per worker process (worker i on port + i): each shows the calls it handles.
         self._runner, host, self.bound_port = await serve(
             app,
@@ -242,18 +958,47 @@ class LiveViewExporter:
         html, policy = _page()
         return web.Response(text=html, content_type="text/html", headers={"Content-Security-Policy": policy})
 
+    async def _no_icon(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
     async def _state(self, request: web.Request) -> web.Response:
-        state = self._view.state(self._settings.telemetry, self._settings.host.problems())
-        return web.json_response(state, headers={"Cache-Control": "no-store"})
+        return _json(self._view.state(self._settings.telemetry, self._settings.host.problems()))
+
+    async def _calls(self, request: web.Request) -> web.Response:
+        try:
+            return _json(self._view.calls(dict(request.query)))
+        except BadParameter as exc:
+            return _json({"error": str(exc), "parameter": exc.parameter}, status=400)
+
+    async def _ended(self, request: web.Request) -> web.Response:
+        try:
+            return _json(self._view.ended(dict(request.query)))
+        except BadParameter as exc:
+            return _json({"error": str(exc), "parameter": exc.parameter}, status=400)
+
+    async def _call(self, request: web.Request) -> web.Response:
+        service_id, call_id = request.query.get("service"), request.query.get("call")
+        for name, value in (("service", service_id), ("call", call_id)):
+            if not value:
+                return _json({"error": f"the {name} parameter is required", "parameter": name}, status=400)
+        assert service_id is not None and call_id is not None
+        found = self._view.call(service_id, call_id)
+        if found is None:
+            return _json({"error": "no such call in view (it may have ended long ago)", "parameter": "call"}, status=404)
+        return _json(found)
 
     async def consume(self, batch: Batch) -> None:
-        if batch.reports:
+        if batch.reports or batch.quality:
             await after_commit(lambda: self._view.update(batch))
 
     async def shutdown(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
 
 
 _INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)

@@ -87,6 +87,7 @@ receivers:
     cors: {{allowed_origins: ["{page_origin}"]}}
 processors:
   correlation: {{client_idle_timeout: 30s, media_idle_timeout: 5s, call_empty_timeout: 1s, sweep_interval: 100ms}}
+  quality: {{}}
   reports: {{}}
 exporters:
   recording: {{}}
@@ -95,7 +96,7 @@ exporters:
   pipelines:
     reports:
       receivers: [observertc]
-      processors: [correlation, reports]
+      processors: [correlation, quality, reports]
       exporters: {json.dumps(exporters)}
 """
 

@@ -164,7 +164,8 @@ def test_cli_validate_accepts_the_embedded_default():
     result = _cli("validate", "--config", "collector.yaml")
     assert result.returncode == 0, result.stderr
     assert (
-        "pipeline reports: observertc -> correlation -> quality -> reports -> file, debug, prometheus, liveview" in result.stdout
+        "pipeline reports: observertc -> correlation -> quality -> issues -> summary -> reports -> file, debug, prometheus, liveview"
+        in result.stdout
     )
 
 

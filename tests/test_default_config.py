@@ -66,7 +66,10 @@ def test_every_commented_example_validates_once_uncommented(name: str, block: li
             "exporters: [file, debug, prometheus, liveview]", f"exporters: [file, debug, prometheus, liveview, {name}]"
         )
     elif name in {c.type for c in config.components["processors"]}:
-        text = text.replace("processors: [correlation, quality, reports]", f"processors: [{name}, correlation, quality, reports]")
+        text = text.replace(
+            "processors: [correlation, quality, issues, summary, reports]",
+            f"processors: [{name}, correlation, quality, issues, summary, reports]",
+        )
     config = load_text(text, config_types(), env=ENV)
     wired = [c.type for p in config.pipelines.values() for c in (*p.processors, *p.exporters)]
     assert name in wired or name == "auth", f"{name} was not added to the pipeline: the test's replace missed"

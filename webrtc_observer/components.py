@@ -13,7 +13,7 @@ from webrtc_observer.component import Factory
 def builtin_factories() -> Mapping[str, Mapping[str, Factory[Any]]]:
     """kind (``receivers``/``processors``/``exporters``) → type → factory."""
     from webrtc_observer.exporters import debug, file, kafka, liveview, otlp, prometheus
-    from webrtc_observer.processors import correlation, obfuscation, quality, reports
+    from webrtc_observer.processors import correlation, issues, obfuscation, quality, reports, summary
     from webrtc_observer.receiver import kafka as kafka_receiver
     from webrtc_observer.receiver import observertc
 
@@ -24,6 +24,8 @@ def builtin_factories() -> Mapping[str, Mapping[str, Factory[Any]]]:
         correlation.FACTORY,
         reports.FACTORY,
         quality.FACTORY,
+        issues.FACTORY,
+        summary.FACTORY,
         file.FACTORY,
         debug.FACTORY,
         kafka.FACTORY,
