@@ -455,7 +455,10 @@ def test_rendered_config_passes_webrtc_observer_validate(helm, tmp_path):
         [sys.executable, "-m", "webrtc_observer", "validate", "--config", str(path)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "pipeline reports: observertc -> correlation -> quality -> reports -> kafka, prometheus" in result.stdout
+    assert (
+        "pipeline reports: observertc -> correlation -> quality -> issues -> summary -> reports -> kafka, prometheus"
+        in result.stdout
+    )
 
 
 def test_kafka_can_be_removed_with_null_as_deploy_readme_says(helm, tmp_path):
@@ -723,11 +726,17 @@ def test_scaleout_configs_follow_the_kafka_contract(helm, tmp_path):
     assert analysis["service"]["pipelines"] == {
         "reports": {
             "receivers": ["kafka"],
-            "processors": ["correlation", "quality", "reports"],
+            "processors": ["correlation", "quality", "issues", "summary", "reports"],
             "exporters": ["kafka", "prometheus"],
         }
     }
-    assert analysis["processors"] == {"correlation": {"call_id_mode": "auto"}, "quality": {}, "reports": {}}
+    assert analysis["processors"] == {
+        "correlation": {"call_id_mode": "auto"},
+        "quality": {},
+        "issues": {},
+        "summary": {},
+        "reports": {},
+    }
     assert analysis["exporters"]["kafka"] == {"brokers": brokers, "topic": "rtc-reports", "key": "call", "encoding": "json"}
     assert analysis["exporters"]["prometheus"]["endpoint"] == f"0.0.0.0:{METRICS_PORT}"
     assert "observertc" not in analysis["receivers"]
@@ -760,7 +769,7 @@ def test_scaleout_configs_pass_webrtc_observer_validate(helm, tmp_path):
     assert "pipeline samples: observertc -> kafka, prometheus" in out
     require_kafka_receiver()
     out = validate(configs["analysis"], tmp_path, "analysis")
-    assert "pipeline reports: kafka -> correlation -> quality -> reports -> kafka, prometheus" in out
+    assert "pipeline reports: kafka -> correlation -> quality -> issues -> summary -> reports -> kafka, prometheus" in out
 
 
 def test_scaleout_obfuscation_can_run_in_the_ingest_tier(helm, tmp_path):

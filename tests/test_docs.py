@@ -65,3 +65,47 @@ def test_every_option_is_documented(kind, type_name, factory):
             assert f"| `{path}` |" in where, f"README section '{elsewhere[path]}' does not document {path}"
         else:
             assert f"| `{path}` |" in section, f"README does not document {kind}.{type_name}.{path}"
+
+
+def test_every_metric_of_every_component_is_in_the_telemetry_table(tmp_path):
+    """Build a collector with one of each component (not started) and look each registered metric up
+    in "The collector's own telemetry"."""
+    from webrtc_observer.components import config_types
+    from webrtc_observer.config import load_text
+    from webrtc_observer.service import Service
+
+    yaml_text = f"""
+receivers:
+  observertc: {{endpoint: "127.0.0.1:0"}}
+  kafka: {{brokers: ["127.0.0.1:1"], topic: samples, group_id: g}}
+processors:
+  obfuscation: {{salt: "0123456789abcdef0123456789abcdef"}}
+  correlation: {{}}
+  quality: {{}}
+  issues: {{}}
+  summary: {{}}
+  reports: {{}}
+exporters:
+  file: {{path: "{tmp_path}/reports.jsonl"}}
+  debug: {{}}
+  prometheus: {{endpoint: "127.0.0.1:0"}}
+  liveview: {{endpoint: "127.0.0.1:0"}}
+  otlp: {{endpoint: "http://127.0.0.1:1", protocol: http/protobuf}}
+  kafka: {{brokers: ["127.0.0.1:1"]}}
+service:
+  state: {{directory: "{tmp_path}/state"}}
+  pipelines:
+    all:
+      receivers: [observertc, kafka]
+      processors: [obfuscation, correlation, quality, issues, summary, reports]
+      exporters: [file, debug, prometheus, liveview, otlp, kafka]
+"""
+    config = load_text(yaml_text, config_types())
+    used = {cid.type for components in config.components.values() for cid in components}
+    assert used == {t for by_type in builtin_factories().values() for t in by_type}, "one of each component type"
+    service = Service(config, builtin_factories())
+    table = README[README.index("## The collector's own telemetry") :]
+    table = table[: table.index("\n\n", table.index("| metric | labels |"))]
+    documented = set(re.findall(r"`([a-z_]+)`", table))
+    missing = sorted(m.name for m in service.telemetry if m.name not in documented)
+    assert not missing, f"metrics missing from the README's telemetry table: {missing}"
