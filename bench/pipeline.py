@@ -113,14 +113,16 @@ def run_observer_js(messages: list[Message]) -> dict[str, Any] | None:
 
 ISSUE_PIPELINE = ("correlation", "reports")
 """What the performance issue measures: correlation → reports → exporter."""
-DEFAULT_PIPELINE = ("correlation", "quality", "reports")
-"""What ``collector.yaml`` runs: quality histograms too."""
+DEFAULT_PIPELINE = ("correlation", "quality", "issues", "summary", "reports")
+"""What ``collector.yaml`` runs: quality histograms, issue detection and call summaries too."""
 
 
 def _processors_yaml(processors: tuple[str, ...], idle: str = "10m") -> str:
     options = {
         "correlation": f"{{client_idle_timeout: {idle}, call_empty_timeout: {idle}}}",
         "quality": "{}",
+        "issues": "{}",
+        "summary": "{}",
         "reports": "{}",
     }
     return "{" + ", ".join(f"{p}: {options[p]}" for p in processors) + "}"
@@ -333,7 +335,8 @@ service:
     profile = os.environ.get("BENCH_PROFILE")
     if profile:
         command = ["py-spy", "record", "--subprocesses", "-r", "200", "-f", "raw", "-o", f"{profile}-{port}.txt", "--", *command]
-    proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    log = open(os.environ.get("BENCH_COLLECTOR_LOG", os.devnull), "ab")  # noqa: SIM115  (closed with the process)
+    proc = subprocess.Popen(command, stderr=log)
     pid = _child(proc.pid) if profile else proc.pid
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -348,6 +351,7 @@ service:
     finally:
         os.kill(pid, signal.SIGTERM)  # under py-spy, the profile is written once the collector exits
         proc.wait(timeout=120)
+        log.close()
 
 
 def _child(parent: int) -> int:
@@ -600,7 +604,7 @@ def main() -> None:
         mib = [f"{b / 2**20:+.1f}" for b in paced["steadyBytes"]]
         after = [f"{b / 2**20:+.1f}" for b in paced["endedBytes"]]
         print(
-            f"ours at half peak ({rate:.0f} samples/s, corr > qual > repo > file): latency p50"
+            f"ours at half peak ({rate:.0f} samples/s, corr > qual > iss > sum > repo > file): latency p50"
             f" {paced['p50Seconds'] * 1000:.0f} ms, p99 {paced['p99Seconds'] * 1000:.0f} ms"
             f" ({paced['answered']:.0%} of samples traced)"
         )

@@ -286,17 +286,16 @@ class ObservertcReceiver:
     async def _serve_websocket(
         self, ws: web.WebSocketResponse, origin: Origin, route: Route, encoding: Encoding | None, principal: Principal = ANYONE
     ) -> None:
-        frames = 0
         async for msg in ws:
             go_on = await self._frame(ws, msg, origin, route, encoding, principal)
             del msg  # nothing of a frame stays alive while the next one is awaited
             if not go_on:
                 break
-            frames += 1
-            if frames % _FRAMES_PER_TURN == 0:
-                # Frames already buffered are read without yielding, and a pipeline that only queues
-                # never yields either: give other connections and the exporters their turn now and then.
-                await asyncio.sleep(0)
+            # Frames already buffered are read without yielding, and a pipeline that only queues never
+            # yields either: give other connections and the exporters their turn after each frame.
+            # (Every 8 frames instead saved little and, with hundreds of busy sockets, made each turn
+            # of the loop so long that an exporter's send timed out.)
+            await asyncio.sleep(0)
 
     async def _frame(
         self, ws: web.WebSocketResponse, msg: Any, origin: Origin, route: Route, encoding: Encoding | None, principal: Principal
@@ -491,10 +490,6 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return _error(exc.status, _REASONS.get(exc.status, "http_error"), exc.reason, headers or None)
-
-
-_FRAMES_PER_TURN = 8
-"""WebSocket frames handled in a row before yielding to the other connections."""
 
 
 def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
