@@ -335,7 +335,7 @@ service:
     profile = os.environ.get("BENCH_PROFILE")
     if profile:
         command = ["py-spy", "record", "--subprocesses", "-r", "200", "-f", "raw", "-o", f"{profile}-{port}.txt", "--", *command]
-    log = open(os.environ.get("BENCH_COLLECTOR_LOG", os.devnull), "ab")  # noqa: SIM115  (closed with the process)
+    log = open(os.environ.get("BENCH_COLLECTOR_LOG", os.devnull), "ab")  # closed with the process, below
     proc = subprocess.Popen(command, stderr=log)
     pid = _child(proc.pid) if profile else proc.pid
     try:
