@@ -177,15 +177,18 @@ def _ended_while_live(reports: dict[str, dict[str, Any]]) -> list[tuple[str, str
     later sample of theirs: (call, client or None, end, sample timestamp).
 
     A call whose clients send different sample generations can be split over partitions (legacy
-    samples route by client): each part ends on its own, so a call is checked against its last end."""
+    samples route by client): each part ends on its own, so a call is checked against its last end,
+    once every part of it ended (as many CALL_ENDED as CALL_STARTED); its clients are checked anyway."""
     ends: dict[tuple[str, str | None], int] = {}
     samples: dict[tuple[str, str | None], int] = {}
+    parts: Counter[str] = Counter()  # CALL_STARTED minus CALL_ENDED
     for r in reports.values():
         p = r["payload"]
         call, client = p.get("callId"), p.get("clientId")
         if call is None or r["type"].startswith("SFU"):
             continue
         if r["type"] == "CALL_EVENT":
+            parts[call] += {"CALL_STARTED": 1, "CALL_ENDED": -1}.get(p["name"], 0)
             if p["name"] in ("CALL_ENDED", "CLIENT_LEFT"):
                 key = (call, client if p["name"] == "CLIENT_LEFT" else None)
                 ends[key] = max(ends.get(key, 0), p["timestamp"])
@@ -194,7 +197,9 @@ def _ended_while_live(reports: dict[str, dict[str, Any]]) -> list[tuple[str, str
             for key in ((call, client), (call, None)):
                 samples[key] = max(samples.get(key, 0), at)
     return [
-        (call, client, at, samples[(call, client)]) for (call, client), at in ends.items() if at < samples.get((call, client), 0)
+        (call, client, at, samples[(call, client)])
+        for (call, client), at in ends.items()
+        if at < samples.get((call, client), 0) and (client is not None or parts[call] == 0)
     ]
 
 
