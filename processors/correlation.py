@@ -415,7 +415,7 @@ class CorrelationProcessor:
         samples: list[Any] = []
         self._p = part = self._part(batch.partition)
         try:
-            self._advance(part, _stream_time(batch))
+            self._advance(part, state.stream_time(batch))
             now = part.now
             if batch.partition is not LOCAL:
                 self._sweep_into(now, events)
@@ -987,7 +987,7 @@ class CorrelationProcessor:
                 out[key] = None if call_id is None else state.encode(call_id)
         part.dirty.clear()
         if part.clock != part.clock_saved:
-            out[_CLOCK_KEY] = state.encode(part.clock)
+            out[state.CLOCK_KEY] = state.encode(part.clock)
             part.clock_saved = part.clock
         return out
 
@@ -998,9 +998,7 @@ class CorrelationProcessor:
         part = _Part()
         calls: list[tuple[_Call, float | None]] = []
         sfus: list[_Sfu] = []
-        for raw_key, raw in entries.items():
-            key = state.decode(raw_key)
-            value = state.decode(raw)
+        for key, value in state.decoded(entries):
             if key[0] == "clock":
                 part.clock = part.clock_saved = int(value)
             elif key[0] == "call":
@@ -1119,23 +1117,12 @@ class _Journaled:
 # -- state: ids, stream time, and the changelog form of calls and SFUs ------------------------------
 
 _ID_NAMESPACE = uuid.UUID("0b5bd4a3-8b1e-5d7c-a6c4-3f0f2b9e4d21")
-_CLOCK_KEY = state.encode(("clock", "", ""))
 _STATE_VERSION = 1
 
 
 def _derived_id(*parts: Any) -> str:
     """A generated call id, derived from its inputs (a name-based UUID), so a replay derives it again."""
     return str(uuid.uuid5(_ID_NAMESPACE, "\x00".join(str(p) for p in parts)))
-
-
-def _stream_time(batch: Batch) -> int | None:
-    """The batch's record time, or the latest receive time of its samples (epoch ms)."""
-    t = batch.time
-    for sample in batch.samples:
-        received = sample.origin.received_at
-        if type(received) is int and (t is None or received > t):
-            t = received
-    return t
 
 
 def _publisher_fields(p: _Publisher) -> list[Any]:

@@ -323,7 +323,6 @@ class _Part:
         self.journaled = False
 
 
-_CLOCK_KEY = state.encode(("clock", "", ""))
 _STATE_VERSION = 1
 
 
@@ -720,7 +719,7 @@ class IssuesProcessor:
         """Apply the batch to its partition's state (journaled in ``self._j``); the batch to hand on."""
         j = self._j
         part = self._part(batch.partition)
-        t = _stream_time(batch)
+        t = state.stream_time(batch)
         if wall_ms is not None and (t is None or wall_ms > t):
             t = wall_ms
         if t is not None and t > part.clock:
@@ -1060,7 +1059,7 @@ class IssuesProcessor:
                 out[key] = None if members is None else state.encode(members)
         part.dirty.clear()
         if (part.clock, part.scanned) != part.saved:
-            out[_CLOCK_KEY] = state.encode([part.clock, part.scanned])
+            out[state.CLOCK_KEY] = state.encode([part.clock, part.scanned])
             part.saved = (part.clock, part.scanned)
         return out
 
@@ -1069,9 +1068,7 @@ class IssuesProcessor:
         self.revoke(partition)
         part = _Part()
         part.journaled = True
-        for raw_key, raw in sorted(entries.items()):
-            key = state.decode(raw_key)
-            value = state.decode(raw)
+        for key, value in state.decoded(dict(sorted(entries.items()))):
             if key[0] == "clock":
                 part.clock, part.scanned = int(value[0]), int(value[1])
                 part.saved = (part.clock, part.scanned)
@@ -1122,16 +1119,6 @@ class _Sweep:
         txn.on_commit(journal.commit)
         if out.reports:
             await p._next.consume(out)
-
-
-def _stream_time(batch: Batch) -> int | None:
-    """The batch's record time, or the latest receive time of its samples (epoch ms)."""
-    t = batch.time
-    for sample in batch.samples:
-        received = sample.origin.received_at
-        if type(received) is int and (t is None or received > t):
-            t = received
-    return t
 
 
 def _create(settings: Settings, config: IssuesConfig, next_consumer: Consumer) -> IssuesProcessor:

@@ -408,7 +408,7 @@ class QualityProcessor:
             now = self._clock()
         else:
             clock = part.clock if part is not None else 0
-            t = _stream_time(batch)
+            t = state.stream_time(batch)
             if t is not None and t > clock:
                 clock = t
             now = clock / 1000
@@ -720,7 +720,7 @@ class QualityProcessor:
             out[key] = None if client is None else state.encode(_dump_client(client))
         part.dirty.clear()
         if part.clock != part.clock_saved:
-            out[_CLOCK_KEY] = state.encode(part.clock)
+            out[state.CLOCK_KEY] = state.encode(part.clock)
             part.clock_saved = part.clock
         return out
 
@@ -730,9 +730,7 @@ class QualityProcessor:
         part = _Part()
         part.journaled = True
         restored: list[tuple[int, tuple[str, str], _ClientState]] = []
-        for raw_key, raw in entries.items():
-            key = state.decode(raw_key)
-            value = state.decode(raw)
+        for key, value in state.decoded(entries):
             if key[0] == "clock":
                 part.clock = part.clock_saved = int(value)
             elif key[0] == "client":
@@ -797,18 +795,7 @@ def _pair_round_trip_times(sample: ClientSample) -> dict[str, float]:
 
 # -- state: the changelog form of a client ----------------------------------------------------------
 
-_CLOCK_KEY = state.encode(("clock", "", ""))
 _STATE_VERSION = 1
-
-
-def _stream_time(batch: Batch) -> int | None:
-    """The batch's record time, or the latest receive time of its samples (epoch ms)."""
-    t = batch.time
-    for sample in batch.samples:
-        received = sample.origin.received_at
-        if type(received) is int and (t is None or received > t):
-            t = received
-    return t
 
 
 def _dump_client(client: _ClientState) -> list[Any]:

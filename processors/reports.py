@@ -259,11 +259,10 @@ class _MetaCache:
         part = _Part()
         part.journaled = True
         restored: list[tuple[int, ClientKey, _Known]] = []
-        for raw_key, raw in entries.items():
-            key = state.decode(raw_key)
+        for key, value in state.decoded(entries):
             if key[0] != "client":
                 continue
-            version, order, fps = state.decode(raw)
+            version, order, fps = value
             if version != _STATE_VERSION:
                 raise ValueError(f"reports state version {version} is not {_STATE_VERSION}")
             restored.append((order, (key[1], key[2]), _Known(order, dict.fromkeys(fps))))

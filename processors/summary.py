@@ -340,7 +340,7 @@ class SummaryProcessor:
 
     def _apply(self, batch: Batch, journal: Journal) -> Batch:
         part = self._part(batch.partition)
-        t = _stream_time(batch)
+        t = state.stream_time(batch)
         if batch.partition is LOCAL:
             wall = int(self._clock() * 1000)
             t = wall if t is None or wall > t else t
@@ -651,7 +651,7 @@ class SummaryProcessor:
             out[state.encode(("call", service, call_id))] = None if call is None else state.encode(_dump_call(call))
         part.dirty.clear()
         if part.clock != part.clock_saved:
-            out[_CLOCK_KEY] = state.encode(part.clock)
+            out[state.CLOCK_KEY] = state.encode(part.clock)
             part.clock_saved = part.clock
         return out
 
@@ -661,9 +661,7 @@ class SummaryProcessor:
         part = _Part()
         part.journaled = True
         calls: list[_Call] = []
-        for raw_key, raw in entries.items():
-            key = state.decode(raw_key)
-            value = state.decode(raw)
+        for key, value in state.decoded(entries):
             if key[0] == "clock":
                 part.clock = part.clock_saved = int(value)
             elif key[0] == "call":
@@ -820,18 +818,7 @@ def _attachments(call: _Call, ended: int) -> dict[str, Any]:
 
 # -- state: stream time and the changelog form of a call ---------------------------------------------
 
-_CLOCK_KEY = state.encode(("clock", "", ""))
 _STATE_VERSION = 1
-
-
-def _stream_time(batch: Batch) -> int | None:
-    """The batch's record time, or the latest receive time of its samples (epoch ms)."""
-    t = batch.time
-    for sample in batch.samples:
-        received = sample.origin.received_at
-        if type(received) is int and (t is None or received > t):
-            t = received
-    return t
 
 
 def _dump_client(client_id: str, c: _Client) -> list[Any]:

@@ -26,10 +26,13 @@ holds half a message.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
+
+if TYPE_CHECKING:
+    from webrtc_observer.model import Batch
 
 Partition = int | None
 LOCAL: Partition = None
@@ -48,6 +51,27 @@ def encode(value: Any) -> bytes:
 
 def decode(data: bytes) -> Any:
     return _decoder.decode(data)
+
+
+CLOCK_KEY = encode(("clock", "", ""))
+"""The key of a partition's clock entry, in every processor's namespace."""
+
+
+def decoded(entries: Mapping[bytes, bytes]) -> Iterator[tuple[Any, Any]]:
+    """The ``(key, value)`` of each entry given to :meth:`Stateful.assign`, decoded."""
+    for key, value in entries.items():
+        yield decode(key), decode(value)
+
+
+def stream_time(batch: Batch) -> int | None:
+    """The batch's record time, or the latest receive time of its samples (epoch ms): what advances
+    a partition's clock."""
+    t = batch.time
+    for sample in batch.samples:
+        received = sample.origin.received_at
+        if type(received) is int and (t is None or received > t):
+            t = received
+    return t
 
 
 @runtime_checkable
