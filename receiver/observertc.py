@@ -25,7 +25,7 @@ import orjson
 from aiohttp import ClientPayloadError, WSCloseCode, WSMsgType, web
 
 from webrtc_observer.auth import ANYONE, AuthConfig, Authenticator, AuthError, Principal, forbidden
-from webrtc_observer.component import Consumer, Factory, Refused, RetryLater, Settings
+from webrtc_observer.component import Consumer, Factory, Forwarder, Refused, RetryLater, Settings, Undecoded
 from webrtc_observer.config import ByteSize, Duration
 from webrtc_observer.http_server import Listener, ServerConfig, health_handler, serve
 from webrtc_observer.model import Batch, ClientSample, Origin, Sample
@@ -33,6 +33,7 @@ from webrtc_observer.model import Batch, ClientSample, Origin, Sample
 from ._decoding import Encoding, RefusedInput, Route, decode
 from ._inflight import Busy, Hold, Inflight
 from ._limits import LimitsConfig
+from ._routing import routing_keys
 
 _TRACEBACKS_PER_MINUTE = 5  # beyond that internal errors are only counted (receiver_internal_errors)
 _PROTOBUF_TYPES = frozenset({"application/x-protobuf", "application/protobuf", "application/vnd.google.protobuf"})
@@ -102,6 +103,9 @@ class ObservertcReceiver:
         self._settings = settings
         self._config = config
         self._next = next_consumer
+        self._forwarder = next_consumer if isinstance(next_consumer, Forwarder) else None
+        if self._forwarder is not None:
+            self._forwarder.take_forwarded(self._take_undecoded)
         self._log = settings.logger
         self._runner: Listener | None = None
         self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
@@ -174,19 +178,8 @@ class ObservertcReceiver:
                 origin = self._origin(request)
                 self._admit()
                 body = await self._read_body(request, hold)
-                encoding = self._encoding(request)
-                gzipped = self._gzipped(request)
-                decoded = decode(
-                    body,
-                    origin,
-                    route=route,
-                    encoding=encoding,
-                    gzipped=gzipped,
-                    limit=self._config.max_message_bytes,
-                    limits=self._config.limits,
-                )
-                _check_samples(principal, decoded.samples)
-                await self._deliver(decoded.samples, origin, "http")
+                message = Undecoded(body, origin, route, self._encoding(request), self._gzipped(request))
+                taken = await self._take(message, principal, "http")
             except (AuthError, RefusedInput, Refused) as exc:
                 self._refuse("http", exc.reason)
                 return _refusal(exc)
@@ -203,7 +196,7 @@ class ObservertcReceiver:
                 return _error(500, "internal_error", "the collector failed on this message; it was not accepted")
             finally:
                 hold.release()
-            return web.json_response({"accepted": len(decoded.samples)}, status=202)
+            return web.json_response({"accepted": taken}, status=202)
 
         return handle
 
@@ -320,17 +313,7 @@ class ObservertcReceiver:
         try:
             self._admit()
             hold.take(len(data))
-            decoded = decode(
-                data,
-                stamped,
-                route=route,
-                encoding=frame_encoding,
-                gzipped=None,
-                limit=self._config.max_message_bytes,
-                limits=self._config.limits,
-            )
-            _check_samples(principal, decoded.samples)
-            await self._deliver(decoded.samples, stamped, "websocket")
+            await self._take(Undecoded(data, stamped, route, frame_encoding), principal, "websocket")
         except (RefusedInput, Refused, AuthError) as exc:
             self._refuse("websocket", exc.reason)
             await ws.send_bytes(orjson.dumps({"error": exc.reason, "detail": exc.detail}))
@@ -377,11 +360,64 @@ class ObservertcReceiver:
             schema_version=request.query.get("schemaVersion"),
         )
 
-    async def _deliver(self, samples: list[Any], origin: Origin, transport: str) -> None:
-        if samples:
-            await self._next.consume(Batch(samples=samples))
-        self._accepted.add(len(samples), self._label, transport)
-        self._received.add(len(samples), origin.service_id, origin.media_unit_id)
+    async def _take(self, message: Undecoded, principal: Principal, transport: str) -> int:
+        """Decode one message and hand its samples on; the samples taken. With ``service.workers``, a
+        message whose samples another worker owns goes to it undecoded (it decodes and answers)."""
+        owner = self._owner(message, principal)
+        if owner is not None:
+            forwarder, index = owner
+            taken = await forwarder.forward(index, message)
+        else:
+            samples = self._decode(message)
+            _check_samples(principal, samples)
+            if samples:
+                await self._next.consume(Batch(samples=samples))
+            taken = len(samples)
+        self._accepted.add(taken, self._label, transport)
+        self._received.add(taken, message.origin.service_id, message.origin.media_unit_id)
+        return taken
+
+    def _owner(self, message: Undecoded, principal: Principal) -> tuple[Forwarder, int] | None:
+        """The other worker that owns every sample of ``message``, told from its bytes; None: decode here.
+        A token bound to a client or call is checked against the decoded samples, so here."""
+        if self._forwarder is None or not _unrestricted(principal):
+            return None
+        keys = routing_keys(
+            message.data,
+            message.origin,
+            route=message.route,  # type: ignore[arg-type]
+            encoding=message.encoding,  # type: ignore[arg-type]
+            gzipped=message.gzipped,
+        )
+        index = self._forwarder.owner(keys) if keys else None
+        return None if index is None else (self._forwarder, index)
+
+    async def _take_undecoded(self, message: Undecoded) -> int:
+        """A message a peer worker read and handed over, its samples this worker's: decode and hand on.
+        The peer counts it and answers its client."""
+        hold = Hold(self._inflight)
+        try:
+            self._admit()
+            hold.take(len(message.data))
+            samples = self._decode(message)
+            if samples:
+                await self._next.consume(Batch(samples=samples))
+            return len(samples)
+        except RefusedInput as exc:
+            raise Refused(exc.reason, exc.detail, exc.status) from None
+        finally:
+            hold.release()
+
+    def _decode(self, message: Undecoded) -> list[Sample]:
+        return decode(
+            message.data,
+            message.origin,
+            route=message.route,  # type: ignore[arg-type]
+            encoding=message.encoding,  # type: ignore[arg-type]
+            gzipped=message.gzipped,
+            limit=self._config.max_message_bytes,
+            limits=self._config.limits,
+        ).samples
 
     def _internal_error(self, transport: str) -> None:
         """Count a failure of ours; log its traceback at most a few times a minute (call from ``except``)."""
@@ -433,6 +469,11 @@ class ObservertcReceiver:
         return web.Response(status=204, headers=headers)
 
 
+def _unrestricted(principal: Principal) -> bool:
+    """The principal may send any sample of the path's service (no token, or one bound to nothing)."""
+    return not principal.bound and principal.service_ids is None
+
+
 def _check_samples(principal: Principal, samples: list[Sample]) -> None:
     """Every sample of a message must be allowed the principal, or none is taken (403). A client
     sample that names no call or room gets the token's (a refused message is dropped whole, so
@@ -440,7 +481,7 @@ def _check_samples(principal: Principal, samples: list[Sample]) -> None:
 
     A token bound to a client, call or room (a browser's JWT) sends only that client's samples; SFU
     and TURN samples need a token that is not bound (a static token, or a JWT with only serviceId)."""
-    if not principal.bound and principal.service_ids is None:
+    if _unrestricted(principal):
         return
     for sample in samples:
         service_id = sample.origin.service_id

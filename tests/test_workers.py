@@ -21,7 +21,7 @@ from tests import _samples
 from webrtc_observer.components import config_types
 from webrtc_observer.config import ConfigError, load_text
 from webrtc_observer.model import ClientSample, Origin
-from webrtc_observer.workers import owner_of
+from webrtc_observer.workers import owner_of, owner_of_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -193,6 +193,15 @@ async def test_two_workers_keep_each_call_in_one_process(tmp_path: Path) -> None
                 await asyncio.sleep(0.1)
             assert sum(received) == sent, received
             assert all(received), f"one worker took every connection: {received}"
+            # Each message held one room's samples: those another worker owned went over undecoded.
+            handoffs = {
+                form: [
+                    await collector.metric(http, i, f'observertc_worker_handoffs_total{{form="{form}",receiver="observertc"}}')
+                    for i in range(2)
+                ]
+                for form in ("undecoded", "decoded")
+            }
+            assert sum(handoffs["undecoded"]) > 0 and sum(handoffs["decoded"]) == 0, handoffs
             await asyncio.sleep(0.5)  # let the owners write what peers handed them
     finally:
         assert collector.stop() == 0, collector.log.read_text()
@@ -349,3 +358,56 @@ async def test_a_worker_killed_mid_call_resumes_its_calls_without_announcing_the
         if r["type"] == "INBOUND_AUDIO_TRACK" and r["payload"]["timestamp"] == _samples.T0 + 4000
     }
     assert after == {(call, client) for call, client in clients if call in victim_calls}
+
+
+def _room_of(owner: int, workers: int = 2) -> str:
+    return next(f"room-{n}" for n in range(100) if owner_of_key(f"svc\x00room-{n}", workers) == owner)
+
+
+async def test_what_the_owner_refuses_or_splits_reaches_the_client_as_from_one_process(tmp_path: Path) -> None:
+    """A message handed over undecoded is refused by its owner with the reason one process would give;
+    a message holding rooms of both workers is decoded where it arrived and split between them."""
+    collector = _Supervised(tmp_path)
+    theirs = {w: _room_of(w) for w in range(2)}
+    try:
+        async with aiohttp.ClientSession() as http:
+            await collector.wait_ready(http)
+            sockets = [await http.ws_connect(f"ws://127.0.0.1:{collector.port}/samples/svc/mu") for _ in range(16)]
+            bad = _samples.client_sample_v2("mallory", call_id="call-bad", roomId=theirs[1], inboundAudioTracks=[{"ssrc": "x"}])
+            for ws in sockets:
+                await ws.send_str(json.dumps(_samples.samples_v2(bad, sfu=False)))
+                answer = json.loads((await ws.receive(timeout=10)).data)
+                assert answer["error"] == "invalid_sample" and "ssrc" in answer["detail"], answer
+            refused = [await collector.metric(http, i, "observertc_samples_refused_total") for i in range(2)]
+            assert sum(refused) == len(sockets) and all(refused), f"every connection went to one worker: {refused}"
+            # Worker 0 handed the bad message to worker 1 undecoded; worker 1's refusal came back.
+            assert await collector.metric(http, 0, 'observertc_worker_handoffs_total{form="undecoded",receiver="observertc"}')
+
+            both = _samples.samples_v2(
+                *(_samples.client_sample_v2(f"client-{w}", call_id=f"call-{w}", roomId=theirs[w]) for w in range(2)),
+                sfu=False,
+            )
+            for tick, ws in enumerate(sockets):
+                both["clientSamples"][0]["timestamp"] = both["clientSamples"][1]["timestamp"] = _samples.T0 + tick * 1000
+                await ws.send_str(json.dumps(both))
+            for ws in sockets:
+                await ws.close()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                received = sum([await collector.metric(http, i, "observertc_samples_received_total") for i in range(2)])
+                if received >= 2 * len(sockets):
+                    break
+                await asyncio.sleep(0.1)
+            assert received == 2 * len(sockets)
+            decoded = [
+                await collector.metric(http, i, 'observertc_worker_handoffs_total{form="decoded",receiver="observertc"}')
+                for i in range(2)
+            ]
+            assert all(decoded), decoded
+            await asyncio.sleep(0.5)  # let the owners write what peers handed them
+    finally:
+        assert collector.stop() == 0, collector.log.read_text()
+    files = collector.reports_by_worker()
+    for w in range(2):
+        calls = {r["payload"].get("callId") for r in files[w]} - {None}
+        assert calls == {f"call-{w}"}, (w, calls)

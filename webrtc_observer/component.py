@@ -8,13 +8,15 @@ and receivers last, and shuts them down in the opposite order so that data in fl
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
+import msgspec
+
 from webrtc_observer.config import ComponentId
 from webrtc_observer.logs import Logger
-from webrtc_observer.model import Batch
+from webrtc_observer.model import Batch, Origin
 from webrtc_observer.state import Stateful
 from webrtc_observer.telemetry import Telemetry
 
@@ -30,6 +32,35 @@ class Consumer(Protocol):
     """
 
     async def consume(self, batch: Batch) -> None: ...
+
+
+class Undecoded(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A message as a receiver read it, before decoding: what :class:`Forwarder` hands to another worker."""
+
+    data: bytes
+    origin: Origin
+    route: str
+    encoding: str | None = None
+    gzipped: bool | None = None
+
+
+@runtime_checkable
+class Forwarder(Protocol):
+    """A receiver's next stage when ``service.workers`` > 1 (:mod:`webrtc_observer.workers`): it can hand a
+    message whose samples another worker owns to that worker undecoded, so it is decoded only once.
+
+    The receiver tells the routing keys of a message from its bytes; ``owner`` answers which other
+    worker owns all of them (None: this one, or several). ``forward`` returns the samples the owner
+    took, or raises what the owner's receiver raised (:class:`Refused`, :class:`RetryLater`). The owner
+    calls what the receiver registered with ``take_forwarded``: decode and hand on, as if it had read
+    the message itself.
+    """
+
+    def owner(self, keys: Sequence[str]) -> int | None: ...
+
+    async def forward(self, owner: int, message: Undecoded) -> int: ...
+
+    def take_forwarded(self, take: Callable[[Undecoded], Awaitable[int]]) -> None: ...
 
 
 @runtime_checkable

@@ -202,12 +202,14 @@ def routing_key(sample: Sample) -> str:
     ``service.workers`` hashes it to pick a worker; the ``kafka`` exporter (``encoding: samples``) uses
     it as the record key, so one partition holds all of a room's samples."""
     if isinstance(sample, ClientSample):
-        key = sample.room_id or sample.call_id or sample.client_id
-    elif isinstance(sample, SfuSample):
-        key = sample.sfu_id
-    else:
-        key = sample.server_id
-    return f"{sample.origin.service_id}\x00{key}"
+        return client_routing_key(sample.origin.service_id, sample.room_id, sample.call_id, sample.client_id)
+    return f"{sample.origin.service_id}\x00{sample.sfu_id if isinstance(sample, SfuSample) else sample.server_id}"
+
+
+def client_routing_key(service_id: str, room_id: str | None, call_id: str | None, client_id: str) -> str:
+    """:func:`routing_key` of a client sample with these ids (also told from a message's bytes before it
+    is decoded, so a worker can hand it to its owner undecoded)."""
+    return f"{service_id}\x00{room_id or call_id or client_id}"
 
 
 class ReportRecord(msgspec.Struct, gc=False, omit_defaults=True, kw_only=True):

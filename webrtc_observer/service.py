@@ -172,7 +172,7 @@ class Service:
             options = cfg.components["receivers"][rid]
             entry: Consumer = Transactional(FanOut(consumers))
             if self._peers is not None:
-                entry = self._peers.router(str(rid), entry)
+                entry = self._peers.router(str(rid), entry, self.telemetry)
             self.receivers[rid] = factories["receivers"][rid.type].create(self._settings("receivers", rid), options, entry)
 
         unused = [

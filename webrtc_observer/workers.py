@@ -5,9 +5,12 @@
 * Every worker runs the whole configured collector. Receivers share their port (SO_REUSEPORT): the
   kernel spreads connections over the workers.
 * A sample belongs to one worker, chosen by a hash of its service id and room id (else call id,
-  else client id; SFU samples by SFU id). A worker hands the samples it does not own to their
-  owner over a Unix socket and waits for the owner's answer, so a full pipeline in the owner
-  (``RetryLater``) reaches the client as it would in one process.
+  else client id; SFU samples by SFU id). A worker hands what it does not own to the owner over a
+  Unix socket and waits for the owner's answer, so a full pipeline in the owner (``RetryLater``) or
+  input it refuses reaches the client as it would in one process. A message whose samples all
+  belong to one other worker goes over undecoded (the receiver tells its routing keys from the
+  bytes, :class:`~webrtc_observer.component.Forwarder`), and the owner decodes it; otherwise the
+  decoded samples that are not this worker's go to their owners.
 
 Resources a component owns are per worker: the Prometheus and live-view endpoints listen on port +
 worker index, and the file exporter writes one file per worker (``reports-0.jsonl``...). Each
@@ -30,27 +33,33 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
 
-from webrtc_observer.component import Consumer, RetryLater, Worker
+from webrtc_observer.component import Consumer, Refused, RetryLater, Undecoded, Worker
 from webrtc_observer.logs import get_logger
 from webrtc_observer.model import Batch, ClientSample, Sample, SfuSample, TurnSample, routing_key
+from webrtc_observer.telemetry import Metric, Telemetry
 
 # -- which worker owns a sample ------------------------------------------------------------------
 
 
 def owner_of(sample: Sample, workers: int) -> int:
     """The worker that handles ``sample``: every sample of a room (or call) goes to the same one."""
-    return zlib.crc32(routing_key(sample).encode()) % workers
+    return owner_of_key(routing_key(sample), workers)
+
+
+def owner_of_key(key: str, workers: int) -> int:
+    """The worker that handles the samples of routing key ``key`` (:func:`~webrtc_observer.model.routing_key`)."""
+    return zlib.crc32(key.encode()) % workers
 
 
 # -- the wire between workers ----------------------------------------------------------------------
 
 
-class _Shipment(msgspec.Struct, array_like=True):
+class _Shipment(msgspec.Struct, array_like=True, tag="samples"):
     """Samples one worker hands to their owner, for the owner's copy of receiver ``receiver``."""
 
     receiver: str
@@ -59,10 +68,19 @@ class _Shipment(msgspec.Struct, array_like=True):
     turns: list[TurnSample] = []
 
 
+class _Message(msgspec.Struct, array_like=True, tag="message"):
+    """A whole message, undecoded, for the owner's copy of receiver ``receiver`` to decode."""
+
+    receiver: str
+    message: Undecoded
+
+
 _encode = msgspec.msgpack.Encoder().encode
-_decode_shipment = msgspec.msgpack.Decoder(_Shipment).decode
+_decode_request = msgspec.msgpack.Decoder(_Shipment | _Message).decode
+_decode_refusal = msgspec.msgpack.Decoder(tuple[str, str, int]).decode
 _HEADER = struct.Struct("!II")  # body length, request id
-_OK, _RETRY, _FAILED = b"\x00", b"\x01", b"\x02"
+_OK, _RETRY, _FAILED, _REFUSED = b"\x00", b"\x01", b"\x02", b"\x03"
+_COUNT = struct.Struct("!I")  # after _OK, for a message: the samples the owner took
 _MAX_FRAME = 256 * 1024 * 1024
 
 
@@ -142,6 +160,7 @@ class Peers:
         self.worker = worker
         self._directory = directory
         self._local: dict[str, Consumer] = {}
+        self._takers: dict[str, Callable[[Undecoded], Awaitable[int]]] = {}
         self._links: dict[int, _PeerLink] = {}
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -153,10 +172,19 @@ class Peers:
         state checkpoints (``service.state``), so a restarted worker finds its own."""
         return self._directory
 
-    def router(self, receiver: str, local: Consumer) -> Consumer:
+    def router(self, receiver: str, local: Consumer, telemetry: Telemetry) -> Consumer:
         """What receiver ``receiver`` feeds: ``local`` for the samples this worker owns, peers for the rest."""
         self._local[receiver] = local
-        return _Router(receiver, local, self)
+        handoffs = telemetry.counter(
+            "worker_handoffs",
+            "Messages (undecoded) and batches of decoded samples handed to the worker that owns them",
+            ("receiver", "form"),
+        )
+        return _Router(receiver, local, self, handoffs)
+
+    def serve_undecoded(self, receiver: str, take: Callable[[Undecoded], Awaitable[int]]) -> None:
+        """Messages peers hand over undecoded for receiver ``receiver`` go to ``take``."""
+        self._takers[receiver] = take
 
     async def start(self) -> None:
         path = socket_path(self._directory, self.worker.index)
@@ -174,18 +202,22 @@ class Peers:
             await link.close()
         self._links.clear()
 
-    async def send(self, owner: int, shipment: _Shipment) -> None:
+    async def send(self, owner: int, request: _Shipment | _Message) -> bytes:
+        """Hand ``request`` to worker ``owner``; what its answer says after OK. Raises what the owner raised."""
         link = self._links.get(owner)
         if link is None:
             link = self._links[owner] = _PeerLink(socket_path(self._directory, owner))
         try:
-            answer = await link.request(_encode(shipment))
+            answer = await link.request(_encode(request))
         except (ConnectionError, OSError) as exc:
             raise RetryLater(f"worker {owner} is not reachable ({exc})") from None
         if answer[:1] == _RETRY:
             raise RetryLater(answer[1:].decode(errors="replace"))
+        if answer[:1] == _REFUSED:
+            raise Refused(*_decode_refusal(answer[1:]))
         if answer[:1] != _OK:
             raise RuntimeError(f"worker {owner} failed: {answer[1:].decode(errors='replace')}")
+        return answer[1:]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -201,13 +233,18 @@ class Peers:
 
     async def _handle(self, request: int, body: bytes, writer: asyncio.StreamWriter) -> None:
         try:
-            shipment = _decode_shipment(body)
-            local = self._local[shipment.receiver]
-            samples: list[Sample] = [*shipment.clients, *shipment.sfus, *shipment.turns]
-            await local.consume(Batch(samples=samples))
-            answer = _OK
+            shipment = _decode_request(body)
+            if isinstance(shipment, _Message):
+                taken = await self._takers[shipment.receiver](shipment.message)
+                answer = _OK + _COUNT.pack(taken)
+            else:
+                samples: list[Sample] = [*shipment.clients, *shipment.sfus, *shipment.turns]
+                await self._local[shipment.receiver].consume(Batch(samples=samples))
+                answer = _OK
         except RetryLater as exc:
             answer = _RETRY + exc.reason.encode()
+        except Refused as exc:  # the owner's receiver refused the message (what it would answer a client)
+            answer = _REFUSED + _encode((exc.reason, exc.detail, exc.status))
         except Exception as exc:
             self._log.error("samples from a peer worker failed", exc_info=True)
             answer = _FAILED + str(exc).encode()
@@ -216,14 +253,30 @@ class Peers:
 
 
 class _Router:
-    """Keeps the samples this worker owns and hands the others to their owners."""
+    """Keeps the samples this worker owns and hands the others to their owners (a :class:`Forwarder`)."""
 
-    def __init__(self, receiver: str, local: Consumer, peers: Peers) -> None:
+    def __init__(self, receiver: str, local: Consumer, peers: Peers, handoffs: Metric) -> None:
         self._receiver = receiver
         self._local = local
         self._peers = peers
         self._count = peers.worker.count
         self._index = peers.worker.index
+        self._handoffs = handoffs
+
+    def owner(self, keys: Sequence[str]) -> int | None:
+        owners = {owner_of_key(key, self._count) for key in keys}
+        if len(owners) != 1:
+            return None
+        owner = owners.pop()
+        return None if owner == self._index else owner
+
+    async def forward(self, owner: int, message: Undecoded) -> int:
+        self._handoffs.add(1, self._receiver, "undecoded")
+        answer = await self._peers.send(owner, _Message(self._receiver, message))
+        return int(_COUNT.unpack(answer)[0])
+
+    def take_forwarded(self, take: Callable[[Undecoded], Awaitable[int]]) -> None:
+        self._peers.serve_undecoded(self._receiver, take)
 
     async def consume(self, batch: Batch) -> None:
         mine: list[Sample] = []
@@ -245,7 +298,8 @@ class _Router:
         if not theirs:
             await self._local.consume(batch)
             return
-        sends = [self._peers.send(owner, shipment) for owner, shipment in theirs.items()]
+        self._handoffs.add(len(theirs), self._receiver, "decoded")
+        sends: list[Awaitable[Any]] = [self._peers.send(owner, shipment) for owner, shipment in theirs.items()]
         if mine or batch.reports:
             sends.append(self._local.consume(Batch(samples=mine, reports=batch.reports)))
         results = await asyncio.gather(*sends, return_exceptions=True)
