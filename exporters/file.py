@@ -68,10 +68,15 @@ class FileExporterConfig(QueuedExporterConfig):
 
 
 def _encode(batch: Batch) -> list[bytes]:
-    """One JSON line (newline included) per record: reports as envelopes, samples as ``{type, payload}``."""
-    encode = _encoder.encode
-    lines = [encode(report) + b"\n" for report in batch.reports]
-    lines.extend(encode({"type": type(sample).__name__, "payload": sample}) + b"\n" for sample in batch.samples)
+    """One JSON line (newline included) per record: reports as envelopes, samples as ``{type, payload}``.
+
+    Each kind is encoded in one call and then cut at its newlines: JSON text escapes control
+    characters inside strings, so the only newlines are the ones between records.
+    """
+    lines = _encoder.encode_lines(batch.reports).splitlines(keepends=True) if batch.reports else []
+    if batch.samples:
+        samples = [{"type": type(sample).__name__, "payload": sample} for sample in batch.samples]
+        lines.extend(_encoder.encode_lines(samples).splitlines(keepends=True))
     return lines
 
 

@@ -317,3 +317,20 @@ service: {{pipelines: {{p: {{receivers: [observertc], exporters: [file]}}}}}}
         assert proc.wait(timeout=30) == 0
     written = Counter(json.loads(line)["payload"]["client_id"] for line in out.read_text().splitlines())
     assert written == accepted, "every accepted record once"
+
+
+async def test_one_line_per_record_whatever_characters_the_payloads_hold(tmp_path):
+    """Records are encoded per batch and cut at newlines: no character in a payload may cut a record."""
+    awkward = "".join(map(chr, range(32))) + '\u0085\u2028\u2029\x7f"\\ é 🎧'
+    reports = [Report(type="CALL_EVENT", payload={"serviceId": "svc", "timestamp": i, "name": awkward * i}) for i in range(5)]
+    path = tmp_path / "reports.jsonl"
+    yaml_text = f"""
+receivers: {{observertc: {{endpoint: "127.0.0.1:0"}}}}
+exporters: {{file: {{path: "{path}"}}}}
+service: {{pipelines: {{p: {{receivers: [observertc], exporters: [file]}}}}}}
+"""
+    async with running_collector(yaml_text) as c:
+        await c.service.exporters[ComponentId("file")].consume(Batch(reports=reports))
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == len(reports) + 1
+    assert [json.loads(line)["payload"]["name"] for line in lines[:-1]] == [awkward * i for i in range(5)]
