@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 from webrtc_observer.model import ClientSample, Origin, Sample, SfuSample, TurnSample
@@ -79,10 +81,21 @@ def _check_client(s: ClientSample, index: int, limits: LimitsConfig) -> None:
     records = len(s.peer_connections) + len(tracks) + sum(map(len, stats))
     _check_counts(index, limits, records, len(s.events) + len(s.issues) + len(s.extensions), len(s.meta))
     m = limits.max_id_length
+    _check_ids(index, m, _origin_ids(s.origin))
+    texts = chain(
+        (s.client_id, s.call_id, s.room_id, s.user_id, s.marker, s.browser_id),
+        map(_PC_ID, s.peer_connections),
+        chain.from_iterable(map(_TRACK_IDS, tracks)),
+        chain.from_iterable(map(_EVENT_IDS, s.events)),
+        map(_ISSUE_ID, s.issues),
+        chain.from_iterable(map(_META_IDS, s.meta)),
+        _record_values(*stats, (t.stats for t in tracks)),
+    )
+    if _longest(texts) <= m:
+        return  # no string of the sample is that long, id or not: the usual case, told in one C-level pass
     _check_ids(
         index,
         m,
-        _origin_ids(s.origin),
         (
             ("clientId", s.client_id),
             ("callId", s.call_id),
@@ -108,6 +121,22 @@ def _check_client(s: ClientSample, index: int, limits: LimitsConfig) -> None:
         (pair for x in s.meta for pair in (("peerConnectionId", x.peer_connection_id), ("trackId", x.track_id))),
     )
     _check_record_ids(index, m, *stats, (t.stats for t in tracks))
+
+
+_PC_ID = attrgetter("peer_connection_id")
+_TRACK_IDS = attrgetter("peer_connection_id", "track_id", "sfu_stream_id", "sfu_sink_id", "remote_client_id")
+_EVENT_IDS = attrgetter("peer_connection_id", "track_id")
+_ISSUE_ID = attrgetter("track_id")
+_META_IDS = attrgetter("peer_connection_id", "track_id")
+
+
+def _record_values(*record_lists: Iterable[dict[str, Any]]) -> Iterable[Any]:
+    return chain.from_iterable(map(dict.values, chain.from_iterable(record_lists)))
+
+
+def _longest(values: Iterable[Any]) -> int:
+    """The length of the longest string among ``values`` (0 if none)."""
+    return max(map(len, filter(str.__instancecheck__, values)), default=0)
 
 
 def _check_sfu(s: SfuSample, index: int, limits: LimitsConfig) -> None:
