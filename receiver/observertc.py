@@ -64,6 +64,10 @@ class ObservertcReceiverConfig(ServerConfig):
     """Largest HTTP body or WebSocket message, also after gunzip. Larger: HTTP 413, WebSocket close 1009."""
     websocket_heartbeat: Duration = Duration(30)
     """Ping idle WebSocket clients this often and drop those that do not answer; 0 disables."""
+    websocket_backpressure_timeout: Duration = Duration(10)
+    """How long a WebSocket frame waits while the pipelines are full (an exporter's queue, the memory
+    limiter, ``max_inflight_bytes``). The connection is not read meanwhile, so TCP slows its client
+    down; past it the frame is refused (``pipeline_full``...). 0: refuse at once."""
     allowed_service_ids: list[str] = field(default_factory=list)
     """If set, samples for other service ids are refused with 403."""
     cors: CorsConfig = field(default_factory=CorsConfig)
@@ -122,6 +126,11 @@ class ObservertcReceiver:
         )
         self._refused_samples = t.counter("samples_refused", "Samples or messages refused, by reason", ("reason",))
         self._ws_open = t.gauge("receiver_websockets_open", "Open WebSocket connections", ("receiver",))
+        self._backpressure = t.counter(
+            "receiver_backpressure_waits",
+            "WebSocket frames that waited for room in the pipelines (websocket_backpressure_timeout)",
+            ("receiver",),
+        )
         self._label = receiver
         self._inflight = Inflight(config.max_inflight_bytes)
         self._ws_open.set(0, receiver)
@@ -308,12 +317,9 @@ class ObservertcReceiver:
             too_big = getattr(ws.exception(), "code", None) == WSCloseCode.MESSAGE_TOO_BIG
             self._refuse("websocket", "too_large" if too_big else "websocket_protocol")
             return False
-        stamped = _restamp(origin)
         hold = Hold(self._inflight)
         try:
-            self._admit()
-            hold.take(len(data))
-            await self._take(Undecoded(data, stamped, route, frame_encoding), principal, "websocket")
+            await self._take_when_room(Undecoded(data, _restamp(origin), route, frame_encoding), principal, hold)
         except (RefusedInput, Refused, AuthError) as exc:
             self._refuse("websocket", exc.reason)
             await ws.send_bytes(orjson.dumps({"error": exc.reason, "detail": exc.detail}))
@@ -328,6 +334,32 @@ class ObservertcReceiver:
         finally:
             hold.release()
         return True
+
+    async def _take_when_room(self, message: Undecoded, principal: Principal, hold: Hold) -> None:
+        """Take a WebSocket frame, waiting while the pipelines are full (``websocket_backpressure_timeout``).
+
+        Each attempt that found no room was undone whole (:mod:`webrtc_observer.transaction`), so the
+        attempt that is taken yields what a first one would have; the frames after it wait unread."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(self._config.websocket_backpressure_timeout)
+        delay = 0.005
+        waited = False
+        while True:
+            try:
+                self._admit()
+                if not hold.size:
+                    hold.take(len(message.data))
+                await self._take(message, principal, "websocket")
+                return
+            except RetryLater:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self._runner is None:  # waited long enough, or shutting down
+                    raise
+            if not waited:
+                waited = True
+                self._backpressure.add(1, self._label)
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.25)
 
     # -- authentication -----------------------------------------------------------------------------
     def _authorize(self, request: web.Request) -> Principal:

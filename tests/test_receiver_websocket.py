@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import time
 
 import aiohttp
+import pytest
 
 from tests import _samples
 from webrtc_observer.model import ClientSample
@@ -92,14 +95,40 @@ async def test_a_gzip_frame_that_inflates_past_the_limit_is_refused(collector, h
 
 async def test_websocket_backpressure_answers_instead_of_dropping_silently(http):
     yaml_text = """
+receivers: {observertc: {endpoint: "127.0.0.1:0", websocket_backpressure_timeout: 300ms}}
+exporters: {recording: {refuse: true}}
+service: {pipelines: {samples: {receivers: [observertc], exporters: [recording]}}}
+"""
+    async with running_collector(yaml_text) as c, http.ws_connect(c.url("/samples/svc/mu", scheme="ws")) as ws:
+        sent = time.monotonic()
+        await ws.send_str(json.dumps(_samples.client_sample_v2()))
+        answer = json.loads((await ws.receive()).data)
+        assert time.monotonic() - sent >= 0.3, "refused before websocket_backpressure_timeout"
+    assert answer["error"] == "pipeline_full" and answer["retryAfter"] == 2
+    assert c.telemetry.get("receiver_backpressure_waits").value("observertc") == 1
+
+
+async def test_frames_wait_while_the_pipeline_is_full_and_are_taken_in_order_once_it_has_room(http):
+    """A full pipeline slows a WebSocket client down (its frames wait unread) instead of refusing them."""
+    yaml_text = """
 receivers: {observertc: {endpoint: "127.0.0.1:0"}}
 exporters: {recording: {refuse: true}}
 service: {pipelines: {samples: {receivers: [observertc], exporters: [recording]}}}
 """
     async with running_collector(yaml_text) as c, http.ws_connect(c.url("/samples/svc/mu", scheme="ws")) as ws:
-        await ws.send_str(json.dumps(_samples.client_sample_v2()))
-        answer = json.loads((await ws.receive()).data)
-    assert answer["error"] == "pipeline_full" and answer["retryAfter"] == 2
+        for i in range(5):
+            await ws.send_str(json.dumps(_samples.client_sample_v2(f"c-{i}")))
+        waits = c.telemetry.get("receiver_backpressure_waits")
+        while waits.value("observertc") < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert not c.exporter().samples
+        c.exporter().refuse = False
+        await c.exporter().wait_for_samples(5)
+        assert [s.client_id for s in c.exporter().client_samples] == [f"c-{i}" for i in range(5)]
+        with pytest.raises(asyncio.TimeoutError):
+            await ws.receive(timeout=0.2)  # no answer: nothing was refused
+    assert c.telemetry.get("samples_refused").value("pipeline_full") == 0
 
 
 async def test_shutdown_closes_websockets_with_going_away(http):
