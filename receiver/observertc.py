@@ -338,13 +338,23 @@ class ObservertcReceiver:
     async def _take_when_room(self, message: Undecoded, principal: Principal, hold: Hold) -> None:
         """Take a WebSocket frame, waiting while the pipelines are full (``websocket_backpressure_timeout``).
 
-        Each attempt that found no room was undone whole (:mod:`webrtc_observer.transaction`), so the
-        attempt that is taken yields what a first one would have; the frames after it wait unread."""
+        While an exporter's queue is congested the frame waits before any work is done for it. If a
+        stage still refuses it (RetryLater), the attempt was undone whole
+        (:mod:`webrtc_observer.transaction`) and it is tried again after a pause, so the attempt that
+        is taken yields what a first one would have. The frames after it wait unread meanwhile."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(self._config.websocket_backpressure_timeout)
+        host = self._settings.host
         delay = 0.005
         waited = False
         while True:
+            if host.congested():
+                waited = self._waiting(waited)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await host.room()
+                except TimeoutError:
+                    raise Busy("pipeline_full", "the exporters' sending queues stayed full") from None
             try:
                 self._admit()
                 if not hold.size:
@@ -355,11 +365,15 @@ class ObservertcReceiver:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or self._runner is None:  # waited long enough, or shutting down
                     raise
-            if not waited:
-                waited = True
-                self._backpressure.add(1, self._label)
+            waited = self._waiting(waited)
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.25)
+
+    def _waiting(self, already: bool) -> bool:
+        """Count a frame that waits for room (once)."""
+        if not already:
+            self._backpressure.add(1, self._label)
+        return True
 
     # -- authentication -----------------------------------------------------------------------------
     def _authorize(self, request: web.Request) -> Principal:

@@ -335,3 +335,33 @@ async def test_a_failing_disk_write_refuses_the_message_and_sets_failing_since(t
 
 
 logging.getLogger("test").setLevel(logging.CRITICAL)
+
+
+async def test_a_nearly_full_queue_is_congested_until_it_drained_to_half() -> None:
+    """Receivers hold input back while an exporter is congested (90 % of queue_size, until 50 %)."""
+
+    class GatedSender(FakeSender):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+
+        async def send(self, items: Sequence[bytes]) -> None:
+            await self.gate.wait()
+            await super().send(items)
+
+    sender = GatedSender()
+    exporter, t = _make(sender, queue=SendingQueueConfig(queue_size=10))
+    await exporter.start()
+    for n in range(8):
+        await exporter.consume(_batch(n))
+    assert not exporter.congested()
+    await exporter.consume(_batch(8))  # 9 of 10
+    assert exporter.congested()
+    room = asyncio.ensure_future(exporter.room())
+    await asyncio.sleep(0.01)
+    assert not room.done(), "room while the queue is still nearly full"
+    sender.gate.set()
+    await asyncio.wait_for(room, 5)
+    assert not exporter.congested() and exporter.queued == 0
+    await _until(lambda: _value(t, "exporter_sent_records") == 9)
+    await exporter.shutdown()

@@ -145,3 +145,39 @@ service: {pipelines: {samples: {receivers: [observertc], exporters: [recording]}
     assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
     await ws.close()
     assert isinstance(c.exporter().samples[0], ClientSample)
+
+
+async def test_frames_wait_unprocessed_while_an_exporter_queue_is_congested(tmp_path, http):
+    """A nearly full sending queue holds WebSocket frames back before any work is done for them; once
+    it drains, every frame is taken and written, and none was refused."""
+    folder = tmp_path / "out"
+    folder.write_text("in the way")  # the file exporter cannot create its folder: its queue fills up
+    yaml_text = f"""
+receivers: {{observertc: {{endpoint: "127.0.0.1:0"}}}}
+processors: {{correlation: {{}}, reports: {{}}}}
+exporters:
+  file: {{path: "{folder}/r.jsonl", sending_queue: {{queue_size: 60}}, retry_on_failure: {{initial_interval: 20ms, max_interval: 50ms}}}}
+service: {{pipelines: {{p: {{receivers: [observertc], processors: [correlation, reports], exporters: [file]}}}}}}
+"""
+    async with running_collector(yaml_text) as c, http.ws_connect(c.url("/samples/svc/mu", scheme="ws")) as ws:
+        for tick in range(12):
+            sample = _samples.client_sample_v2("c-1", ts=_samples.T0 + tick * 1000)
+            await ws.send_str(json.dumps(_samples.samples_v2(sample, sfu=False)))
+        waits = c.telemetry.get("receiver_backpressure_waits")
+        while waits.value("observertc") < 1:
+            await asyncio.sleep(0.01)
+        stage = c.telemetry.get("pipeline_stage_items"), c.telemetry.get("pipeline_stage_refused_items")
+        before = [m.value("p", "correlation") for m in stage]
+        await asyncio.sleep(0.3)
+        assert [m.value("p", "correlation") for m in stage] == before, "frames were processed while congested"
+        folder.unlink()  # the exporter can write again: the queue drains, the frames go on
+        accepted = c.telemetry.get("receiver_accepted_samples")
+        while accepted.value("observertc", "websocket") < 12:
+            await asyncio.sleep(0.01)
+        with pytest.raises(asyncio.TimeoutError):
+            await ws.receive(timeout=0.1)  # no answer: nothing was refused
+    assert c.telemetry.get("samples_refused").value("pipeline_full") == 0
+    written = [json.loads(line) for line in (folder / "r.jsonl").read_text().splitlines()]
+    assert {r["payload"]["timestamp"] for r in written if r["type"] == "INBOUND_AUDIO_TRACK"} == {
+        _samples.T0 + tick * 1000 for tick in range(12)
+    }

@@ -120,6 +120,27 @@ class Host(Protocol):
         TimeoutError after ``timeout`` seconds. A checkpoint flushes before it commits input offsets."""
         ...
 
+    def congested(self) -> bool:
+        """True while an exporter's sending queue is congested (:class:`Congestible`)."""
+        ...
+
+    async def room(self) -> None:
+        """Return once no exporter is congested: what a receiver that can hold input back awaits."""
+        ...
+
+
+@runtime_checkable
+class Congestible(Protocol):
+    """An exporter whose sending queue can be congested: nearly full, and not yet drained back below a
+    low watermark. Receivers hold new input back while it is (instead of deriving reports only to
+    have them refused)."""
+
+    def congested(self) -> bool: ...
+
+    async def room(self) -> None:
+        """Return once the exporter is not congested (at once if it is not)."""
+        ...
+
 
 @runtime_checkable
 class Flushable(Protocol):

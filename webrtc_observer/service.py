@@ -17,7 +17,17 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from webrtc_observer.component import Consumer, Factory, FailureReporting, Flushable, Lifecycle, RetryLater, Settings, Worker
+from webrtc_observer.component import (
+    Congestible,
+    Consumer,
+    Factory,
+    FailureReporting,
+    Flushable,
+    Lifecycle,
+    RetryLater,
+    Settings,
+    Worker,
+)
 from webrtc_observer.config import CollectorConfig, ComponentId
 from webrtc_observer.exporterhelper import QueuedExporter
 from webrtc_observer.logs import get_logger
@@ -118,6 +128,16 @@ class Service:
             for name, pid, processor in self.processors
             if name in pipelines and isinstance(processor, Stateful)
         ]
+
+    def congested(self) -> bool:
+        return any(isinstance(e, Congestible) and e.congested() for e in self.exporters.values())
+
+    async def room(self) -> None:
+        while True:
+            congested = next((e for e in self.exporters.values() if isinstance(e, Congestible) and e.congested()), None)
+            if congested is None:
+                return
+            await congested.room()
 
     async def flush(self, timeout: float) -> None:
         flushes = [e.flush(timeout) for e in self.exporters.values() if isinstance(e, Flushable)]

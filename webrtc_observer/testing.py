@@ -137,5 +137,11 @@ def settings_for_tests(component: str, kind: str = "exporter") -> Settings:
         def problems(self) -> dict[str, str]:
             return {}
 
+        def congested(self) -> bool:
+            return False
+
+        async def room(self) -> None:
+            return None
+
     cid = ComponentId.parse(component)
     return Settings(id=cid, kind=kind, telemetry=Telemetry(), logger=get_logger(component=component), host=_Host())  # type: ignore[arg-type]

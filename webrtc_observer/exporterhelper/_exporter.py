@@ -19,6 +19,9 @@ from ._config import QueuedExporterConfig
 from ._queue import MemoryQueue
 from ._storage import DiskQueue, StorageError
 
+_CONGESTED, _DECONGESTED = 0.9, 0.5
+"""Shares of ``queue_size`` at which a queue becomes congested, and stops being congested."""
+
 
 class SendError(Exception):
     """What a :class:`Sender` raises when a chunk (or part of it) was not acknowledged.
@@ -114,6 +117,9 @@ class QueuedExporter:
         self._direct: set[asyncio.Future[None]] = set()
         """Deliveries in progress without a queue (``sending_queue.enabled: false``)."""
         self._progress = asyncio.Event()
+        self._room = asyncio.Event()
+        """Set while the queue is not congested (see :meth:`congested`)."""
+        self._room.set()
         t = settings.telemetry
         lbl = ("exporter",)
         self._sent = t.counter("exporter_sent_records", "Records delivered (acknowledged by the destination)", lbl)
@@ -141,6 +147,22 @@ class QueuedExporter:
         """Monotonic time since when sends (or persistent queue writes) have been failing, or None."""
         times = [t for t in (self._send_failing_since, self._disk_failing_since) if t is not None]
         return min(times) if times else None
+
+    def congested(self) -> bool:
+        """The queue (queued + reserved records) reached 90 % of ``queue_size`` and has not drained
+        back to 50 % yet: receivers hold new input back until it has (:meth:`room`)."""
+        return not self._room.is_set()
+
+    async def room(self) -> None:
+        await self._room.wait()
+
+    def _watch_room(self) -> None:
+        used, size = self._storage.size + self._reserved, self._queue_config.queue_size
+        if self._room.is_set():
+            if used >= size * _CONGESTED and not self._closing:
+                self._room.clear()
+        elif used <= size * _DECONGESTED or self._closing:
+            self._room.set()
 
     @property
     def queued(self) -> int:
@@ -176,6 +198,7 @@ class QueuedExporter:
         next run, so the answer is 0.
         """
         self._closing = True
+        self._watch_room()  # whoever waits for room finds the exporter closing (RetryLater)
         lost = 0
         if self._consumers:
             try:
@@ -270,10 +293,12 @@ class QueuedExporter:
             raise RetryLater(f"persistent queue of exporter {self._label} is full ({qc.max_bytes} bytes)", self._retry_after())
         self._reserved += count
         self._reserved_bytes += size
+        self._watch_room()
 
     def _release(self, count: int, size: int) -> None:
         self._reserved -= count
         self._reserved_bytes -= size
+        self._watch_room()
 
     def _retry_after(self) -> float:
         return float(self._retry.initial_interval) if self.failing_since() is not None else 1.0
@@ -306,6 +331,7 @@ class QueuedExporter:
 
     def _gauge(self) -> None:
         self._queue_gauge.set(self._storage.size, self._label)
+        self._watch_room()
 
     # -- sending -----------------------------------------------------------------------------------
 
