@@ -63,7 +63,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -98,6 +98,8 @@ _MAX_ID = 256
 _SERIES = ("rttMs", "lossPercent", "jitterMs", "inKbps", "outKbps", "mos", "fps", "width", "height")
 _RTT, _LOSS, _JITTER, _IN, _OUT, _MOS, _FPS, _WIDTH, _HEIGHT = range(len(_SERIES))
 _NAN = float("nan")
+_FIRST_POINTS = 8
+"""Points a client's series has room for at first (it grows to ``max_points`` as they come)."""
 
 
 @dataclass
@@ -158,8 +160,37 @@ class BadParameter(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 
+class _Event(NamedTuple):
+    """An event as kept: its values, and the names they have in the page's JSON (a few shapes, shared)."""
+
+    keys: tuple[str, ...]
+    values: tuple[Any, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(zip(self.keys, self.values, strict=True))
+
+
+_EVENT_KEYS = ("timestamp", "name", "serviceId", "callId", "roomId", "clientId", "userId", "peerConnectionId")
+_TRACK_EVENT_KEYS = (*_EVENT_KEYS, "trackId", "ssrc")
+_ISSUE_EVENT_KEYS = (
+    "timestamp",
+    "name",
+    "issue",
+    "severity",
+    "serviceId",
+    "callId",
+    "roomId",
+    "clientId",
+    "userId",
+    "peerConnectionId",
+)
+
+
 class _Ring:
-    """The last ``capacity`` points of a client: timestamps (int64) and values (float32, NaN = none)."""
+    """The last ``capacity`` points of a client: timestamps (int64) and values (float32, NaN = none).
+
+    Room for points is allocated as they come (doubling, up to ``capacity``), so a short-lived client
+    costs a few points; the ring wraps only once it holds ``capacity``."""
 
     __slots__ = ("capacity", "count", "start", "ts", "values")
 
@@ -167,41 +198,48 @@ class _Ring:
         self.capacity = capacity
         self.count = 0
         self.start = 0
-        self.ts = array("q", bytes(8 * capacity))
-        self.values = array("f", [_NAN]) * (capacity * len(_SERIES))
+        self.ts = array("q")
+        self.values = array("f")
+        self._grow(min(capacity, _FIRST_POINTS))
+
+    def _grow(self, points: int) -> None:
+        self.ts.extend(array("q", bytes(8 * points)))
+        self.values.extend(array("f", [_NAN]) * (points * len(_SERIES)))
 
     def last_ts(self) -> int | None:
-        return self.ts[(self.start + self.count - 1) % self.capacity] if self.count else None
+        return self.ts[(self.start + self.count - 1) % len(self.ts)] if self.count else None
 
     def push(self, ts: int, point: list[float]) -> None:
         width = len(_SERIES)
-        if self.count < self.capacity:
-            i = (self.start + self.count) % self.capacity
+        if self.count == len(self.ts) < self.capacity:  # full but not at capacity: not wrapped yet
+            self._grow(min(self.count, self.capacity - self.count))
+        if self.count < len(self.ts):
+            i = (self.start + self.count) % len(self.ts)
             self.count += 1
         else:
             i = self.start
-            self.start = (self.start + 1) % self.capacity
+            self.start = (self.start + 1) % len(self.ts)
         self.ts[i] = ts
         self.values[i * width : (i + 1) * width] = array("f", point)
 
     def merge_last(self, point: list[float]) -> None:
         """Fold more tracks of the last point's sample into it (a sample split over batches)."""
         width = len(_SERIES)
-        i = (self.start + self.count - 1) % self.capacity
+        i = (self.start + self.count - 1) % len(self.ts)
         old = self.values[i * width : (i + 1) * width]
         self.values[i * width : (i + 1) * width] = array("f", _combine(list(old), point))
 
     def points(self) -> Iterator[tuple[int, list[float]]]:
         width = len(_SERIES)
         for k in range(self.count):
-            i = (self.start + k) % self.capacity
+            i = (self.start + k) % len(self.ts)
             yield self.ts[i], list(self.values[i * width : (i + 1) * width])
 
     def last(self, n: int) -> list[list[float]]:
         width = len(_SERIES)
         out = []
         for k in range(max(0, self.count - n), self.count):
-            i = (self.start + k) % self.capacity
+            i = (self.start + k) % len(self.ts)
             out.append(list(self.values[i * width : (i + 1) * width]))
         return out
 
@@ -210,7 +248,7 @@ class _Ring:
         width = len(_SERIES)
         found: float | None = None
         for k in range(max(0, self.count - n), self.count):
-            v = self.values[((self.start + k) % self.capacity) * width + index]
+            v = self.values[((self.start + k) % len(self.ts)) * width + index]
             if v == v and (found is None or (v < found if lowest else v > found)):  # v == v: not NaN
                 found = v
         return found
@@ -415,7 +453,7 @@ class _CallView:
         """Clients that left (client id → when): nothing re-adds them but a CLIENT_JOINED."""
         self.users: dict[str, str] = {}
         """client id → user id, of everyone seen in the call (for the events)."""
-        self.events: deque[dict[str, Any]] = deque(maxlen=cfg.max_call_events)
+        self.events: deque[_Event] = deque(maxlen=cfg.max_call_events)
         self.timeline: deque[dict[str, Any]] = deque(maxlen=cfg.max_call_issues)
         self.issues: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
         self.issue_counts: dict[str, int] = {}
@@ -475,7 +513,7 @@ class _CallView:
             "sfus": list(self.sfus.values()),
             "issues": list(self.issues.values()),
             "timeline": list(self.timeline),
-            "events": list(self.events),
+            "events": [e.as_dict() for e in self.events],
             "summary": self.summary,
         }
 
@@ -507,7 +545,7 @@ class LiveView:
         self._calls: OrderedDict[tuple[str, str], _CallView] = OrderedDict()
         """Live calls, least recently updated first."""
         self._ended: OrderedDict[tuple[str, str], _CallView] = OrderedDict()
-        self._events: deque[dict[str, Any]] = deque(maxlen=config.max_events)
+        self._events: deque[_Event] = deque(maxlen=config.max_events)
         self.dropped = {"calls": 0, "clients": 0, "tracks": 0, "endedCalls": 0, "issues": 0}
 
     # -- update -------------------------------------------------------------------------------------
@@ -639,19 +677,20 @@ class LiveView:
     def _record(self, call: _CallView | None, payload: Any) -> None:
         name = payload.get("name")
         client_id = payload.get("clientId")
-        event = {
-            "timestamp": payload.get("timestamp"),
-            "name": name,
-            "serviceId": payload.get("serviceId"),
-            "callId": payload.get("callId"),
-            "roomId": payload.get("roomId"),
-            "clientId": client_id,
-            "userId": payload.get("userId") or (call.user(client_id) if call is not None else None),
-            "peerConnectionId": payload.get("peerConnectionId"),
-        }
+        values = (
+            payload.get("timestamp"),
+            name,
+            payload.get("serviceId"),
+            payload.get("callId"),
+            payload.get("roomId"),
+            client_id,
+            payload.get("userId") or (call.user(client_id) if call is not None else None),
+            payload.get("peerConnectionId"),
+        )
         if name in ("MEDIA_TRACK_ADDED", "MEDIA_TRACK_REMOVED"):
-            event["trackId"] = payload.get("mediaTrackId")
-            event["ssrc"] = payload.get("SSRC")
+            event = _Event(_TRACK_EVENT_KEYS, (*values, payload.get("mediaTrackId"), payload.get("SSRC")))
+        else:
+            event = _Event(_EVENT_KEYS, values)
         if call is not None:
             call.events.append(event)
         if name in _LIFECYCLE:
@@ -783,18 +822,21 @@ class LiveView:
         }
         call.timeline.append(entry)
         self._events.appendleft(
-            {
-                "timestamp": ts,
-                "name": payload.get("name"),
-                "issue": issue_type,
-                "severity": severity,
-                "serviceId": call.service_id,
-                "callId": call.call_id,
-                "roomId": call.room_id,
-                "clientId": client_id,
-                "userId": user_id,
-                "peerConnectionId": pc_id,
-            }
+            _Event(
+                _ISSUE_EVENT_KEYS,
+                (
+                    ts,
+                    payload.get("name"),
+                    issue_type,
+                    severity,
+                    call.service_id,
+                    call.call_id,
+                    call.room_id,
+                    client_id,
+                    user_id,
+                    pc_id,
+                ),
+            )
         )
         if raised:
             call.issue_counts[issue_type] = call.issue_counts.get(issue_type, 0) + 1
@@ -853,7 +895,7 @@ class LiveView:
                 "openIssues": sum(len(c.issues) for c in self._calls.values()),
                 "dropped": dict(self.dropped),
             },
-            "events": list(self._events),
+            "events": [e.as_dict() for e in self._events],
             "counters": counters,
             "health": {"status": "unhealthy" if problems else "ok", "problems": problems},
         }

@@ -309,6 +309,21 @@ async def test_everything_is_bounded(http):
         assert len(s["events"]) <= 200
 
 
+async def test_a_series_keeps_its_last_max_points_as_it_grows_to_them_and_wraps(http):
+    """A client's series takes room as points come (it starts with a few) and keeps the last max_points."""
+    async with running_collector(bare(points=20)) as c:
+        await feed(c, *joined("g1", "p1"))
+
+        async def series() -> list[int]:
+            detail = await get(c, http, "/ui/api/call?service=svc&call=g1")
+            return next(cl for cl in detail["clients"] if cl["clientId"] == "p1")["series"]["t"]
+
+        await feed(c, quality=tuple(measured("g1", "p1", T0 + i * 1000, mos=4.0) for i in range(1, 12)))
+        assert await series() == [T0 + i * 1000 for i in range(1, 12)]  # past the first room, not wrapped
+        await feed(c, quality=tuple(measured("g1", "p1", T0 + i * 1000, mos=4.0) for i in range(12, 51)))
+        assert await series() == [T0 + i * 1000 for i in range(31, 51)]
+
+
 async def test_the_real_pipeline_counts_calls_with_clients_and_ends_them(http):
     async with running_collector(PIPELINE) as c:
         async with http.get(ui_url(c, "/ui")) as resp:
