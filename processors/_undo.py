@@ -12,7 +12,7 @@ to the end included, can be undone in place, which an ``OrderedDict`` cannot do.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any, Generic, TypeVar
 
 K = TypeVar("K")
@@ -87,6 +87,22 @@ class Journal:
         def undo() -> None:
             obj.last_seen = old_seen
             obj.last_ts = old_ts
+
+        self._undo.append(undo)
+
+    def stamp_all(self, objs: Iterable[Any], last_seen: float, last_ts: int) -> None:
+        """:meth:`stamp` each of ``objs`` (distinct objects), with one undo for those that changed."""
+        old = [(obj, obj.last_seen, obj.last_ts) for obj in objs if obj.last_seen != last_seen or obj.last_ts != last_ts]
+        if not old:
+            return
+        for obj, _, _ in old:
+            obj.last_seen = last_seen
+            obj.last_ts = last_ts
+
+        def undo() -> None:
+            for obj, seen, ts in old:
+                obj.last_seen = seen
+                obj.last_ts = ts
 
         self._undo.append(undo)
 

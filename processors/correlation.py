@@ -584,64 +584,54 @@ class CorrelationProcessor:
         call = client.call
         service = call.service_id
         ts = sample.timestamp
-        seen_pcs: set[str] = set()
+        seen_pcs: dict[str, _PeerConnection] = {}  # the peer connections the sample names (opened if new)
         pcs_with_tracks: set[str] = set()
-        seen_tracks: set[tuple[str, Any]] = set()
-
-        def pc_of(pc_id: str | None) -> _PeerConnection | None:
-            if pc_id is None:
-                return None
-            pc = client.pcs.get(pc_id)
-            if pc is None:
-                pc = _PeerConnection(pc_id, ts, now)
-                j.keep(client.pcs)
-                client.pcs[pc_id] = pc
-                events.append(self._call_event("PEER_CONNECTION_OPENED", call, client, ts, pc_id=pc_id))
-            elif pc_id not in seen_pcs:
-                j.stamp(pc, now, ts)
-            seen_pcs.add(pc_id)
-            return pc
+        seen_tracks: set[_Track] = set()
 
         for info in sample.peer_connections:
-            pc = pc_of(info.peer_connection_id)
-            if pc is not None and info.label:
+            pc = seen_pcs.get(info.peer_connection_id) or self._see_pc(client, info.peer_connection_id, seen_pcs, ts, now, events)
+            if info.label:
                 j.attr(pc, "label", info.label)
         for records in (sample.transports, sample.candidate_pairs, sample.data_channels):
             for rec in records:
-                pc_of(rec.get("peerConnectionId"))
+                pc_id = rec.get("peerConnectionId")
+                if pc_id is not None and pc_id not in seen_pcs:
+                    self._see_pc(client, pc_id, seen_pcs, ts, now, events)
 
         for direction, tracks in (("out", sample.outbound_tracks), ("in", sample.inbound_tracks)):
             for track in tracks:
-                pc = pc_of(track.peer_connection_id)
-                if pc is None:
+                pc_id = track.peer_connection_id
+                if pc_id is None:
                     continue
-                pcs_with_tracks.add(pc.pc_id)
+                pc = seen_pcs.get(pc_id) or self._see_pc(client, pc_id, seen_pcs, ts, now, events)
+                pcs_with_tracks.add(pc_id)
                 key = (direction, track.track_id or track.ssrc)
-                seen_tracks.add((pc.pc_id, key))
                 state = pc.tracks.get(key)
                 if state is None:
                     state = _Track(key, direction, track, ts, now)
                     j.keep(pc.tracks)
                     pc.tracks[key] = state
-                    events.append(self._track_event("MEDIA_TRACK_ADDED", call, client, pc.pc_id, state, track.ssrc, ts))
-                else:
-                    j.stamp(state, now, ts)
+                    events.append(self._track_event("MEDIA_TRACK_ADDED", call, client, pc_id, state, track.ssrc, ts))
+                seen_tracks.add(state)
                 if track.ssrc not in state.ssrcs:
                     j.add(state.ssrcs, track.ssrc)
                     j.set(self._p.ssrc_calls, (service, track.ssrc), call.call_id)
                     if direction == "out":
-                        sender = _Publisher(call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id)
+                        sender = _Publisher(call.call_id, client.client_id, client.user_id, pc_id, state.track_id)
                         j.set(call.outbound_by_ssrc, track.ssrc, sender)
                 if direction == "out" and track.sfu_stream_id:
                     j.attr(state, "sfu_stream_id", track.sfu_stream_id)
-                    publisher = _Publisher(call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id)
+                    publisher = _Publisher(call.call_id, client.client_id, client.user_id, pc_id, state.track_id)
                     if self._p.streams.get((service, track.sfu_stream_id)) != publisher:
                         j.set(self._p.streams, (service, track.sfu_stream_id), publisher)
                 elif direction == "in" and track.sfu_sink_id:
                     j.attr(state, "sfu_sink_id", track.sfu_sink_id)
-                    subscriber = _Publisher(call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id)
+                    subscriber = _Publisher(call.call_id, client.client_id, client.user_id, pc_id, state.track_id)
                     if self._p.sinks.get((service, track.sfu_sink_id)) != subscriber:
                         j.set(self._p.sinks, (service, track.sfu_sink_id), subscriber)
+
+        j.stamp_all(seen_pcs.values(), now, ts)  # new ones have these times already
+        j.stamp_all(seen_tracks, now, ts)
 
         # What disappeared: peer connections absent from a sample that describes peer connections;
         # tracks absent from their peer connection's tracks in this sample; anything idle too long.
@@ -652,11 +642,25 @@ class CorrelationProcessor:
             if (describes_all and pc_id not in seen_pcs) or pc.last_seen < idle_limit:
                 self._close_pc(client, pc, events)
                 continue
-            for key, state in list(pc.tracks.items()):
-                if (pc_id in pcs_with_tracks and (pc_id, key) not in seen_tracks) or state.last_seen < idle_limit:
-                    self._remove_track(client, pc, state, events)
+            listed = pc_id in pcs_with_tracks
+            gone = [t for t in pc.tracks.values() if (listed and t not in seen_tracks) or t.last_seen < idle_limit]
+            for state in gone:
+                self._remove_track(client, pc, state, events)
 
         return [self._match(call, client, t) for t in sample.inbound_tracks]
+
+    def _see_pc(
+        self, client: _Client, pc_id: str, seen: dict[str, _PeerConnection], ts: int, now: float, events: list[Report]
+    ) -> _PeerConnection:
+        """The first mention of ``pc_id`` in a sample: the peer connection, opened if new; added to ``seen``."""
+        pc = client.pcs.get(pc_id)
+        if pc is None:
+            pc = _PeerConnection(pc_id, ts, now)
+            self._j.keep(client.pcs)
+            client.pcs[pc_id] = pc
+            events.append(self._call_event("PEER_CONNECTION_OPENED", client.call, client, ts, pc_id=pc_id))
+        seen[pc_id] = pc
+        return pc
 
     def _match(self, call: _Call, client: _Client, track: Track) -> Track:
         """Name the sender of an inbound track: by SFU sink/stream ids, else by SSRC within the call."""
@@ -1350,8 +1354,8 @@ def _check_client(s: ClientSample) -> None:
         and type(s.sample_seq) in (int, type(None))
         and type(s.closing) is bool
         and all(type(ev.name) is str for ev in s.events)
-        and all(type(t.ssrc) is int and type(t.kind) is str and _track_ids_ok(t) for t in s.outbound_tracks)
-        and all(type(t.ssrc) is int and type(t.kind) is str and _track_ids_ok(t) for t in s.inbound_tracks)
+        and _tracks_ok(s.outbound_tracks)
+        and _tracks_ok(s.inbound_tracks)
         and all(type(pc.peer_connection_id) is str and type(pc.label) in _STR_OR_NONE for pc in s.peer_connections)
         and all(
             type(rec) is dict and type(rec.get("peerConnectionId")) in _STR_OR_NONE
@@ -1363,13 +1367,19 @@ def _check_client(s: ClientSample) -> None:
         _explain_client(s)
 
 
-def _track_ids_ok(t: Track) -> bool:
-    return (
-        type(t.peer_connection_id) in _STR_OR_NONE
-        and type(t.track_id) in _STR_OR_NONE
-        and type(t.sfu_stream_id) in _STR_OR_NONE
-        and type(t.sfu_sink_id) in _STR_OR_NONE
-    )
+def _tracks_ok(tracks: list[Track]) -> bool:
+    """Whether every track has the types correlation uses (a loop: the common case is many tracks)."""
+    for t in tracks:
+        if not (
+            type(t.ssrc) is int
+            and type(t.kind) is str
+            and type(t.peer_connection_id) in _STR_OR_NONE
+            and type(t.track_id) in _STR_OR_NONE
+            and type(t.sfu_stream_id) in _STR_OR_NONE
+            and type(t.sfu_sink_id) in _STR_OR_NONE
+        ):
+            return False
+    return True
 
 
 def _explain_client(s: ClientSample) -> None:

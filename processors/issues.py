@@ -75,6 +75,7 @@ import functools
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -330,21 +331,46 @@ _STATE_VERSION = 1
 
 
 class _Findings:
-    """The conditions one client sample shows: held (with what they saw), clear, and what is present."""
+    """The conditions one client sample shows: held (with what they saw), clear, and what is present.
 
-    __slots__ = ("clear", "held", "pcs", "tracks")
+    Clear conditions are only kept for the issue types ``watched`` (those the client has conditions
+    of): that a condition the client does not have is clear changes nothing. What is present (the
+    peer connections and tracks of the sample) is only looked at for conditions the sample neither
+    held nor cleared, so it is worked out when first asked for.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_pcs", "_sample", "_tracks", "clear", "held", "watched")
+
+    def __init__(self, sample: ClientSample, watched: AbstractSet[str]) -> None:
         self.held: dict[Key, tuple[float | None, dict[str, Any]]] = {}
         self.clear: set[Key] = set()
-        self.pcs: set[str] = set()
-        self.tracks: set[tuple[str, int]] = set()
+        self.watched = watched
+        self._sample = sample
+        self._pcs: set[str] | None = None
+        self._tracks: set[tuple[str, int]] | None = None
 
-    def set(self, key: Key, holds: bool, value: float | None = None, info: dict[str, Any] | None = None) -> None:
-        if holds:
-            self.held[key] = (value, info or {})
-        else:
-            self.clear.add(key)
+    def hold(self, key: Key, value: float | None, info: dict[str, Any]) -> None:
+        self.held[key] = (value, info)
+
+    @property
+    def tracks(self) -> set[tuple[str, int]]:
+        """(peer connection id, SSRC) of the sample's tracks."""
+        if self._tracks is None:
+            s = self._sample
+            self._tracks = {
+                (t.peer_connection_id or "", t.ssrc) for tracks in (s.inbound_tracks, s.outbound_tracks) for t in tracks
+            }
+        return self._tracks
+
+    @property
+    def pcs(self) -> set[str]:
+        """The peer connections the sample describes: of its tracks, transports and peer connections."""
+        if self._pcs is None:
+            s = self._sample
+            self._pcs = {pc for pc, _ in self.tracks}
+            self._pcs.update(t.get("peerConnectionId") or "" for t in s.transports)
+            self._pcs.update(pc.peer_connection_id for pc in s.peer_connections)
+        return self._pcs
 
 
 def _lower(value: Any) -> str:
@@ -393,6 +419,7 @@ def _selected_local_candidates(sample: ClientSample) -> dict[str, dict[str, Any]
 
 
 _LIMITATIONS = (("cpu", "quality_limited_cpu"), ("bandwidth", "quality_limited_bandwidth"))
+_ICE_STATES = (("ice_failed", "failed"), ("ice_disconnected", "disconnected"))
 
 
 def _where(q: TrackQuality) -> dict[str, Any]:
@@ -413,135 +440,181 @@ def _find(
     detectors: dict[str, Detector],
     ignored: frozenset[str] = frozenset(),
     enabled: frozenset[str] | None = None,
+    watched: AbstractSet[str] | None = None,
 ) -> _Findings:
-    """What ``sample`` shows. Details (``info``) are only built for conditions that hold."""
-    f = _Findings()
-    held, clear = f.held, f.clear
-    info: dict[str, Any]
-    values: dict[str, Any]
+    """What ``sample`` shows. Details (``info``) are only built for conditions that hold; clear ones
+    are only kept for the issue types ``watched`` (default: every enabled type)."""
     on = frozenset(name for name, d in detectors.items() if d.enabled) if enabled is None else enabled
-    for track in sample.inbound_tracks:
-        f.tracks.add((track.peer_connection_id or "", track.ssrc))
-    for track in sample.outbound_tracks:
-        f.tracks.add((track.peer_connection_id or "", track.ssrc))
-    f.pcs.update(pc for pc, _ in f.tracks)
-    f.pcs.update(t.get("peerConnectionId") or "" for t in sample.transports)
-    f.pcs.update(pc.peer_connection_id for pc in sample.peer_connections)
+    f = _Findings(sample, on if watched is None else watched)
+    if quality:
+        _link_conditions(f, sample, quality, detectors, on)
+        _track_conditions(f, quality, detectors, on)
+    if sample.transports:
+        _transport_conditions(f, sample, on)
+    if "turn_relay" in on or "tcp_transport" in on:
+        _candidate_conditions(f, sample, on)
+    _event_conditions(f, sample, rejoined, ignored, on)
+    return f
 
-    # Per peer connection: loss, RTT, jitter over its tracks. A P2P or mesh peer connection has one
-    # remote client (correlation names the sender of its inbound tracks): the issues name it.
-    remotes: dict[str, set[str]] = {}
-    for track in sample.inbound_tracks:
-        if track.remote_client_id:
-            remotes.setdefault(track.peer_connection_id or "", set()).add(track.remote_client_id)
+
+def _link_conditions(
+    f: _Findings, sample: ClientSample, quality: list[TrackQuality], detectors: dict[str, Detector], on: frozenset[str]
+) -> None:
+    """Per peer connection: loss, RTT and jitter over its tracks, in one pass over them."""
     per_pc: dict[str, list[TrackQuality]] = {}
     for q in quality:
-        per_pc.setdefault(q.peer_connection_id, []).append(q)
-    for pc, qs in sorted(per_pc.items()):
-        remote = remotes.get(pc)
-        peer = {"remoteClientId": next(iter(remote))} if remote is not None and len(remote) == 1 else {}
+        group = per_pc.get(q.peer_connection_id)
+        if group is None:
+            per_pc[q.peer_connection_id] = [q]
+        else:
+            group.append(q)
+    loss_limit = detectors["high_loss"].threshold or 0.0
+    for pc, qs in per_pc.items():
         lost = expected = 0.0
         loss: float | None = None
-        loss_info: dict[str, Any] = {}
+        loss_from: TrackQuality | None = None  # the outbound track whose far end reports it; None: inbound
+        rtt: float | None = None  # the highest RTT of its tracks, of track rtt_from
+        rtt_from = qs[0]
+        jitter: float | None = None  # likewise
+        jitter_from = qs[0]
         for q in qs:
-            if q.fraction_lost is None:
-                continue
-            if q.direction == "inbound":
-                if q.packets_delta is not None and q.fraction_lost < 1.0:
-                    got = float(q.packets_delta)
-                    n = got / (1.0 - q.fraction_lost)
-                    lost += n - got
-                    expected += n
-            elif loss is None or q.fraction_lost > loss:
-                loss, loss_info = q.fraction_lost, {"direction": "outbound", "kind": q.kind, "ssrc": q.ssrc}
+            fraction = q.fraction_lost
+            if fraction is not None:
+                if q.direction == "inbound":
+                    if q.packets_delta is not None and fraction < 1.0:
+                        got = float(q.packets_delta)
+                        n = got / (1.0 - fraction)
+                        lost += n - got
+                        expected += n
+                elif loss is None or fraction > loss:
+                    loss, loss_from = fraction, q
+            if q.rtt is not None and (rtt is None or q.rtt > rtt):
+                rtt, rtt_from = q.rtt, q
+            if q.jitter is not None and (jitter is None or q.jitter > jitter):
+                jitter, jitter_from = q.jitter, q
         if expected > 0:
             inbound_loss = lost / expected
             if loss is None or inbound_loss >= loss:
-                loss, loss_info = inbound_loss, {"direction": "inbound"}
+                loss, loss_from = inbound_loss, None
         if "high_loss" in on and loss is not None:
-            key = ("high_loss", pc, -1, "")
-            if loss > (detectors["high_loss"].threshold or 0.0):
-                held[key] = (loss, {"values": {"fractionLost": _round(loss), **loss_info}, **peer})
-            else:
-                clear.add(key)
-        for name, attr, metric in (("high_rtt", "rtt", "roundTripTime"), ("high_jitter", "jitter", "jitter")):
-            if name not in on:
-                continue
-            worst: TrackQuality | None = None
-            for q in qs:
-                v = getattr(q, attr)
-                if v is not None and (worst is None or v > getattr(worst, attr)):
-                    worst = q
-            if worst is not None:
-                v = getattr(worst, attr)
-                key = (name, pc, -1, "")
-                if v > (detectors[name].threshold or 0.0):
-                    values = {metric: _round(v), "direction": worst.direction, "kind": worst.kind, "ssrc": worst.ssrc}
-                    held[key] = (v, {"values": values, **peer})
-                else:
-                    clear.add(key)
+            if loss > loss_limit:
+                where = {"direction": "inbound"} if loss_from is None else _outbound(loss_from)
+                f.hold(("high_loss", pc, -1, ""), loss, {"values": {"fractionLost": _round(loss), **where}, **_peer(sample, pc)})
+            elif "high_loss" in f.watched:
+                f.clear.add(("high_loss", pc, -1, ""))
+        if "high_rtt" in on and rtt is not None:
+            _link_metric(f, sample, detectors, "high_rtt", pc, rtt_from, rtt, "roundTripTime")
+        if "high_jitter" in on and jitter is not None:
+            _link_metric(f, sample, detectors, "high_jitter", pc, jitter_from, jitter, "jitter")
 
-    # Per track.
+
+def _link_metric(
+    f: _Findings,
+    sample: ClientSample,
+    detectors: dict[str, Detector],
+    issue_type: str,
+    pc: str,
+    worst: TrackQuality,
+    value: float,
+    metric: str,
+) -> None:
+    """``high_rtt`` or ``high_jitter`` of a peer connection, from ``worst``, its track with the highest ``value``."""
+    if value > (detectors[issue_type].threshold or 0.0):
+        values = {metric: _round(value), "direction": worst.direction, "kind": worst.kind, "ssrc": worst.ssrc}
+        f.hold((issue_type, pc, -1, ""), value, {"values": values, **_peer(sample, pc)})
+    elif issue_type in f.watched:
+        f.clear.add((issue_type, pc, -1, ""))
+
+
+def _outbound(q: TrackQuality) -> dict[str, Any]:
+    return {"direction": "outbound", "kind": q.kind, "ssrc": q.ssrc}
+
+
+def _peer(sample: ClientSample, pc: str) -> dict[str, str]:
+    """The remote client of a P2P or mesh peer connection (correlation names the sender of its inbound
+    tracks), for the issues of the peer connection to name it: when its inbound tracks name exactly one."""
+    remotes = {t.remote_client_id for t in sample.inbound_tracks if t.remote_client_id and (t.peer_connection_id or "") == pc}
+    return {"remoteClientId": next(iter(remotes))} if len(remotes) == 1 else {}
+
+
+def _track_conditions(f: _Findings, quality: list[TrackQuality], detectors: dict[str, Detector], on: frozenset[str]) -> None:
+    """Per track: MOS, no media, frozen video (inbound); quality limitations (outbound video)."""
+    mos_limit = detectors["low_mos"].threshold or 0.0
+    watched, clear = f.watched, f.clear
     for q in quality:
         pc, ssrc = q.peer_connection_id, q.ssrc
         if q.direction == "inbound":
             if q.kind == "audio" and "low_mos" in on and q.mos is not None:
-                key = ("low_mos", pc, ssrc, "")
-                if q.mos < (detectors["low_mos"].threshold or 0.0):
-                    held[key] = (q.mos, {**_where(q), "values": {"mos": _round(q.mos, 3)}})
-                else:
-                    clear.add(key)
+                if q.mos < mos_limit:
+                    f.hold(("low_mos", pc, ssrc, ""), q.mos, {**_where(q), "values": {"mos": _round(q.mos, 3)}})
+                elif "low_mos" in watched:
+                    clear.add(("low_mos", pc, ssrc, ""))
             if "no_media" in on and q.packets_delta is not None:
-                key = ("no_media", pc, ssrc, "")
                 if q.packets_delta == 0:
-                    held[key] = (None, {**_where(q), "values": {"packets": 0}})
-                else:
-                    clear.add(key)
+                    f.hold(("no_media", pc, ssrc, ""), None, {**_where(q), "values": {"packets": 0}})
+                elif "no_media" in watched:
+                    clear.add(("no_media", pc, ssrc, ""))
             if q.kind == "video" and "frozen_video" in on and q.packets_delta is not None:
-                key = ("frozen_video", pc, ssrc, "")
                 if q.packets_delta > 0 and (q.frames_delta == 0 or (q.frames_delta is None and q.fps == 0)):
                     values = {"packets": q.packets_delta, "frames": q.frames_delta, "fps": _round(q.fps, 2)}
-                    held[key] = (None, {**_where(q), "values": values})
-                elif q.packets_delta == 0 or q.frames_delta is not None or q.fps is not None:
-                    clear.add(key)
+                    f.hold(("frozen_video", pc, ssrc, ""), None, {**_where(q), "values": values})
+                elif (q.packets_delta == 0 or q.frames_delta is not None or q.fps is not None) and "frozen_video" in watched:
+                    clear.add(("frozen_video", pc, ssrc, ""))
         elif q.kind == "video":
             for reason, name in _LIMITATIONS:
                 if name in on:
-                    key = (name, pc, ssrc, "")
                     if q.quality_limitation == reason:
-                        held[key] = (None, {**_where(q), "values": {"qualityLimitationReason": reason}})
-                    else:
-                        clear.add(key)
+                        f.hold((name, pc, ssrc, ""), None, {**_where(q), "values": {"qualityLimitationReason": reason}})
+                    elif name in watched:
+                        clear.add((name, pc, ssrc, ""))
 
-    # Transports: ICE and DTLS states.
+
+def _transport_conditions(f: _Findings, sample: ClientSample, on: frozenset[str]) -> None:
+    """ICE and DTLS states of the transports."""
+    watched, clear = f.watched, f.clear
     for transport in sample.transports:
         pc = transport.get("peerConnectionId") or ""
         ice, dtls = _lower(transport.get("iceState")), _lower(transport.get("dtlsState"))
         if ice:
-            for name, bad in (("ice_failed", "failed"), ("ice_disconnected", "disconnected")):
-                if name in on:
-                    f.set((name, pc, -1, ""), ice == bad, None, {"values": {"iceState": ice}})
+            for name, bad in _ICE_STATES:
+                if name not in on:
+                    continue
+                if ice == bad:
+                    f.hold((name, pc, -1, ""), None, {"values": {"iceState": ice}})
+                elif name in watched:
+                    clear.add((name, pc, -1, ""))
         if dtls and "dtls_failed" in on:
-            f.set(("dtls_failed", pc, -1, ""), dtls == "failed", None, {"values": {"dtlsState": dtls}})
+            if dtls == "failed":
+                f.hold(("dtls_failed", pc, -1, ""), None, {"values": {"dtlsState": dtls}})
+            elif "dtls_failed" in watched:
+                clear.add(("dtls_failed", pc, -1, ""))
 
-    # The selected candidate pair: TURN relay, TCP.
-    if "turn_relay" in on or "tcp_transport" in on:
-        for pc, local in sorted(_selected_local_candidates(sample).items()):
-            kind, protocol, relay_protocol = (
-                _lower(local.get("candidateType")),
-                _lower(local.get("protocol")),
-                _lower(local.get("relayProtocol")),
-            )
-            values = {"candidateType": kind, "protocol": protocol}
-            if relay_protocol:
-                values["relayProtocol"] = relay_protocol
-            if "turn_relay" in on:
-                f.set(("turn_relay", pc, -1, ""), kind == "relay", None, {"values": values})
-            if "tcp_transport" in on and protocol:
-                tcp = protocol == "tcp" or (kind == "relay" and relay_protocol in ("tcp", "tls"))
-                f.set(("tcp_transport", pc, -1, ""), tcp, None, {"values": values})
 
-    # Events: what the client reported, a rejoin, getUserMedia errors.
+def _candidate_conditions(f: _Findings, sample: ClientSample, on: frozenset[str]) -> None:
+    """The selected candidate pair: TURN relay, TCP."""
+    for pc, local in _selected_local_candidates(sample).items():
+        kind, protocol, relay_protocol = (
+            _lower(local.get("candidateType")),
+            _lower(local.get("protocol")),
+            _lower(local.get("relayProtocol")),
+        )
+        values = {"candidateType": kind, "protocol": protocol}
+        if relay_protocol:
+            values["relayProtocol"] = relay_protocol
+        if "turn_relay" in on:
+            if kind == "relay":
+                f.hold(("turn_relay", pc, -1, ""), None, {"values": values})
+            elif "turn_relay" in f.watched:
+                f.clear.add(("turn_relay", pc, -1, ""))
+        if "tcp_transport" in on and protocol:
+            if protocol == "tcp" or (kind == "relay" and relay_protocol in ("tcp", "tls")):
+                f.hold(("tcp_transport", pc, -1, ""), None, {"values": values})
+            elif "tcp_transport" in f.watched:
+                f.clear.add(("tcp_transport", pc, -1, ""))
+
+
+def _event_conditions(f: _Findings, sample: ClientSample, rejoined: bool, ignored: frozenset[str], on: frozenset[str]) -> None:
+    """Events: what the client reported, a rejoin, getUserMedia errors."""
     if "client_issue" in on:
         for issue in sample.issues:
             if not isinstance(issue.name, str) or _normalise(issue.name) in ignored:
@@ -550,19 +623,18 @@ def _find(
             values = {"name": issue.name}
             if issue.message:
                 values["message"] = issue.message
-            info = {"values": values}
+            info: dict[str, Any] = {"values": values}
             if issue.track_id:
                 info["trackId"] = issue.track_id
-            f.set(("client_issue", "", -1, detail), True, None, info)
+            f.hold(("client_issue", "", -1, detail), None, info)
     if "rejoin" in on and rejoined:
-        f.set(("rejoin", "", -1, ""), True, None, {"values": {}})
-    if "user_media_error" in on:
+        f.hold(("rejoin", "", -1, ""), None, {"values": {}})
+    if "user_media_error" in on and sample.meta:
         errors = [m for m in sample.meta if isinstance(m.type, str) and _normalise(m.type) == "USER_MEDIA_ERROR"]
         if errors:
             payload = errors[-1].payload
             text = payload if isinstance(payload, str) else orjson.dumps(payload).decode() if payload is not None else ""
-            f.set(("user_media_error", "", -1, ""), True, None, {"values": {"error": text[:500]}})
-    return f
+            f.hold(("user_media_error", "", -1, ""), None, {"values": {"error": text[:500]}})
 
 
 # -- messages ----------------------------------------------------------------------------------------
@@ -727,7 +799,12 @@ class IssuesProcessor:
         now = part.clock
         qualities: dict[tuple[str, str, int], list[TrackQuality]] = {}
         for q in batch.quality:
-            qualities.setdefault((q.service_id, q.client_id, q.timestamp), []).append(q)
+            sample_key = (q.service_id, q.client_id, q.timestamp)
+            group = qualities.get(sample_key)
+            if group is None:
+                qualities[sample_key] = [q]
+            else:
+                group.append(q)
         joined, ended = self._lifecycle(part, batch.reports)
         per_client: dict[tuple[str, str], list[Report]] = {}
         for sample in batch.samples:
@@ -838,7 +915,8 @@ class IssuesProcessor:
         if lost is not None:  # it sends again
             lost.ended = sample.timestamp
             out.extend(self._resolved(client, key, ("client_lost", "", -1, ""), lost, sample.timestamp))
-        findings = _find(sample, quality, rejoined, self._detectors, self._ignored, self._enabled)
+        watched = {cond_key[0] for cond_key in client.conds}  # a clear condition matters only if the client has it
+        findings = _find(sample, quality, rejoined, self._detectors, self._ignored, self._enabled, watched)
         ts = sample.timestamp
         for cond_key, (value, info) in sorted(findings.held.items()):
             cond = client.conds.get(cond_key)
