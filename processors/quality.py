@@ -118,6 +118,7 @@ from webrtc_observer.component import Consumer, Factory, Settings
 from webrtc_observer.config import Duration
 from webrtc_observer.model import Batch, ClientSample, Stats, Track, TrackQuality
 from webrtc_observer.state import LOCAL, Changes, Partition
+from webrtc_observer.telemetry import BoundHistogram
 
 from . import _emodel
 
@@ -221,66 +222,50 @@ _TRACK_FIELDS = 8
 at the baseline: bytes, packets (received inbound, sent outbound), packets lost, jitter buffer delay and
 emitted count, frames (decoded inbound, encoded outbound)."""
 _NAN = math.nan
+_INF = math.inf
+
+# The stats fields (2.x names) a track's counters come from, read with ``_counters``. An inbound
+# track's ``packetsLost`` is read apart: it may be negative (duplicates).
+_INBOUND_COUNTERS = ("bytesReceived", "packetsReceived", "jitterBufferDelay", "jitterBufferEmittedCount", "framesDecoded")
+_OUTBOUND_FIELDS = ("bytesSent", "packetsSent", "framesEncoded", "fractionLost")
+_VIDEO_FIELDS = ("frameWidth", "frameHeight", "framesPerSecond")
 
 
-class _Measures(msgspec.Struct, gc=False):
-    """The stats fields this processor reads (2.x names), taken from a track in one C call."""
-
-    roundTripTime: float | None = None
-    jitter: float | None = None
-    fractionLost: float | None = None
-    bytesReceived: float | None = None
-    bytesSent: float | None = None
-    packetsReceived: float | None = None
-    packetsSent: float | None = None
-    packetsLost: float | None = None
-    jitterBufferDelay: float | None = None
-    jitterBufferEmittedCount: float | None = None
-    framesDecoded: float | None = None
-    framesEncoded: float | None = None
-    framesPerSecond: float | None = None
-    frameWidth: float | None = None
-    frameHeight: float | None = None
+def _counters(stats: Stats, names: tuple[str, ...]) -> list[float]:
+    """The fields ``names`` of ``stats`` as floats ≥ 0; NaN for a field that is absent, not a number (a
+    bool, a string), negative or not finite. One call per track rather than one per field."""
+    values = []
+    for name in names:
+        value: Any = stats.get(name)
+        cls = value.__class__
+        if cls is int:
+            value = float(value)
+        elif cls is not float:
+            value = _NAN
+        values.append(value if 0.0 <= value < _INF else _NAN)  # false for NaN
+    return values
 
 
-_MEASURE_FIELDS = msgspec.structs.fields(_Measures)
-
-
-def _measures(stats: Stats) -> _Measures:
-    """Numbers of ``stats`` as floats; a field of another type (a bool, a string) counts as absent."""
-    try:
-        return msgspec.convert(stats, _Measures)
-    except msgspec.ValidationError:  # rare: check field by field, keeping the good ones
-        return _Measures(**{f.name: _number(stats.get(f.name)) for f in _MEASURE_FIELDS})
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a float if it is a finite int or float (not a bool), else None."""
+def _finite(value: Any) -> float:
+    """``value`` as a float if it is a finite number (an int or a float, not a bool), else NaN."""
     cls = value.__class__
     if cls is float:
-        return value if -math.inf < value < math.inf else None  # false for NaN too
-    if cls is int:
-        return float(value)
+        return value if -_INF < value < _INF else _NAN  # false for NaN
+    return float(value) if cls is int else _NAN
+
+
+def _seconds(value: Any) -> float | None:
+    """``value`` as a float if it is a number (an int or a float, not a bool) of plausible seconds, else None."""
+    cls = value.__class__
+    if cls is float or cls is int:
+        return float(value) if 0.0 <= value <= MAX_PLAUSIBLE_SECONDS else None  # false for NaN
     return None
-
-
-def _counter(value: float | None) -> float:
-    """A finite value ≥ 0, else NaN."""
-    return value if value is not None and 0.0 <= value < math.inf else _NAN
-
-
-def _finite(value: float | None) -> float:
-    return value if value is not None and -math.inf < value < math.inf else _NAN
-
-
-def _seconds(value: float | None) -> float | None:
-    return value if value is not None and 0.0 <= value <= MAX_PLAUSIBLE_SECONDS else None
 
 
 def _delta(current: float, previous: float) -> float | None:
     """``current − previous`` if both are known and the counter did not go back (a reset)."""
     delta = current - previous
-    return delta if delta >= 0 else None  # false for NaN
+    return delta if delta >= 0.0 else None  # false for NaN
 
 
 class _KindSeries:
@@ -316,7 +301,8 @@ class _Plan:
 
 
 _MAX_BOUND = 4096
-"""(service, media unit, kind) series kept bound; past it the cache starts over (binding again is cheap)."""
+"""(service, media unit, kind) series kept bound, and as many (service, media unit) client score series;
+past it a cache starts over (binding again is cheap)."""
 
 
 class QualityProcessor:
@@ -340,6 +326,8 @@ class QualityProcessor:
         self._track_count = 0
         """Tracks kept, all partitions together (``max_tracks`` bounds it)."""
         self._bound: dict[tuple[str, str, str], _KindSeries] = {}
+        self._bound_scores: dict[tuple[str, str], BoundHistogram] = {}
+        """(service, media unit) -> its ``quality_client_score`` series, bound once as ``_bound``."""
         t = settings.telemetry
         self._rtt = t.histogram(
             "quality_round_trip_time", "Round-trip time of RTP streams, per track and sample", LABELS, RTT_BUCKETS, "seconds"
@@ -444,7 +432,7 @@ class QualityProcessor:
         if tracks is None:  # the first sample of the client in this batch: its kept baselines
             client = part.clients.get(key) if part is not None else None
             tracks = client.tracks if client is not None and client.seen > deadline else {}
-        pair_rtts = _pair_round_trip_times(sample)
+        pair_rtts = _PairRoundTripTimes(sample)
         after: dict[tuple[str, bool, int], array[float]] = {}
         if origin.generation == "pcsample-v20200114":  # one sample per peer connection: keep the others'
             described = {t.peer_connection_id or "" for t in (*sample.inbound_tracks, *sample.outbound_tracks)}
@@ -470,7 +458,7 @@ class QualityProcessor:
         track: Track,
         key: tuple[str, bool, int],
         baseline: array[float] | None,
-        pair_rtts: dict[str, float],
+        pair_rtts: _PairRoundTripTimes,
     ) -> tuple[TrackQuality | None, array[float] | None]:
         """The track's quality in this sample and its next baseline (a new array); (None, None) for a
         sample not after the track's last one."""
@@ -478,40 +466,27 @@ class QualityProcessor:
         timestamp = sample.timestamp
         if baseline is not None and timestamp <= baseline[_LAST]:
             return None, None  # resent or reordered: already counted, or too late to be a delta
-        m = _measures(track.stats)
-        video = track.kind == "video"
-        rtt = _seconds(m.roundTripTime)
+        stats = track.stats
+        rtt = _seconds(stats.get("roundTripTime"))
         if rtt is None:
             rtt = pair_rtts.get(key[0])
-        jitter = _seconds(m.jitter)
+        jitter = _seconds(stats.get("jitter"))
         fraction_lost: float | None = None
-        if not inbound:
-            reported = _counter(m.fractionLost)
+        if inbound:
+            received, packets, jb_delay, jb_emitted, frames = _counters(stats, _INBOUND_COUNTERS)
+            counters = (received, packets, _finite(stats.get("packetsLost")), jb_delay, jb_emitted, frames)
+        else:
+            sent, packets, frames, reported = _counters(stats, _OUTBOUND_FIELDS)
+            counters = (sent, packets, _NAN, _NAN, _NAN, frames)
             if reported <= 1.0:  # false for NaN
                 fraction_lost = reported
-        if inbound:
-            counters = (
-                _counter(m.bytesReceived),
-                _counter(m.packetsReceived),
-                _finite(m.packetsLost),
-                _counter(m.jitterBufferDelay),
-                _counter(m.jitterBufferEmittedCount),
-                _counter(m.framesDecoded),
-            )
-        else:
-            counters = (_counter(m.bytesSent), _counter(m.packetsSent), _NAN, _NAN, _NAN, _counter(m.framesEncoded))
-        width, height = _counter(m.frameWidth), _counter(m.frameHeight)
-        reported_fps = _counter(m.framesPerSecond)
-        bitrate = mos = fps = None
+        new = array("d", (timestamp, timestamp, *counters))  # the next baseline: this sample
+        bitrate = mos = None
         d_bytes = d_packets = d_frames = None
         interval: float | None = None
-        if baseline is None:
-            new = array("d", (timestamp, timestamp, *counters))
-        else:
-            new = array("d", baseline)
-            new[_LAST] = timestamp
+        if baseline is not None:
             span = (timestamp - baseline[_BASE]) / 1000.0
-            if span >= MIN_INTERVAL:  # else keep the older baseline; the next sample gets a longer interval
+            if span >= MIN_INTERVAL:
                 interval = span
                 d_bytes = _delta(counters[0], baseline[_BYTES])
                 d_packets = _delta(counters[1], baseline[_RECEIVED])
@@ -521,33 +496,36 @@ class QualityProcessor:
                 if inbound:
                     d_lost = counters[2] - baseline[_LOST]
                     if d_packets is not None and d_lost == d_lost:  # NaN when either count is unknown
-                        d_lost = max(0.0, d_lost)  # negative with duplicates: RFC 3550 counts that as 0
+                        d_lost = d_lost if d_lost > 0.0 else 0.0  # negative with duplicates: RFC 3550 counts that as 0
                         expected = d_packets + d_lost
-                        if expected > 0:
+                        if expected > 0.0:
                             fraction_lost = d_lost / expected
-                new[_BASE] = timestamp
-                new[_BYTES : _FRAMES + 1] = array("d", counters)
+            else:  # too short: keep the older baseline, so that the next sample gets a longer interval
+                new = array("d", baseline)
+                new[_LAST] = timestamp
+        fps = frame_width = frame_height = limitation = None
+        video = track.kind == "video"
         if video:
-            if reported_fps > 0:  # false for NaN
+            width, height, reported_fps = _counters(stats, _VIDEO_FIELDS)
+            if reported_fps > 0.0:  # false for NaN
                 fps = reported_fps
             elif d_frames is not None and interval:
                 fps = d_frames / interval
-            elif reported_fps == 0:
+            elif reported_fps == 0.0:
                 fps = 0.0
-        if inbound and self._mos_enabled and interval is not None and baseline is not None:
-            if not video:
-                if fraction_lost is not None and rtt is not None:
-                    before = baseline
-                    mos = _emodel.audio_mos(rtt, _jitter_buffer_delay(before, counters, jitter), fraction_lost)
-            elif bitrate is not None and fps and width > 0 and height > 0:
+            frame_width = int(width) if width > 0.0 else None
+            frame_height = int(height) if height > 0.0 else None
+            if not inbound:
+                reason = stats.get("qualityLimitationReason")
+                if isinstance(reason, str) and reason and reason != "none":
+                    limitation = reason
+            elif self._mos_enabled and bitrate is not None and fps and width > 0.0 and height > 0.0:
                 bpp = _emodel.bits_per_pixel(bitrate, width, height, fps)
                 if bpp is not None:
                     mos = _emodel.video_mos(bpp)
-        limitation = None
-        if video and not inbound:
-            reason = track.stats.get("qualityLimitationReason")
-            if isinstance(reason, str) and reason and reason != "none":
-                limitation = reason
+        elif inbound and self._mos_enabled and baseline is not None and fraction_lost is not None and rtt is not None:
+            # audio: an inbound fraction lost is an interval's, so there is one
+            mos = _emodel.audio_mos(rtt, _jitter_buffer_delay(baseline, counters, jitter), fraction_lost)
         origin = sample.origin
         quality = TrackQuality(
             service_id=origin.service_id,
@@ -565,15 +543,17 @@ class QualityProcessor:
             fraction_lost=fraction_lost,
             bitrate=bitrate,
             mos=mos,
-            fps=fps,
-            frame_width=int(width) if video and width > 0 else None,
-            frame_height=int(height) if video and height > 0 else None,
-            packets_delta=None if d_packets is None else int(d_packets),
-            bytes_delta=None if d_bytes is None else int(d_bytes),
-            frames_delta=None if d_frames is None else int(d_frames),
-            interval=interval,
-            quality_limitation=limitation,
-        )
+        )  # the rest apart: a call with more than 15 keywords first builds them into a dict, which costs more
+        if interval is not None:
+            quality.interval = interval
+            quality.packets_delta = None if d_packets is None else int(d_packets)
+            quality.bytes_delta = None if d_bytes is None else int(d_bytes)
+            quality.frames_delta = None if d_frames is None else int(d_frames)
+        if video:
+            quality.fps = fps
+            quality.frame_width = frame_width
+            quality.frame_height = frame_height
+            quality.quality_limitation = limitation
         return quality, new
 
     # -- commit: baselines and histograms -------------------------------------------------------
@@ -586,7 +566,7 @@ class QualityProcessor:
         now = plan.now
         self._expire(part, now)
         for score, service, media_unit in plan.scores:
-            self._client_score.observe(score, service, media_unit)
+            self._score_series(service, media_unit).observe(score)
         for quality in plan.quality:
             self._observe(quality)
         for key, tracks in plan.clients:
@@ -669,6 +649,15 @@ class QualityProcessor:
             if len(self._bound) >= _MAX_BOUND:
                 self._bound.clear()
             series = self._bound[key] = _KindSeries(self, service, media_unit, kind)
+        return series
+
+    def _score_series(self, service: str, media_unit: str) -> BoundHistogram:
+        key = (service, media_unit)
+        series = self._bound_scores.get(key)
+        if series is None:
+            if len(self._bound_scores) >= _MAX_BOUND:
+                self._bound_scores.clear()
+            series = self._bound_scores[key] = self._client_score.bind(service, media_unit)
         return series
 
     def _keep(self, part: _Part, key: tuple[str, str], tracks: dict[tuple[str, bool, int], array[float]], now: float) -> None:
@@ -761,11 +750,27 @@ def _jitter_buffer_delay(before: array[float], after: tuple[float, ...], jitter:
     d_delay, d_emitted = _delta(delay, before[_JB_DELAY]), _delta(emitted, before[_JB_EMITTED])
     if d_delay is not None and d_emitted:
         value = d_delay / d_emitted
-    elif delay >= 0 and emitted > 0:  # false for NaN
+    elif delay >= 0.0 and emitted > 0.0:  # false for NaN
         value = delay / emitted
     else:
         value = _emodel.JITTER_BUFFER_PER_JITTER * (jitter or 0.0)
-    return min(value, MAX_PLAUSIBLE_SECONDS)
+    return MAX_PLAUSIBLE_SECONDS if value > MAX_PLAUSIBLE_SECONDS else value
+
+
+class _PairRoundTripTimes:
+    """The candidate pairs' round-trip times of one sample (:func:`_pair_round_trip_times`), worked
+    out when a track without its own RTT first asks: most tracks carry one."""
+
+    __slots__ = ("_rtts", "_sample")
+
+    def __init__(self, sample: ClientSample) -> None:
+        self._sample = sample
+        self._rtts: dict[str, float] | None = None
+
+    def get(self, peer_connection_id: str) -> float | None:
+        if self._rtts is None:
+            self._rtts = _pair_round_trip_times(self._sample)
+        return self._rtts.get(peer_connection_id)
 
 
 def _pair_round_trip_times(sample: ClientSample) -> dict[str, float]:
@@ -782,7 +787,7 @@ def _pair_round_trip_times(sample: ClientSample) -> dict[str, float]:
     }
     best: dict[str, tuple[tuple[bool, bool], float]] = {}
     for pair in sample.candidate_pairs:
-        rtt = _seconds(_number(pair.get("currentRoundTripTime")))
+        rtt = _seconds(pair.get("currentRoundTripTime"))
         if rtt is None:
             continue
         pc = pair.get("peerConnectionId") or ""

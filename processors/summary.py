@@ -91,6 +91,8 @@ RTT_BOUNDS_MS = (
     1000, 1500, 2000, 3000, 5000, 10000, 60000,
 )  # fmt: skip
 """Upper bounds (ms) of the round-trip-time histogram kept per client for the 95th percentile."""
+_RTT_BOUNDS = tuple(float(bound) for bound in RTT_BOUNDS_MS)
+"""The same bounds as floats, for the bucket search: ``bisect`` compares an RTT with them faster."""
 SEVERITIES = ("info", "minor", "major", "critical")
 """Issue severities, least severe first."""
 MAX_RELAY_CANDIDATES = 8
@@ -240,10 +242,11 @@ class _Call:
         self.untracked_present = 0
 
     def clone(self) -> _Call:
+        """A copy to change for one message; the clients are the same objects (copied when changed)."""
         c = _Call.__new__(_Call)
-        for name in _Call.__slots__:
-            setattr(c, name, getattr(self, name))
-        c.clients = dict(self.clients)
+        c.service_id, c.call_id, c.room_id, c.media_unit_id = self.service_id, self.call_id, self.room_id, self.media_unit_id
+        c.started, c.started_lazy, c.seen, c.clients = self.started, self.started_lazy, self.seen, dict(self.clients)
+        c.current, c.peak, c.untracked, c.untracked_present = self.current, self.peak, self.untracked, self.untracked_present
         return c
 
 
@@ -348,9 +351,17 @@ class SummaryProcessor:
             journal.attr(part, "clock", t)
         a = _Apply(part, journal, part.clock)
         self._expire(a)
+        target: tuple[str, str, str] | None = None
+        client: _Client | None = None
         for q in batch.quality:
-            if q.call_id is not None:
-                self._quality(a, q)
+            call_id = q.call_id
+            if call_id is None:
+                continue
+            key = (q.service_id, call_id, q.client_id)
+            if key != target:  # the tracks of a client sample come one after another: find the client once
+                target, client = key, self._track_client(a, q)
+            if client is not None:
+                _accumulate(client, q)
         for sample in batch.samples:
             if isinstance(sample, ClientSample) and sample.correlated and sample.call_id is not None:
                 self._sample(a, sample)
@@ -438,46 +449,16 @@ class SummaryProcessor:
         return client
 
     # -- accumulation -------------------------------------------------------------------------------
-    def _quality(self, a: _Apply, q: TrackQuality) -> None:
+    def _track_client(self, a: _Apply, q: TrackQuality) -> _Client | None:
+        """The client whose track ``q`` measured (its call and itself copied for the message, started if
+        new); None if the call or the client is not followed."""
         assert q.call_id is not None
         call = self._call(a, q.service_id, q.call_id, q.timestamp)
         if call is None:
-            return
+            return None
         if call.media_unit_id is None:
             call.media_unit_id = q.media_unit_id
-        client = self._client(a, call, q.client_id, q.timestamp)
-        if client is None:
-            return
-        inbound = q.direction == "inbound"
-        if q.rtt is not None:
-            ms = q.rtt * 1000.0
-            client.rtt_sum += ms
-            client.rtt_n += 1
-            client.rtt_max = max(client.rtt_max, ms)
-            client.rtt_hist[_bucket(ms)] += 1
-        if q.bytes_delta is not None and q.bytes_delta > 0:
-            client.bytes[(2 if q.kind == "video" else 0) + (1 if inbound else 0)] += q.bytes_delta
-        if not inbound:
-            return
-        if q.mos is not None:
-            client.mos_sum += q.mos
-            client.mos_n += 1
-            client.mos_min = min(client.mos_min, q.mos)
-        if q.jitter is not None:
-            client.jitter_sum += q.jitter * 1000.0
-            client.jitter_n += 1
-        f, received = q.fraction_lost, q.packets_delta
-        if f is not None and received is not None and 0.0 <= f <= 1.0 and received >= 0:
-            if f < 1.0:
-                expected = received / (1.0 - f)
-                client.lost += expected - received
-                client.expected += expected
-                client.intervals += 1
-            elif client.intervals:  # everything lost: as many as an interval of this client expects
-                mean = client.expected / client.intervals
-                client.lost += mean
-                client.expected += mean
-                client.intervals += 1
+        return self._client(a, call, q.client_id, q.timestamp)
 
     def _sample(self, a: _Apply, sample: ClientSample) -> None:
         assert sample.call_id is not None
@@ -709,11 +690,6 @@ def _severity(attachments: Any) -> int:
     return 1
 
 
-def _bucket(ms: float) -> int:
-    """The index of the first bound ``≥ ms``; ``len(RTT_BOUNDS_MS)`` past the last."""
-    return bisect.bisect_left(RTT_BOUNDS_MS, ms)
-
-
 def _percentile(client: _Client, share: float) -> float | None:
     """The ``share`` quantile of the client's RTTs (ms), linear within its histogram bucket."""
     n = client.rtt_n
@@ -731,6 +707,43 @@ def _percentile(client: _Client, share: float) -> float | None:
     return client.rtt_max
 
 
+def _accumulate(client: _Client, q: TrackQuality) -> None:
+    """Add what ``q`` measured on one track to its client's accumulations (each field read once)."""
+    inbound = q.direction == "inbound"
+    rtt, bytes_delta = q.rtt, q.bytes_delta
+    if rtt is not None:
+        ms = rtt * 1000.0
+        client.rtt_sum += ms
+        client.rtt_n += 1
+        if ms > client.rtt_max:
+            client.rtt_max = ms
+        client.rtt_hist[bisect.bisect_left(_RTT_BOUNDS, ms)] += 1
+    if bytes_delta is not None and bytes_delta > 0:
+        client.bytes[(2 if q.kind == "video" else 0) + (1 if inbound else 0)] += bytes_delta
+    if not inbound:
+        return
+    mos, jitter, f, received = q.mos, q.jitter, q.fraction_lost, q.packets_delta
+    if mos is not None:
+        client.mos_sum += mos
+        client.mos_n += 1
+        if mos < client.mos_min:
+            client.mos_min = mos
+    if jitter is not None:
+        client.jitter_sum += jitter * 1000.0
+        client.jitter_n += 1
+    if f is not None and received is not None and 0.0 <= f <= 1.0 and received >= 0:
+        if f < 1.0:
+            expected = received / (1.0 - f)
+            client.lost += expected - received
+            client.expected += expected
+            client.intervals += 1
+        elif client.intervals:  # everything lost: as many as an interval of this client expects
+            mean = client.expected / client.intervals
+            client.lost += mean
+            client.expected += mean
+            client.intervals += 1
+
+
 def _turn(client: _Client, sample: ClientSample) -> None:
     """Whether a used candidate pair of ``sample`` has a relay local candidate (sets ``client.turn``)."""
     for cand in sample.local_candidates:
@@ -743,7 +756,7 @@ def _turn(client: _Client, sample: ClientSample) -> None:
         if local not in client.used_locals:
             client.used_locals.append(local)
             del client.used_locals[:-MAX_RELAY_CANDIDATES]
-    if any(local in client.relay_ids for local in client.used_locals):
+    if client.relay_ids and any(local in client.relay_ids for local in client.used_locals):
         client.turn = True
         client.relay_ids, client.used_locals = [], []
 

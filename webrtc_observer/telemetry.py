@@ -128,15 +128,23 @@ class Metric:
         return (OVERFLOW,) * len(labels), True
 
     def add(self, amount: float = 1.0, *labels: str) -> None:
+        values = self._values
         with self._lock:
-            key, overflow = self._bounded(labels, self._values)
-            self._values[key] = self._values.get(key, 0.0) + amount
+            if labels in values:  # a known label set, the usual case: nothing to bound
+                values[labels] += amount
+                return
+            key, overflow = self._bounded(labels, values)
+            values[key] = values.get(key, 0.0) + amount
             self._overflowed += overflow
 
     def set(self, value: float, *labels: str) -> None:
+        values = self._values
         with self._lock:
-            key, overflow = self._bounded(labels, self._values)
-            self._values[key] = value
+            if labels in values:
+                values[labels] = value
+                return
+            key, overflow = self._bounded(labels, values)
+            values[key] = value
             self._overflowed += overflow
 
     def value(self, *labels: str) -> float:
@@ -220,11 +228,13 @@ class Histogram(Metric):
 class BoundHistogram:
     """One series of a :class:`Histogram`; ``observe`` costs a bucket search and three additions."""
 
-    __slots__ = ("_buckets", "_histogram", "_key", "_overflow", "_series")
+    __slots__ = ("_buckets", "_histogram", "_key", "_listeners", "_overflow", "_series")
 
     def __init__(self, histogram: Histogram, labels: LabelValues) -> None:
         self._histogram = histogram
         self._buckets = histogram.buckets
+        self._listeners = histogram._listeners
+        """The histogram's list itself: listeners added or removed later are seen."""
         self._key = labels
         self._series: HistogramValue | None = None
         self._overflow = False
@@ -242,8 +252,9 @@ class BoundHistogram:
         series.count += 1
         if self._overflow:
             self._histogram._overflowed += 1
-        for listener in self._histogram._listeners:
-            listener(value, self._key)
+        if self._listeners:  # seldom any: no loop to set up without them
+            for listener in self._listeners:
+                listener(value, self._key)
 
 
 class Telemetry:
