@@ -16,7 +16,7 @@ API::
     record_name(report_type)          # the record's full name, e.g. "org.observertc.schemas.reports.SfuEventReport"
     fields_of(report_type)            # the field names, in schema order
     required_of(report_type)          # the fields a payload must have
-    build(report_type, fields)        # a conforming payload dict, or None
+    build(report_type, fields)        # a conforming payload (the type's ReportRecord), or None
     parsed_schema(report_type)        # fastavro's parsed schema (imports fastavro lazily)
 """
 
@@ -119,7 +119,7 @@ def _field_plan(report_type: str, field: Mapping[str, Any]) -> _Field:
     return primitive[0], optional, primitive[1]
 
 
-def _fast_struct(name: str, fields: Mapping[str, _Field]) -> type[msgspec.Struct] | None:
+def _fast_struct(name: str, fields: Mapping[str, _Field]) -> type[ReportRecord] | None:
     """A msgspec Struct that accepts exactly the values build() keeps unchanged (or int -> float).
 
     ``msgspec.convert`` checks and picks a whole payload in C; anything it refuses (a float for an int,
@@ -139,7 +139,7 @@ def _fast_struct(name: str, fields: Mapping[str, _Field]) -> type[msgspec.Struct
         else:
             return None
         spec.append((field_name, tp | None, None) if optional else (field_name, tp))
-    return msgspec.defstruct(name, spec, bases=(ReportRecord,), kw_only=True, omit_defaults=True, gc=False)
+    return msgspec.defstruct(name, spec, bases=(ReportRecord,), kw_only=True, omit_defaults=True, gc=False)  # type: ignore[return-value]
 
 
 @cache
@@ -201,10 +201,10 @@ def build(report_type: str, fields: Mapping[str, Any], dropped: list[str] | None
     if plan.struct is None:
         return _coerced(plan, fields, dropped)
     try:
-        return msgspec.convert(fields, plan.struct)  # type: ignore[return-value]
+        return msgspec.convert(fields, plan.struct)
     except msgspec.ValidationError:
         coerced = _coerced(plan, fields, dropped)
-    return None if coerced is None else msgspec.convert(coerced, plan.struct)  # type: ignore[return-value]
+    return None if coerced is None else plan.struct(**coerced)  # coerced values are valid: no second check
 
 
 def _coerced(plan: _Plan, fields: Mapping[str, Any], dropped: list[str] | None = None) -> dict[str, Any] | None:

@@ -150,6 +150,26 @@ def test_a_report_id_is_the_rfc_4122_name_based_uuid_of_the_report() -> None:
     assert decoded.id == report.id
 
 
+def test_a_report_id_is_the_uuid5_text_whatever_the_digest() -> None:
+    """The id sets the version and variant digits on the digest's hex text: check every value of the
+    digit the variant replaces, against ``uuid.UUID``."""
+    import hashlib
+    import uuid
+
+    import msgspec
+
+    from webrtc_observer.model import REPORT_ID_NAMESPACE, report_id
+
+    encoder = msgspec.msgpack.Encoder(order="sorted")
+    variant_digits = set()
+    for i in range(200):
+        payload = {"callId": "c", "timestamp": i}
+        digest = hashlib.sha1(REPORT_ID_NAMESPACE.bytes + encoder.encode(("CALL_EVENT", "2.2.11", payload))).digest()
+        variant_digits.add(digest[8] >> 4)
+        assert report_id("CALL_EVENT", "2.2.11", payload) == str(uuid.UUID(bytes=digest[:16], version=5))
+    assert variant_digits == set(range(16))
+
+
 async def test_inbound_tracks_still_name_a_sender_that_left_moments_before() -> None:
     from tests.test_atomic_samples import audio
 
