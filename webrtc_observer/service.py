@@ -101,6 +101,8 @@ class Service:
         self.processors: list[tuple[str, ComponentId, Any]] = []
         self.receivers: dict[ComponentId, Any] = {}
         self._build(factories)
+        self._congestible = [e for e in self.exporters.values() if isinstance(e, Congestible)]
+        """Asked for every message (:meth:`congested`): a Protocol check costs tens of µs, so once."""
         self.local_state = self._local_state()
         """Checkpoints of the processors' state (``service.state``), or None."""
 
@@ -130,11 +132,11 @@ class Service:
         ]
 
     def congested(self) -> bool:
-        return any(isinstance(e, Congestible) and e.congested() for e in self.exporters.values())
+        return any(e.congested() for e in self._congestible)
 
     async def room(self) -> None:
         while True:
-            congested = next((e for e in self.exporters.values() if isinstance(e, Congestible) and e.congested()), None)
+            congested = next((e for e in self._congestible if e.congested()), None)
             if congested is None:
                 return
             await congested.room()
