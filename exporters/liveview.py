@@ -186,6 +186,10 @@ _ISSUE_EVENT_KEYS = (
 )
 
 
+_Owner = tuple[tuple[Any, ...], "tuple[_CallView, _ClientView] | None"] | None
+"""(a track report's call and client ids, the call and client they name) in :meth:`LiveView.update`."""
+
+
 class _Ring:
     """The last ``capacity`` points of a client: timestamps (int64) and values (float32, NaN = none).
 
@@ -553,9 +557,14 @@ class LiveView:
         # Leaves, ends and summaries are applied after the batch's measurements, so the numbers of a
         # client's last sample land on its charts whatever order the reports came in.
         later: list[Report] = []
+        owner: _Owner = None
         for report in batch.reports:
             payload = report.payload
             rtype = report.type
+            if rtype in _TRACK_TYPES:
+                owner = self._track_report(payload, *_TRACK_TYPES[rtype], owner)
+                continue
+            owner = None  # anything else may change which calls and clients there are
             if rtype == "CALL_EVENT":
                 name = payload.get("name")
                 if name in ("CLIENT_LEFT", "CALL_ENDED"):
@@ -564,8 +573,6 @@ class LiveView:
                 if later and name in ("CLIENT_JOINED", "CALL_STARTED"):
                     later = self._rejoin(later, payload)
                 self._event(payload)
-            elif rtype in _TRACK_TYPES:
-                self._track_report(payload, *_TRACK_TYPES[rtype])
             elif rtype == "OBSERVER_EVENT":
                 name = payload.get("name")
                 if name in (_ISSUE_RAISED, _ISSUE_RESOLVED):
@@ -726,22 +733,30 @@ class LiveView:
             self._ended.popitem(last=False)
             self.dropped["endedCalls"] += 1
 
-    def _track_report(self, payload: Any, direction: str, kind: str) -> None:
-        """Track reports name the track and, inbound, its sender; their numbers come from ``quality``."""
-        call = self._known(payload)
-        client_id = payload.get("clientId")
-        if call is None or client_id is None:
-            return
-        ts = payload.get("timestamp") or 0
-        client = self._client(call, client_id, payload.get("userId"), ts, join=False)
-        if client is None:
-            return
+    def _track_report(self, payload: Any, direction: str, kind: str, owner: _Owner) -> _Owner:
+        """Track reports name the track and, inbound, its sender; their numbers come from ``quality``.
+
+        ``owner`` is what the previous report (a track report too) found: a sample's track reports
+        come one after another, and looking their call and client up again would change nothing.
+        Returns what this one found, for the next."""
+        key = (
+            payload.get("serviceId"),
+            payload.get("callId"),
+            payload.get("roomId"),
+            payload.get("clientId"),
+            payload.get("userId"),
+            payload.get("timestamp") or 0,
+        )
+        if owner is None or owner[0] != key:
+            owner = (key, self._owning_client(payload, key))
+        found = owner[1]
         pc_id, ssrc = payload.get("peerConnectionId"), payload.get("ssrc")
-        if pc_id is None or ssrc is None:
-            return
+        if found is None or pc_id is None or ssrc is None:
+            return owner
+        call, client = found
         track = self._track(client, pc_id, direction, kind, ssrc)
         if track is None:
-            return
+            return owner
         track.track_id = payload.get("trackId") or track.track_id
         if direction == "inbound":
             track.remote_client_id = payload.get("remoteClientId") or track.remote_client_id
@@ -749,6 +764,15 @@ class LiveView:
         remote = payload.get("remoteClientId")
         if remote and payload.get("remoteUserId"):
             call.users.setdefault(remote, payload["remoteUserId"])
+        return owner
+
+    def _owning_client(self, payload: Any, key: tuple[Any, ...]) -> tuple[_CallView, _ClientView] | None:
+        call = self._known(payload)
+        client_id = key[3]
+        if call is None or client_id is None:
+            return None
+        client = self._client(call, client_id, key[4], key[5], join=False)
+        return None if client is None else (call, client)
 
     def _track(self, client: _ClientView, pc_id: str, direction: str, kind: str, ssrc: int) -> _TrackView | None:
         key = (pc_id, direction, ssrc)
