@@ -1007,15 +1007,20 @@ def measure_paced(workload: Workload, lines: list[Line], rate: float | None) -> 
             print(f"paced, {workload.name}: no valid e2e-default or e2e run, half the in-process rate instead", flush=True)
         rate = statistics.median(r.rate for r in peak) / 2
     paced = asyncio.run(run_paced(workload.messages, rate))
-    invalid = " **INVALID**" if paced["refused"] else ""
     row = (
-        f"| {workload.name}{invalid} | {paced['rate']:,.0f} ({paced['sentRate']:,.0f} sent)"
+        f" | {paced['rate']:,.0f} ({paced['sentRate']:,.0f} sent)"
         f" | {paced['p50Seconds'] * 1000:,.0f} ms | {paced['p99Seconds'] * 1000:,.0f} ms | {paced['answered']:.0%} |"
     )
-    print(f"paced, {workload.name}: {row}", flush=True)
-    if invalid:
-        print(f"  !!! INVALID paced {workload.name}: refused or failed: {paced['refused']}", flush=True)
-    return [row]
+    return [_row("paced", workload.name, row, paced["refused"])]
+
+
+def _row(part: str, name: str, cells: str, refused: dict[str, float]) -> str:
+    """A table row (``name`` marked INVALID if anything was refused), printed as it is taken."""
+    row = f"| {name}{' **INVALID**' if refused else ''}{cells}"
+    print(f"{part}, {name}: {row}", flush=True)
+    if refused:
+        print(f"  !!! INVALID {part} {name}: refused or failed: {refused}", flush=True)
+    return row
 
 
 def memory_workload(kind: str, clients: int, ticks: int, seed: int) -> tuple[list[list[Message]], list[list[Message]]]:
@@ -1032,16 +1037,12 @@ def measure_memory(kind: str, clients: int, ticks: int, seed: int, connection: f
     r = asyncio.run(run_memory(calls, warm))
     half, full = r["clients"]
     after = r["afterBytes"] - r["baselineBytes"]
-    invalid = " **INVALID**" if r["refused"] else ""
     row = (
-        f"| {kind}{invalid} | {full:,.0f} (slope from {half:,.0f}) | {r['perClientBytes'] / 1024:.1f} KiB"
+        f" | {full:,.0f} (slope from {half:,.0f}) | {r['perClientBytes'] / 1024:.1f} KiB"
         f" | {connection / 1024:.1f} KiB | {r['fullBytes'] / 2**20:,.0f} MiB | {after / 2**20:+.1f} MiB"
         f" (baseline {r['baselineBytes'] / 2**20:.0f} MiB, cold {r['coldBytes'] / 2**20:.0f} MiB) |"
     )
-    print(f"memory, {kind}: {row}", flush=True)
-    if invalid:
-        print(f"  !!! INVALID memory {kind}: refused or failed: {r['refused']}", flush=True)
-    return [row]
+    return [_row("memory", kind, row, r["refused"])]
 
 
 def measure_decode(repeat: int) -> list[str]:
