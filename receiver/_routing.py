@@ -16,14 +16,13 @@ from typing import Any
 
 import msgspec
 
-from webrtc_observer.model import Origin, client_routing_key
+from webrtc_observer.model import Origin, client_routing_key, service_routing_key
 
 from ._decoding import _GZIP_MAGIC, _TOP_LEVEL, _WRAPPER_START, Encoding, Route, _generation
+from ._v2 import PLACEHOLDER
 from ._v3 import _attached_identity
 
 __all__ = ["routing_keys"]
-
-_PLACEHOLDER = "NULL"  # client-monitor-js 3.x's unset id: the 2.x decoder drops it (``_v2.client_sample``)
 
 
 class _ClientIds(msgspec.Struct):
@@ -68,12 +67,12 @@ def routing_keys(
 def _wrapper_keys(wrapper: _Wrapper, service_id: str) -> list[str] | None:
     keys = []
     for c in wrapper.clientSamples:
-        if c.clientId == _PLACEHOLDER:
+        if c.clientId == PLACEHOLDER:
             return None
-        room, call = (None if v == _PLACEHOLDER else v for v in (c.roomId, c.callId))
+        room, call = (None if v == PLACEHOLDER else v for v in (c.roomId, c.callId))
         keys.append(client_routing_key(service_id, room, call, c.clientId))
-    keys.extend(f"{service_id}\x00{s.sfuId}" for s in wrapper.sfuSamples)
-    keys.extend(f"{service_id}\x00{t.serverId}" for t in wrapper.turnSamples)
+    keys.extend(service_routing_key(service_id, s.sfuId) for s in wrapper.sfuSamples)
+    keys.extend(service_routing_key(service_id, t.serverId) for t in wrapper.turnSamples)
     return keys
 
 
@@ -85,11 +84,11 @@ def _single_keys(data: bytes, origin: Origin) -> list[str] | None:
         return None
     client = _text.decode(top["clientId"])
     call = _text.decode(top["callId"]) if "callId" in top else None
-    if not client or (generation == "2" and client == _PLACEHOLDER):
+    if not client or (generation == "2" and client == PLACEHOLDER):
         return None
     if generation == "2":
         room = _text.decode(top["roomId"]) if "roomId" in top else None
-        room, call = (None if v == _PLACEHOLDER else v for v in (room, call))
+        room, call = (None if v == PLACEHOLDER else v for v in (room, call))
     else:  # 3.x carries the room in its attachments
         attachments: Any = _any.decode(top["attachments"]) if "attachments" in top else None
         room = _attached_identity(attachments)[0]

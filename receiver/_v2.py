@@ -79,15 +79,16 @@ def _tracks(records: list[dict[str, Any]], kind: str) -> list[Track]:
     return tracks
 
 
-_PLACEHOLDER = "NULL"  # what client-monitor-js 3.x puts in ids the application has not set
+PLACEHOLDER = "NULL"
+"""What client-monitor-js 3.x puts in ids the application has not set (also read by ``_routing``)."""
 
 
 def client_sample(c: dict[str, Any], origin: Origin, closing: bool) -> ClientSample:
     """Map a validated 2.x ClientSample dict onto the model (also used by the legacy decoder's tests)."""
-    if c["clientId"] == _PLACEHOLDER:
+    if c["clientId"] == PLACEHOLDER:
         raise WireError('clientId is "NULL", client-monitor-js\'s placeholder: set clientId before sending')
     for key in ("callId", "roomId", "userId"):
-        if c.get(key) == _PLACEHOLDER:
+        if c.get(key) == PLACEHOLDER:
             c = {k: v for k, v in c.items() if k != key}
     meta = [MetaItem(type=t, payload=c[k]) for k, t in _SINGLE_META if k in c]
     for key, meta_type in _LIST_META:

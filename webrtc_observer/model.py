@@ -203,13 +203,18 @@ def routing_key(sample: Sample) -> str:
     it as the record key, so one partition holds all of a room's samples."""
     if isinstance(sample, ClientSample):
         return client_routing_key(sample.origin.service_id, sample.room_id, sample.call_id, sample.client_id)
-    return f"{sample.origin.service_id}\x00{sample.sfu_id if isinstance(sample, SfuSample) else sample.server_id}"
+    return service_routing_key(sample.origin.service_id, sample.sfu_id if isinstance(sample, SfuSample) else sample.server_id)
 
 
 def client_routing_key(service_id: str, room_id: str | None, call_id: str | None, client_id: str) -> str:
     """:func:`routing_key` of a client sample with these ids (also told from a message's bytes before it
     is decoded, so a worker can hand it to its owner undecoded)."""
-    return f"{service_id}\x00{room_id or call_id or client_id}"
+    return service_routing_key(service_id, room_id or call_id or client_id)
+
+
+def service_routing_key(service_id: str, key: str) -> str:
+    """:func:`routing_key` of what ``key`` (a room, call, client, SFU or TURN server id) names in a service."""
+    return f"{service_id}\x00{key}"
 
 
 class ReportRecord(msgspec.Struct, gc=False, omit_defaults=True, kw_only=True):
