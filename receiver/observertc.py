@@ -414,11 +414,7 @@ class ObservertcReceiver:
             forwarder, index = owner
             taken = await forwarder.forward(index, message)
         else:
-            samples = self._decode(message)
-            _check_samples(principal, samples)
-            if samples:
-                await self._next.consume(Batch(samples=samples))
-            taken = len(samples)
+            taken = await self._decode_and_hand_on(message, principal)
         self._accepted.add(taken, self._label, transport)
         self._received.add(taken, message.origin.service_id, message.origin.media_unit_id)
         return taken
@@ -445,14 +441,19 @@ class ObservertcReceiver:
         try:
             self._admit()
             hold.take(len(message.data))
-            samples = self._decode(message)
-            if samples:
-                await self._next.consume(Batch(samples=samples))
-            return len(samples)
+            return await self._decode_and_hand_on(message, ANYONE)  # the peer only hands over unrestricted input
         except RefusedInput as exc:
             raise Refused(exc.reason, exc.detail, exc.status) from None
         finally:
             hold.release()
+
+    async def _decode_and_hand_on(self, message: Undecoded, principal: Principal) -> int:
+        """Decode ``message``, check its samples against ``principal`` and hand them on; how many."""
+        samples = self._decode(message)
+        _check_samples(principal, samples)
+        if samples:
+            await self._next.consume(Batch(samples=samples))
+        return len(samples)
 
     def _decode(self, message: Undecoded) -> list[Sample]:
         return decode(
