@@ -78,20 +78,11 @@ class Journal:
 
     def stamp(self, obj: Any, last_seen: float, last_ts: int) -> None:
         """Set ``obj.last_seen`` and ``obj.last_ts`` (the most frequent change) with one undo."""
-        old_seen, old_ts = obj.last_seen, obj.last_ts
-        if old_seen == last_seen and old_ts == last_ts:
-            return
-        obj.last_seen = last_seen
-        obj.last_ts = last_ts
-
-        def undo() -> None:
-            obj.last_seen = old_seen
-            obj.last_ts = old_ts
-
-        self._undo.append(undo)
+        self.stamp_all((obj,), last_seen, last_ts)
 
     def stamp_all(self, objs: Iterable[Any], last_seen: float, last_ts: int) -> None:
-        """:meth:`stamp` each of ``objs`` (distinct objects), with one undo for those that changed."""
+        """Set ``last_seen`` and ``last_ts`` of each of ``objs`` (distinct objects), with one undo for
+        those that changed and none if none did."""
         old = [(obj, obj.last_seen, obj.last_ts) for obj in objs if obj.last_seen != last_seen or obj.last_ts != last_ts]
         if not old:
             return
