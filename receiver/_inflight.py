@@ -2,8 +2,10 @@
 
 A hostile client can send large bodies and stall; each is held until its connection closes. The
 receiver counts what it holds against ``max_inflight_bytes`` and refuses past it (503). When a lot
-was released, the C allocator is asked to give free memory back to the system (glibc
-``malloc_trim``), so that resident memory comes back down after such clients leave.
+was released and input has then gone quiet for a moment, the C allocator is asked to give free
+memory back to the system (glibc ``malloc_trim``, after a full garbage collection), so that resident
+memory comes back down after such clients leave. Under steady input the freed memory is reused at
+once, and the trim (a walk of the whole heap) would only cost CPU: it waits for a pause.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from webrtc_observer.component import RetryLater
 
 _TRIM_AFTER = 32 * 1024 * 1024
 """Bytes released since the last trim that make another one worth it."""
+_QUIET_SECONDS = 0.5
+"""How long nothing new must have been held before the trim runs."""
 
 
 def _malloc_trim() -> Callable[[], None] | None:
@@ -47,10 +51,14 @@ class Busy(RetryLater):
 class Inflight:
     """What the receiver holds, against a cap."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, quiet: float = _QUIET_SECONDS) -> None:
         self.cap = cap
         self.held = 0
+        self.trims = 0
+        """Trims run so far."""
+        self._quiet = quiet
         self._released = 0
+        self._takes = 0  # takes so far: a timer that finds it changed was not quiet
         self._trim_due = False
 
     def take(self, size: int) -> None:
@@ -58,18 +66,26 @@ class Inflight:
         if self.held + size > self.cap:
             raise Busy("inflight_bytes", f"the receiver holds {self.held} bytes of input (max_inflight_bytes {self.cap})")
         self.held += size
+        self._takes += 1
 
     def give(self, size: int) -> None:
         self.held -= size
         self._released += size
-        if _trim is not None and self._released >= _TRIM_AFTER and self.held < self.cap // 4 and not self._trim_due:
+        if _trim is not None and self._released >= _TRIM_AFTER and not self._trim_due:
             # Later, not now: the buffers of a failed read are still referenced by its traceback.
             self._trim_due = True
-            asyncio.get_running_loop().call_later(0.5, self._trim_now)
+            self._when_quiet(self._takes)
 
-    def _trim_now(self) -> None:
+    def _when_quiet(self, takes: int) -> None:
+        asyncio.get_running_loop().call_later(self._quiet, self._trim_if_quiet, takes)
+
+    def _trim_if_quiet(self, takes: int) -> None:
+        if self._takes != takes or self.held >= self.cap // 4:  # input still comes: its memory is reused
+            self._when_quiet(self._takes)
+            return
         self._trim_due = False
         self._released = 0
+        self.trims += 1
         gc.collect()  # a failed read's buffers may sit in a cycle with its exception
         if _trim is not None:
             asyncio.get_running_loop().run_in_executor(None, _trim)
