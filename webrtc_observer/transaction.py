@@ -70,7 +70,7 @@ class Transaction:
         self.done = True
         for fn in commits:
             result = fn()
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):  # most return None: no ABC check
                 await result
 
 
