@@ -17,11 +17,15 @@ because reports are derived from it by copying fields. So this module
 All of that is data: ``_PLAN_SPECS`` names, per target, the 3.x record, the 2.x record, renames and an
 optional field whitelist; ``_plans()`` turns that into per-target lookups once, from the two Avro schemas.
 Mapping a record is then one pass over the fields it carries plus a check of the few renamed/converted ones.
+
+The sample is read as the validated wire structs (:func:`~._wire_types.decode_typed`), never turned
+into dicts whole: only the fields a 2.x record keeps become the stats dicts of the model. A field
+missing and a field sent as null read alike (None).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
@@ -42,7 +46,7 @@ from webrtc_observer.model import (
 )
 from webrtc_observer.schemas import avro_schema
 
-from ._wire_types import INT32_MAX, INT32_MIN, LONG_MAX, LONG_MIN, WireError, as_text, client_sample_v3, validate
+from ._wire_types import INT32_MAX, INT32_MIN, LONG_MAX, LONG_MIN, WireError, as_text, client_sample_v3, decode_typed
 
 __all__ = ["decode_client_sample_v3"]
 
@@ -50,8 +54,8 @@ Conversion = Callable[[Any], Any]
 Plan = tuple[type[msgspec.Struct], tuple[tuple[str, str, Conversion | None], ...]]
 """(a Struct of the 3.x fields copied as they are, (3.x name, 2.x name, conversion or None) for the rest).
 
-Most fields keep name and type, so msgspec picks them out of a record in C (``convert`` to the
-Struct, then ``to_builtins``); the few renamed or converted ones are looked up one by one.
+Most fields keep name and type, so msgspec picks them out of a wire record in C (``convert`` to the
+Struct from its attributes, then ``to_builtins``); the few renamed or converted ones are read one by one.
 """
 
 # --------------------------------------------------------------------------------------------
@@ -244,18 +248,18 @@ def _quality_limitation_fields() -> dict[str, tuple[tuple[str, str], ...]]:
     }
 
 
-def _mapped(rec: dict[str, Any], plan: Plan) -> Stats:
-    """The fields of ``rec`` that ``plan`` knows, renamed and converted to their 2.x type."""
+def _mapped(rec: Any, plan: Plan) -> Stats:
+    """The fields of the wire record ``rec`` that ``plan`` knows, renamed and converted to their 2.x type."""
     picker, special = plan
-    out: Stats = msgspec.to_builtins(msgspec.convert(rec, picker))
+    out: Stats = msgspec.to_builtins(msgspec.convert(rec, picker, from_attributes=True))
     for src, dst, conv in special:
-        if src in rec:
-            value = rec[src]
+        value = getattr(rec, src)
+        if value is not None:
             out[dst] = value if conv is None else conv(value)
     return out
 
 
-def _with_pc(rec: dict[str, Any], plan: Plan, pc_id: str) -> Stats:
+def _with_pc(rec: Any, plan: Plan, pc_id: str) -> Stats:
     out = _mapped(rec, plan)
     out["peerConnectionId"] = pc_id
     return out
@@ -267,9 +271,9 @@ def _with_pc(rec: dict[str, Any], plan: Plan, pc_id: str) -> Stats:
 
 
 def decode_client_sample_v3(obj: Any, origin: Origin) -> ClientSample:
-    """Validate a parsed 3.x ClientSample and map it onto the model; ``WireError`` for bad input."""
-    c = validate(obj, client_sample_v3())
-    client_id = c.get("clientId")
+    """Validate a 3.x ClientSample (JSON text or parsed) and map it onto the model; ``WireError`` for bad input."""
+    c: Any = decode_typed(obj, client_sample_v3())  # a generated Struct: its fields are the schema's
+    client_id = c.clientId
     if not client_id:
         raise WireError("clientId is required")
     try:
@@ -280,110 +284,108 @@ def decode_client_sample_v3(obj: Any, origin: Origin) -> ClientSample:
         raise WireError(f"invalid number: {exc}") from None
 
 
-def _client_sample(c: dict[str, Any], client_id: str, origin: Origin) -> ClientSample:
+def _client_sample(c: Any, client_id: str, origin: Origin) -> ClientSample:
     plans = _plans()
-    attachments = c.get("attachments")
+    attachments = c.attachments
     room_id, user_id, marker = _attached_identity(attachments)
     sample = ClientSample(
         origin=origin,
         client_id=client_id,
-        timestamp=_to_long(c["timestamp"]),
-        call_id=c.get("callId"),
+        timestamp=_to_long(c.timestamp),
+        call_id=c.callId,
         room_id=room_id,
         user_id=user_id,
         marker=marker,
-        score=c.get("score"),
+        score=c.score,
         attachments=_json_text(attachments),
     )  # the list fields start as fresh empty lists (msgspec copies ``[]`` defaults)
-    for pc_index, pc in enumerate(c.get("peerConnections", ())):
+    for pc_index, pc in enumerate(c.peerConnections or ()):
         _peer_connection(pc, pc_index, sample, plans)
-    sample.events = [_event(e) for e in c.get("clientEvents", ())]
-    sample.issues = [_issue(i) for i in c.get("clientIssues", ())]
+    sample.events = [_event(e) for e in c.clientEvents or ()]
+    sample.issues = [_issue(i) for i in c.clientIssues or ()]
     sample.meta = [
         MetaItem(
-            type=m["type"],
-            payload=m.get("payload"),
-            peer_connection_id=m.get("peerConnectionId"),
-            track_id=m.get("trackId"),
-            ssrc=m.get("ssrc"),
-            timestamp=_int_or_none(m.get("timestamp")),
+            type=m.type,
+            payload=m.payload,
+            peer_connection_id=m.peerConnectionId,
+            track_id=m.trackId,
+            ssrc=m.ssrc,
+            timestamp=_int_or_none(m.timestamp),
         )
-        for m in c.get("clientMetaItems", ())
+        for m in c.clientMetaItems or ()
     ]
-    sample.extensions = [
-        Extension(type=x["type"], payload=_json_text(x.get("payload")) or "") for x in c.get("extensionStats", ())
-    ]
+    sample.extensions = [Extension(type=x.type, payload=_json_text(x.payload) or "") for x in c.extensionStats or ()]
     return sample
 
 
-def _peer_connection(pc: dict[str, Any], pc_index: int, sample: ClientSample, plans: dict[str, Plan]) -> None:
-    pc_id: str = pc["peerConnectionId"]
+def _peer_connection(pc: Any, pc_index: int, sample: ClientSample, plans: dict[str, Plan]) -> None:
+    pc_id: str = pc.peerConnectionId
     sample.peer_connections.append(
-        PeerConnection(peer_connection_id=pc_id, score=pc.get("score"), attachments=_json_text(pc.get("attachments")))
+        PeerConnection(peer_connection_id=pc_id, score=pc.score, attachments=_json_text(pc.attachments))
     )
     decoded_codecs: set[str] = set()
     encoded_codecs: set[str] = set()
 
-    inbound_rtps = pc.get("inboundRtps")
+    inbound_rtps = pc.inboundRtps
     if inbound_rtps:
-        remote_outbounds = pc.get("remoteOutboundRtps", ())
-        ro_by_id = {r["id"]: r for r in remote_outbounds}
-        ro_by_local_id = {r["localId"]: r for r in remote_outbounds if "localId" in r}
-        ro_by_ssrc = {r["ssrc"]: r for r in remote_outbounds}
-        playouts = {p["id"]: p for p in pc.get("mediaPlayouts", ())}
+        remote_outbounds = pc.remoteOutboundRtps or ()
+        ro_by_id = {r.id: r for r in remote_outbounds}
+        ro_by_local_id = {r.localId: r for r in remote_outbounds if r.localId is not None}
+        ro_by_ssrc = {r.ssrc: r for r in remote_outbounds}
+        playouts = {p.id: p for p in pc.mediaPlayouts or ()}
         for rtp in inbound_rtps:
             kind = _kind(rtp, pc_index, "inboundRtps", pc)
             stats = _mapped(rtp, plans["inbound-rtp/" + kind])
-            remote = ro_by_id.get(rtp.get("remoteId")) or ro_by_local_id.get(rtp["id"]) or ro_by_ssrc.get(rtp["ssrc"])
+            remote = ro_by_id.get(rtp.remoteId) or ro_by_local_id.get(rtp.id) or ro_by_ssrc.get(rtp.ssrc)
             if remote is not None:
                 stats.update(_mapped(remote, plans["remote-outbound-rtp/" + kind]))
-            if kind == "audio" and "playoutId" in rtp:
-                playout = playouts.get(rtp["playoutId"])
+            if kind == "audio" and rtp.playoutId is not None:
+                playout = playouts.get(rtp.playoutId)
                 if playout is not None:
                     stats.update(_mapped(playout, plans["media-playout/audio"]))
-            if "codecId" in rtp:
-                decoded_codecs.add(rtp["codecId"])
-            track_id = rtp["trackIdentifier"]
+            if rtp.codecId is not None:
+                decoded_codecs.add(rtp.codecId)
             sample.inbound_tracks.append(
-                Track(kind=kind, ssrc=rtp["ssrc"], peer_connection_id=pc_id, track_id=track_id, stats=stats)
+                Track(kind=kind, ssrc=rtp.ssrc, peer_connection_id=pc_id, track_id=rtp.trackIdentifier, stats=stats)
             )
 
-    outbound_rtps = pc.get("outboundRtps")
+    outbound_rtps = pc.outboundRtps
     if outbound_rtps:
-        remote_inbounds = pc.get("remoteInboundRtps", ())
-        ri_by_local_id = {r["localId"]: r for r in remote_inbounds if "localId" in r}
-        ri_by_id = {r["id"]: r for r in remote_inbounds}
-        ri_by_ssrc = {r["ssrc"]: r for r in remote_inbounds}
-        sources = {s["id"]: s for s in pc.get("mediaSources", ())}
+        remote_inbounds = pc.remoteInboundRtps or ()
+        ri_by_local_id = {r.localId: r for r in remote_inbounds if r.localId is not None}
+        ri_by_id = {r.id: r for r in remote_inbounds}
+        ri_by_ssrc = {r.ssrc: r for r in remote_inbounds}
+        sources = {s.id: s for s in pc.mediaSources or ()}
         quality_limitation = _quality_limitation_fields()
         for rtp in outbound_rtps:
             kind = _kind(rtp, pc_index, "outboundRtps", pc)
             stats = _mapped(rtp, plans["outbound-rtp/" + kind])
-            durations = rtp.get("qualityLimitationDurations")
-            if durations:
+            durations = rtp.qualityLimitationDurations
+            if durations is not None:
                 for key, name in quality_limitation[kind]:
-                    if key in durations:  # a browser may leave one out
-                        stats[name] = durations[key]
-            remote = ri_by_local_id.get(rtp["id"]) or ri_by_id.get(rtp.get("remoteId")) or ri_by_ssrc.get(rtp["ssrc"])
+                    duration = getattr(durations, key)
+                    if duration is not None:  # a browser may leave one out
+                        stats[name] = duration
+            remote = ri_by_local_id.get(rtp.id) or ri_by_id.get(rtp.remoteId) or ri_by_ssrc.get(rtp.ssrc)
             if remote is not None:
                 stats.update(_mapped(remote, plans["remote-inbound-rtp/" + kind]))
             track_id = None
-            source = sources.get(rtp.get("mediaSourceId"))
+            source = sources.get(rtp.mediaSourceId)
             if source is not None:
                 stats.update(_mapped(source, plans["media-source/" + kind]))
-                track_id = source.get("trackIdentifier")
-            if "codecId" in rtp:
-                encoded_codecs.add(rtp["codecId"])
+                track_id = source.trackIdentifier
+            if rtp.codecId is not None:
+                encoded_codecs.add(rtp.codecId)
             sample.outbound_tracks.append(
-                Track(kind=kind, ssrc=rtp["ssrc"], peer_connection_id=pc_id, track_id=track_id, stats=stats)
+                Track(kind=kind, ssrc=rtp.ssrc, peer_connection_id=pc_id, track_id=track_id, stats=stats)
             )
 
-    transports = pc.get("iceTransports", ())
+    transports = pc.iceTransports or ()
     if transports:
         plan = plans["transport"]
         sample.transports.extend(_with_pc(t, plan, pc_id) for t in transports)
 
-    pairs = pc.get("iceCandidatePairs", ())
+    pairs = pc.iceCandidatePairs or ()
     if pairs:
         plan = plans["candidate-pair"]
         for pair in pairs:
@@ -393,21 +395,21 @@ def _peer_connection(pc: dict[str, Any], pc_index: int, sample: ClientSample, pl
                 out["state"] = _PAIR_STATES.get(state, state)
             sample.candidate_pairs.append(out)
 
-    candidates = pc.get("iceCandidates", ())
+    candidates = pc.iceCandidates
     if candidates:
         _candidates(candidates, pairs, transports, pc_id, sample, plans)
 
-    _extend(sample.data_channels, pc.get("dataChannels"), plans["data-channel"], pc_id)
-    _extend(sample.certificates, pc.get("certificates"), plans["certificate"], pc_id)
-    _extend(sample.media_sources, pc.get("mediaSources"), plans["media-source"], pc_id)
+    _extend(sample.data_channels, pc.dataChannels, plans["data-channel"], pc_id)
+    _extend(sample.certificates, pc.certificates, plans["certificate"], pc_id)
+    _extend(sample.media_sources, pc.mediaSources, plans["media-source"], pc_id)
 
-    codecs = pc.get("codecs")
+    codecs = pc.codecs
     if codecs:
         plan = plans["codec"]
         for codec in codecs:
             out = _with_pc(codec, plan, pc_id)
             # W3C dropped RTCCodecStats.codecType; tell it from which RTP streams use the codec.
-            codec_id = codec["id"]
+            codec_id = codec.id
             if codec_id in decoded_codecs:
                 if codec_id not in encoded_codecs:
                     out["codecType"] = "decode"
@@ -416,32 +418,32 @@ def _peer_connection(pc: dict[str, Any], pc_index: int, sample: ClientSample, pl
             sample.codecs.append(out)
 
 
-def _extend(into: list[Stats], records: list[dict[str, Any]] | None, plan: Plan, pc_id: str) -> None:
+def _extend(into: list[Stats], records: Sequence[Any] | None, plan: Plan, pc_id: str) -> None:
     if records:
         into.extend(_with_pc(r, plan, pc_id) for r in records)
 
 
-def _kind(rtp: dict[str, Any], pc_index: int, field: str, pc: dict[str, Any]) -> MediaKind:
-    kind = rtp["kind"]
+def _kind(rtp: Any, pc_index: int, field: str, pc: Any) -> MediaKind:
+    kind = rtp.kind
     if kind == "audio" or kind == "video":
         return kind
-    at = f"$.peerConnections[{pc_index}].{field}[{pc[field].index(rtp)}].kind"
+    at = f"$.peerConnections[{pc_index}].{field}[{getattr(pc, field).index(rtp)}].kind"
     raise WireError(f"kind must be 'audio' or 'video', got {kind!r} - at `{at}`")
 
 
 def _candidates(
-    candidates: list[dict[str, Any]],
-    pairs: list[dict[str, Any]],
-    transports: list[dict[str, Any]],
+    candidates: Sequence[Any],
+    pairs: Sequence[Any],
+    transports: Sequence[Any],
     pc_id: str,
     sample: ClientSample,
     plans: dict[str, Plan],
 ) -> None:
     # A transport's selected pair is itself one of ``pairs``, so its local candidate is covered here;
     # a selected pair the client did not send names no candidate we could look up.
-    local_ids = {p["localCandidateId"] for p in pairs if "localCandidateId" in p}
-    remote_ids = {p["remoteCandidateId"] for p in pairs if "remoteCandidateId" in p}
-    local_ufrags = {t["iceLocalUsernameFragment"] for t in transports if "iceLocalUsernameFragment" in t}
+    local_ids = {p.localCandidateId for p in pairs if p.localCandidateId is not None}
+    remote_ids = {p.remoteCandidateId for p in pairs if p.remoteCandidateId is not None}
+    local_ufrags = {t.iceLocalUsernameFragment for t in transports if t.iceLocalUsernameFragment is not None}
     local_plan = plans["local-candidate"]
     remote_plan = plans["remote-candidate"]
     for cand in candidates:
@@ -451,7 +453,7 @@ def _candidates(
             sample.remote_candidates.append(_with_pc(cand, remote_plan, pc_id))
 
 
-def _is_local(cand: dict[str, Any], local_ids: set[str], remote_ids: set[str], local_ufrags: set[str]) -> bool:
+def _is_local(cand: Any, local_ids: set[str], remote_ids: set[str], local_ufrags: set[str]) -> bool:
     """Is this 3.x ``iceCandidates`` entry one of our own candidates?
 
     1. A candidate pair names it: ``localCandidateId`` -> local, ``remoteCandidateId`` -> remote
@@ -462,42 +464,42 @@ def _is_local(cand: dict[str, Any], local_ids: set[str], remote_ids: set[str], l
     4. Otherwise local. ``candidateType`` says nothing about the side (host/srflx/prflx/relay occur on
        both), so it is not used.
     """
-    cand_id = cand["id"]
+    cand_id = cand.id
     if cand_id in local_ids:
         return True
     if cand_id in remote_ids:
         return False
-    if "url" in cand or "relayProtocol" in cand:
+    if cand.url is not None or cand.relayProtocol is not None:
         return True
-    ufrag = cand.get("usernameFragment")
+    ufrag = cand.usernameFragment
     if ufrag is not None and local_ufrags:
         return ufrag in local_ufrags
     return True
 
 
-def _event(e: dict[str, Any]) -> ClientEvent:
-    payload = e.get("payload")
+def _event(e: Any) -> ClientEvent:
+    payload = e.payload
     pc_id = track_id = None
     if isinstance(payload, dict):
         pc_id = _text_or_none(payload.get("peerConnectionId"))
         track_id = _text_or_none(payload.get("trackId"))
     return ClientEvent(
-        name=e["type"],
+        name=e.type,
         value=_json_text(payload),
         peer_connection_id=pc_id,
         track_id=track_id,
-        timestamp=_int_or_none(e.get("timestamp")),
+        timestamp=_int_or_none(e.timestamp),
     )
 
 
-def _issue(i: dict[str, Any]) -> ClientIssue:
-    payload = i.get("payload")
+def _issue(i: Any) -> ClientIssue:
+    payload = i.payload
     return ClientIssue(
-        name=i["type"],
-        message=i.get("key"),
+        name=i.type,
+        message=i.key,
         track_id=_text_or_none(payload.get("trackId")) if isinstance(payload, dict) else None,
         attachments=_json_text(payload),
-        timestamp=_int_or_none(i.get("timestamp")),
+        timestamp=_int_or_none(i.timestamp),
     )
 
 

@@ -10,7 +10,7 @@ one into the other. Unknown fields are ignored.
 from __future__ import annotations
 
 from functools import cache
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, TypeVar, Union
 
 import msgspec
 
@@ -139,25 +139,31 @@ def _item_type(struct: type[msgspec.Struct], field: str) -> type[msgspec.Struct]
     raise KeyError(field)
 
 
+S = TypeVar("S", bound=msgspec.Struct)
+
+
 class WireError(ValueError):
     """Input that does not have the shape its schema requires; the message names the path."""
 
 
-def validate(wire: Any, wire_type: type[msgspec.Struct]) -> dict[str, Any]:
-    """Check ``wire`` (a parsed object, or JSON text) against ``wire_type``; return it as builtins with
-    unknown fields and nulls dropped."""
+def decode_typed(wire: Any, wire_type: type[S]) -> S:
+    """Check ``wire`` (a parsed object, or JSON text) against ``wire_type``; return it as that Struct
+    (unknown fields dropped, a missing field and a null alike None)."""
     try:
         if isinstance(wire, bytes):
-            typed = _json_decoder(wire_type).decode(wire)
-        else:
-            typed = msgspec.convert(wire, wire_type, strict=False)
+            return _json_decoder(wire_type).decode(wire)
+        return msgspec.convert(wire, wire_type, strict=False)
     except msgspec.ValidationError as exc:
         raise WireError(str(exc)) from None
-    return msgspec.to_builtins(typed)
+
+
+def validate(wire: Any, wire_type: type[msgspec.Struct]) -> dict[str, Any]:
+    """:func:`decode_typed`, returned as builtins with unknown fields and nulls dropped."""
+    return msgspec.to_builtins(decode_typed(wire, wire_type))
 
 
 @cache
-def _json_decoder(wire_type: type[msgspec.Struct]) -> msgspec.json.Decoder[Any]:
+def _json_decoder(wire_type: type[S]) -> msgspec.json.Decoder[S]:
     return msgspec.json.Decoder(wire_type, strict=False)
 
 

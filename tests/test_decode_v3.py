@@ -691,6 +691,43 @@ def test_nulls_are_dropped() -> None:
     assert "jitter" not in track(out.inbound_tracks, 1234567890).stats
 
 
+def _paths(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path of every object member in ``value``, depth first."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in [(*at, k), *_paths(v, (*at, k))]]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _paths(v, (*at, i))]
+    return []
+
+
+def _outcome(sample: dict[str, Any]) -> ClientSample | str:
+    try:
+        return decode(sample)
+    except WireError:
+        return "refused"
+
+
+def test_a_null_member_that_is_taken_reads_as_a_missing_one() -> None:
+    base = enriched0()
+    # Free-form content (attachments, payloads) is the client's own JSON: a null in it is data.
+    paths = [p for p in _paths(base) if not {"attachments", "payload"} & set(p[:-1])]
+    assert len(paths) > 250
+    accepted = 0
+    for path in paths:
+        *parents, key = path
+        nulled, removed = copy.deepcopy(base), copy.deepcopy(base)
+        nulled_parent, removed_parent = nulled, removed
+        for step in parents:
+            nulled_parent, removed_parent = nulled_parent[step], removed_parent[step]
+        nulled_parent[key] = None
+        del removed_parent[key]
+        taken = _outcome(nulled)
+        if taken != "refused":  # a null where the schema has no null (a proto3-omittable number) is refused
+            assert taken == _outcome(removed), path
+            accepted += 1
+    assert accepted > 150
+
+
 def test_minimal_sample() -> None:
     out = decode({"clientId": "c", "timestamp": TS})
     assert (out.client_id, out.timestamp, out.peer_connections, out.inbound_tracks, out.events) == ("c", TS, [], [], [])
