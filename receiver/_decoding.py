@@ -46,6 +46,8 @@ class RefusedInput(Exception):
 @dataclass(frozen=True, slots=True)
 class Decoded:
     samples: list[Sample]
+    strings_within: int | None = None
+    """Every string of the samples is known to be at most this long (the decoder bounded them)."""
 
 
 def inflate(data: bytes, limit: int) -> bytes:
@@ -82,8 +84,9 @@ def decode(
         raise RefusedInput("empty", "message is empty")
     if encoding is None:
         encoding = _sniff(data)
+    bound = None if limits is None else limits.max_id_length
     try:
-        decoded = _decode_json(data, origin, route) if encoding == "json" else _decode_protobuf(data, origin, route)
+        decoded = _decode_json(data, origin, route, bound) if encoding == "json" else _decode_protobuf(data, origin, route)
     except WireError as exc:
         raise RefusedInput("invalid_sample", str(exc)) from None
     except msgspec.DecodeError as exc:  # invalid UTF-8, broken JSON text found while validating
@@ -93,7 +96,7 @@ def decode(
     if limits is not None:
         from ._limits import check
 
-        check(decoded.samples, limits)
+        check(decoded.samples, limits, strings_checked=decoded.strings_within == limits.max_id_length)
     return decoded
 
 
@@ -113,21 +116,22 @@ _WRAPPER_START = re.compile(rb'^\s*\{\s*"(?:clientSamples|sfuSamples|turnSamples
 _TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
-def _decode_json(data: bytes, origin: Origin, route: Route) -> Decoded:
+def _decode_json(data: bytes, origin: Origin, route: Route, max_string: int | None = None) -> Decoded:
+    """``max_string``: the strings' bound to check while decoding, where the decoder can (2.x wrappers)."""
     if route == "samples" and _WRAPPER_START.search(data, 0, 64):
         # What 2.x clients send, in one pass; anything else (or a wrapper with other keys first) is
         # told apart below.
         from . import _v2
 
         try:
-            wrapper = _v2.wrapper_in_json(data)
+            wrapper, bounded = _v2.wrapper_in_json(data, max_string)
         except msgspec.DecodeError as exc:
             raise RefusedInput("bad_json", f"body is not JSON ({exc})") from None
         except WireError:
             wrapper = None  # not an object, or a broken wrapper: the checks below say which, precisely
         if wrapper is not None:
             samples = _v2.samples_of(wrapper, _with(origin, "2"))
-            return Decoded(samples)
+            return Decoded(samples, max_string if bounded else None)
     try:
         top = _TOP_LEVEL.decode(data)
     except msgspec.ValidationError:

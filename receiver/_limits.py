@@ -51,22 +51,27 @@ class LimitsConfig:
         ]
 
 
-def check(samples: list[Sample], limits: LimitsConfig) -> None:
-    """Raise ``RefusedInput("limits", ...)`` unless every sample of one message is within ``limits``."""
+def check(samples: list[Sample], limits: LimitsConfig, strings_checked: bool = False) -> None:
+    """Raise ``RefusedInput("limits", ...)`` unless every sample of one message is within ``limits``.
+
+    ``strings_checked``: the decoder already refused any string of the samples longer than
+    ``max_id_length`` (so no id is); the counts and the URL's ids are left to check."""
     if len(samples) > limits.max_samples_per_message:
         _refuse(f"{len(samples)} samples in one message, max_samples_per_message is {limits.max_samples_per_message}")
     for index, sample in enumerate(samples):
         if isinstance(sample, ClientSample):
-            _check_client(sample, index, limits)
+            _check_client(sample, index, limits, strings_checked)
         elif isinstance(sample, SfuSample):
-            _check_sfu(sample, index, limits)
+            _check_sfu(sample, index, limits, strings_checked)
         elif isinstance(sample, TurnSample):
             _check_counts(index, limits, len(sample.allocations) + len(sample.sessions), 0, 0)
-            _check_ids(index, limits.max_id_length, _origin_ids(sample.origin), (("serverId", sample.server_id),))
-            _check_record_ids(index, limits.max_id_length, sample.allocations, sample.sessions)
+            _check_ids(index, limits.max_id_length, _origin_ids(sample.origin))
+            if not strings_checked:
+                _check_ids(index, limits.max_id_length, (("serverId", sample.server_id),))
+                _check_record_ids(index, limits.max_id_length, sample.allocations, sample.sessions)
 
 
-def _check_client(s: ClientSample, index: int, limits: LimitsConfig) -> None:
+def _check_client(s: ClientSample, index: int, limits: LimitsConfig, strings_checked: bool) -> None:
     tracks = s.inbound_tracks + s.outbound_tracks
     stats = (
         s.transports,
@@ -82,6 +87,8 @@ def _check_client(s: ClientSample, index: int, limits: LimitsConfig) -> None:
     _check_counts(index, limits, records, len(s.events) + len(s.issues) + len(s.extensions), len(s.meta))
     m = limits.max_id_length
     _check_ids(index, m, _origin_ids(s.origin))
+    if strings_checked:
+        return
     texts = chain(
         (s.client_id, s.call_id, s.room_id, s.user_id, s.marker, s.browser_id),
         map(_PC_ID, s.peer_connections),
@@ -139,12 +146,14 @@ def _longest(values: Iterable[Any]) -> int:
     return max(map(len, filter(str.__instancecheck__, values)), default=0)
 
 
-def _check_sfu(s: SfuSample, index: int, limits: LimitsConfig) -> None:
+def _check_sfu(s: SfuSample, index: int, limits: LimitsConfig, strings_checked: bool) -> None:
     stats = (s.transports, s.inbound_rtp_pads, s.outbound_rtp_pads, s.sctp_channels)
     _check_counts(index, limits, sum(map(len, stats)), len(s.events) + len(s.extensions), 0)
     m = limits.max_id_length
-    _check_ids(index, m, _origin_ids(s.origin), (("sfuId", s.sfu_id), ("marker", s.marker)))
-    _check_record_ids(index, m, *stats, s.events)
+    _check_ids(index, m, _origin_ids(s.origin))
+    if not strings_checked:
+        _check_ids(index, m, (("sfuId", s.sfu_id), ("marker", s.marker)))
+        _check_record_ids(index, m, *stats, s.events)
 
 
 def _check_counts(index: int, limits: LimitsConfig, records: int, events: int, meta: int) -> None:

@@ -35,14 +35,23 @@ def decode_samples(obj: Any, origin: Origin) -> list[Sample]:
     return samples_of(validate(obj, samples_v2()), origin)
 
 
-def wrapper_in_json(data: bytes) -> dict[str, Any] | None:
+def wrapper_in_json(data: bytes, max_string: int | None = None) -> tuple[dict[str, Any] | None, bool]:
     """``data`` decoded as a ``Samples`` wrapper, if it is one: one pass for what most 2.x clients send.
 
     None when the JSON object has none of the wrapper's keys (it is another kind of sample). Raises
     ``msgspec.DecodeError`` for bytes that are not JSON and ``WireError`` for a wrapper that breaks
     the schema; JSON that is not an object also raises ``WireError``.
+
+    With ``max_string`` it is decoded with every string bounded to that length first; the second
+    value says whether that held (else it was decoded again, unbounded: a long string, or an error
+    that decode names).
     """
-    return validate(data, samples_v2()) or None
+    if max_string is not None:
+        try:
+            return validate(data, samples_v2(max_string)) or None, True
+        except WireError:
+            pass
+    return validate(data, samples_v2()) or None, False
 
 
 def samples_of(wrapper: dict[str, Any], origin: Origin) -> list[Sample]:

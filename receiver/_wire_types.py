@@ -43,9 +43,10 @@ _SPOKEN_ALIASES: dict[str, tuple[tuple[str, Any], ...]] = {"MediaDevice": (("dev
 
 
 class _Builder:
-    def __init__(self, prefix: str, raw_stats: bool = False) -> None:
+    def __init__(self, prefix: str, raw_stats: bool = False, max_string: int | None = None) -> None:
         self._prefix = prefix
         self._raw_stats = raw_stats
+        self._str: Any = str if max_string is None else Annotated[str, msgspec.Meta(max_length=max_string)]
         self._records: dict[str, type[msgspec.Struct]] = {}
         self._field = ""
 
@@ -54,7 +55,9 @@ class _Builder:
             if avro == "string" and self._field and not self._field.lower().endswith("id"):
                 # Browsers' libraries send numbers where 2.x says string (codec payloadType from
                 # client-monitor-js 3.x); the reports stage renders them as text. Ids stay strict.
-                return str | int | float
+                return self._str | int | float
+            if avro in ("string", "bytes"):
+                return self._str
             if self._raw_stats and avro in ("int", "long"):
                 # 3.x carries getStats() values as the browser reports them: a W3C timestamp or
                 # counter the schema calls long may arrive fractional. The mapping rounds it.
@@ -71,7 +74,7 @@ class _Builder:
         if kind == "record":
             return self._record(avro)
         if kind == "enum":
-            return str
+            return self._str
         if kind == "array":
             return list[self.type_of(avro["items"])]  # type: ignore[misc]
         if kind == "map":
@@ -109,14 +112,20 @@ class _Builder:
         return struct
 
 
-def _build(version_dir: str, filename: str, prefix: str, raw_stats: bool = False) -> type[msgspec.Struct]:
-    return _Builder(prefix, raw_stats).type_of(avro_schema(version_dir, filename))
+def _build(
+    version_dir: str, filename: str, prefix: str, raw_stats: bool = False, max_string: int | None = None
+) -> type[msgspec.Struct]:
+    return _Builder(prefix, raw_stats, max_string).type_of(avro_schema(version_dir, filename))
 
 
 @cache
-def samples_v2() -> type[msgspec.Struct]:
-    """The 2.x ``Samples`` wrapper (clientSamples, sfuSamples, turnSamples, controls)."""
-    return _build("v2_2_11", "Samples.avsc", "V2")
+def samples_v2(max_string: int | None = None) -> type[msgspec.Struct]:
+    """The 2.x ``Samples`` wrapper (clientSamples, sfuSamples, turnSamples, controls).
+
+    With ``max_string``, every string of it (ids, enums, any text but the free-form attachments and
+    payloads) is refused past that many characters: decoding then also tells that none is longer.
+    """
+    return _build("v2_2_11", "Samples.avsc", "V2", max_string=max_string)
 
 
 @cache

@@ -144,6 +144,45 @@ async def test_amplification_cases_are_refused_by_the_limits(pipeline: RunningCo
     assert pipeline.telemetry.get("samples_refused").value("limits") == 6
 
 
+async def test_long_strings_in_a_samples_wrapper_refused_when_ids_and_taken_otherwise(
+    pipeline: RunningCollector, http: aiohttp.ClientSession
+) -> None:
+    """The 2.x wrapper's decoding bounds every string to max_id_length on the way, and decodes a
+    message with a longer one again to tell an id (refused) from other text (taken)."""
+    long = "x" * 257
+
+    def wrapper(client: dict[str, Any] | None = None, sfu: dict[str, Any] | None = None) -> bytes:
+        body: dict[str, Any] = {"clientSamples": [client or _samples.client_sample_v2()]}
+        if sfu is not None:
+            body["sfuSamples"] = [sfu]
+        return json.dumps(body).encode()
+
+    track = _samples.client_sample_v2()
+    track["inboundVideoTracks"] = [{"peerConnectionId": "pc", "trackId": long, "ssrc": 1}]
+    pair = _samples.client_sample_v2()
+    pair["iceCandidatePairs"] = [{"peerConnectionId": "pc", "candidatePairId": long}]
+    sfu = _samples.sfu_sample_v2()
+    sfu["transports"][0]["transportId"] = long
+    for body, named in (
+        (wrapper(_samples.client_sample_v2(call_id=long)), "callId"),
+        (wrapper(track), "trackId"),
+        (wrapper(pair), "candidatePairId"),
+        (wrapper(sfu=sfu), "transportId"),
+        (wrapper(_samples.client_sample_v2(marker=long)), "marker"),
+    ):
+        status, answer = await post(http, pipeline, body)
+        assert (status, answer["error"]) == (400, "limits") and named in answer["detail"], (named, answer)
+    assert pipeline.exporter().samples == []
+    text = _samples.client_sample_v2()
+    text["certificates"] = [{"peerConnectionId": "pc", "fingerprint": "f", "base64Certificate": "A" * 5000}]
+    text["localSDPs"] = ["v=0 " + "a" * 5000]
+    status, answer = await post(http, pipeline, wrapper(text))
+    assert (status, answer) == (202, {"accepted": 1})
+    meta = [r.payload for r in pipeline.exporter().reports if r.type == "CALL_META_DATA"]
+    assert any(m.type == "CERTIFICATE" and "A" * 5000 in m.payload for m in meta), meta
+    assert any(m.type == "LOCAL_SDP" and "a" * 5000 in m.payload for m in meta), meta
+
+
 # -- the fuzz -----------------------------------------------------------------------------------------
 
 _HUGE = (2**64, -(2**63) - 1, 2**70, 10**30, -1, 1e300, -1e300, 0.5, True, None, "", "x" * 5000, [], {}, [[[[1]]]])
