@@ -142,9 +142,15 @@ def _fast_struct(name: str, fields: Mapping[str, _Field]) -> type[ReportRecord] 
     return msgspec.defstruct(name, spec, bases=(ReportRecord,), kw_only=True, omit_defaults=True, gc=False)  # type: ignore[return-value]
 
 
-@cache
+_plans: dict[str, _Plan] = {}
+"""Report type -> its plan, made on first use (build() reads it directly: cheaper than a call)."""
+
+
 def _plan(report_type: str) -> _Plan:
-    return _Plan(report_type, schema(report_type))
+    plan = _plans.get(report_type)
+    if plan is None:
+        plan = _plans[report_type] = _Plan(report_type, schema(report_type))
+    return plan
 
 
 def _known(report_type: str) -> str:
@@ -197,7 +203,7 @@ def build(report_type: str, fields: Mapping[str, Any], dropped: list[str] | None
     the names of refused fields are appended to ``dropped`` when given (for counting).
     Raises ``KeyError`` for an unknown report type.
     """
-    plan = _plan(report_type)
+    plan = _plans.get(report_type) or _plan(report_type)
     if plan.struct is None:
         return _coerced(plan, fields, dropped)
     try:

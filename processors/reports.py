@@ -297,7 +297,18 @@ class _Derivation:
     sent again by the client and must then give the same reports, and be counted once.
     """
 
-    __slots__ = ("counts", "dropped", "forget", "invalid", "partition", "reports", "seen", "staged", "uncorrelated")
+    __slots__ = (
+        "counts",
+        "dropped",
+        "forget",
+        "invalid",
+        "partition",
+        "refused",
+        "reports",
+        "seen",
+        "staged",
+        "uncorrelated",
+    )
 
     def __init__(self, partition: Partition = LOCAL) -> None:
         self.partition = partition
@@ -309,6 +320,8 @@ class _Derivation:
         self.forget: list[ClientKey] = []
         self.seen: list[tuple[ClientKey, int]] = []
         self.dropped: dict[tuple[str, str], int] = {}
+        self.refused: list[str] = []
+        """Scratch for :func:`build`: the fields it refused in the report being built, until counted."""
 
 
 class ReportsProcessor:
@@ -420,20 +433,26 @@ class ReportsProcessor:
         return d
 
     def _emit(self, d: _Derivation, report_type: str, fields: dict[str, Any]) -> None:
-        dropped: list[str] = []
-        payload = build(report_type, fields, dropped)
-        for field_name in dropped:
+        refused = d.refused
+        payload = build(report_type, fields, refused)
+        if refused:  # fields left out, or the whole report (build names at least one field then)
+            self._count_refused(d, report_type, fields, payload is None)
+        if payload is not None:
+            d.reports.append(Report(report_type, payload, SCHEMA_VERSION))
+            d.counts[report_type] = d.counts.get(report_type, 0) + 1
+
+    def _count_refused(self, d: _Derivation, report_type: str, fields: dict[str, Any], invalid: bool) -> None:
+        """Count the fields build() refused (``d.refused``, emptied), and the report if it is ``invalid``."""
+        for field_name in d.refused:
             d.dropped[(report_type, field_name)] = d.dropped.get((report_type, field_name), 0) + 1
-        if payload is None:
+        d.refused.clear()
+        if invalid:
             d.invalid[report_type] = d.invalid.get(report_type, 0) + 1
             self._log.debug(
                 "report dropped: required fields missing or invalid",
                 type=report_type,
                 missing=",".join(sorted(f for f in required_of(report_type) if fields.get(f) is None)) or "-",
             )
-            return
-        d.reports.append(Report(type=report_type, payload=payload, schema_version=SCHEMA_VERSION))
-        d.counts[report_type] = d.counts.get(report_type, 0) + 1
 
     def _client(self, s: ClientSample, d: _Derivation) -> None:
         enabled = self._enabled

@@ -273,7 +273,13 @@ class Report(msgspec.Struct, gc=False, rename={"schema_version": "schemaVersion"
 
 
 REPORT_ID_NAMESPACE = uuid.UUID("6f1c1b9e-3c52-5b8e-9a57-0e6d2f4b7a10")
-_id_encoder = msgspec.msgpack.Encoder(order="sorted")
+_id_encode_into = msgspec.msgpack.Encoder(order="sorted").encode_into
+_id_buffers: list[bytearray] = []
+"""Encoding buffers for :func:`report_id`, reused: encoding into one that already has the room spares
+growing a new ``bytes`` to the payload's size on every call. One is taken out while in use, so threads
+never share one."""
+_ID_BUFFER_KEPT = 1 << 16
+"""A buffer that grew beyond this (a huge payload) is not kept."""
 
 
 def report_id(report_type: str, schema_version: str, payload: Any) -> str:
@@ -284,8 +290,15 @@ def report_id(report_type: str, schema_version: str, payload: Any) -> str:
     differ in anything get different ids (a client that rejoins: a new CLIENT_JOINED timestamp).
     Payload keys are hashed in sorted order, so a dict payload and its record hash alike.
     """
+    try:
+        buffer = _id_buffers.pop()
+    except IndexError:  # the first call, or one in another thread while a buffer is in use
+        buffer = bytearray()
+    _id_encode_into((report_type, schema_version, payload), buffer)
     h = _namespaced.copy()
-    h.update(_id_encoder.encode((report_type, schema_version, payload)))
+    h.update(buffer)
+    if len(buffer) <= _ID_BUFFER_KEPT:
+        _id_buffers.append(buffer)
     x = h.hexdigest()  # the UUID is its first 32 digits, but for the version (digit 13) and variant (digit 17)
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT_DIGIT[x[16]]}{x[17:20]}-{x[20:32]}"  # as str(uuid.UUID)
 
