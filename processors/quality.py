@@ -15,7 +15,10 @@ once, when its retry goes through. A batch in which nothing was measured is hand
 What a TrackQuality holds beyond the histograms' values: ``packets_delta``, ``bytes_delta`` and
 ``frames_delta`` over the interval (packets and bytes received or sent, frames decoded or encoded),
 ``interval``, ``fps`` (video: ``framesPerSecond``, else the interval's frames per second), the frame
-size, and for outbound video the sender's ``qualityLimitationReason`` when it is not ``none``.
+size, and for outbound video the sender's ``qualityLimitationReason`` when it is not ``none``. It
+also says whose track it is, as the sample and its track do (the live view learns its tracks from
+it): call, room, client, user, peer connection, SSRC, kind, direction, track id and, for an inbound
+track, the sender's client and user ids the correlation processor found.
 
 Histograms (names without prefix or unit suffix, as everywhere in the registry). Labels are
 service_id, media_unit_id and kind unless said otherwise:
@@ -239,10 +242,12 @@ def _counters(stats: Stats, names: tuple[str, ...]) -> list[float]:
         value: Any = stats.get(name)
         cls = value.__class__
         if cls is int:
-            value = float(value)
-        elif cls is not float:
-            value = _NAN
-        values.append(value if 0.0 <= value < _INF else _NAN)  # false for NaN
+            value = float(value)  # finite (or too big for a float: OverflowError)
+            values.append(value if value >= 0.0 else _NAN)
+        elif cls is float:
+            values.append(value if 0.0 <= value < _INF else _NAN)  # false for NaN
+        else:
+            values.append(_NAN)
     return values
 
 
@@ -281,11 +286,42 @@ class _KindSeries:
         self.bitrate_out = q._bitrate.bind(service, media_unit, kind, "outbound")
         self.mos = q._mos.bind(service, media_unit, kind)
 
+    def observe(self, q: TrackQuality) -> None:
+        """The histograms' values of one track's measurement."""
+        if q.rtt is not None:
+            self.rtt.observe(q.rtt)
+        if q.jitter is not None:
+            self.jitter.observe(q.jitter)
+        if q.fraction_lost is not None:
+            self.fraction_lost.observe(q.fraction_lost)
+        if q.bitrate is not None:
+            (self.bitrate_in if q.direction == "inbound" else self.bitrate_out).observe(q.bitrate / 8.0)
+        if q.mos is not None:
+            self.mos.observe(q.mos)
+
+
+class _UnitSeries(dict[str, _KindSeries]):
+    """The histogram series of one (service, media unit): its client score, and per kind (the key) the
+    tracks' series, bound on first use."""
+
+    __slots__ = ("_media_unit", "_processor", "_service", "score")
+
+    def __init__(self, q: QualityProcessor, service: str, media_unit: str) -> None:
+        super().__init__()
+        self._processor = q
+        self._service = service
+        self._media_unit = media_unit
+        self.score = q._client_score.bind(service, media_unit)
+
+    def __missing__(self, kind: str) -> _KindSeries:
+        series = self[kind] = _KindSeries(self._processor, self._service, self._media_unit, kind)
+        return series
+
 
 class _Plan:
     """What :meth:`QualityProcessor.measure` found in one batch, for :meth:`QualityProcessor.commit`."""
 
-    __slots__ = ("clients", "clock", "failed", "now", "quality", "scores")
+    __slots__ = ("clients", "clock", "failed", "now", "quality", "scores", "series")
 
     def __init__(self, now: float, clock: int | None) -> None:
         self.now = now
@@ -293,16 +329,18 @@ class _Plan:
         self.clock = clock
         """The partition's stream time after the batch (epoch ms); None for LOCAL input."""
         self.quality: list[TrackQuality] = []
-        self.scores: list[tuple[float, str, str]] = []
-        """(client score, service id, media unit id) of 3.x samples."""
+        self.series: list[_KindSeries] = []
+        """The histogram series of each of ``quality``, bound as it was measured."""
+        self.scores: list[tuple[BoundHistogram, float]] = []
+        """The client score of 3.x samples, and the series it goes to."""
         self.clients: list[tuple[tuple[str, str], dict[tuple[str, bool, int], array[float]]]] = []
         """Per client sample with tracks: the client and the baselines of every track it carries."""
         self.failed = 0
 
 
 _MAX_BOUND = 4096
-"""(service, media unit, kind) series kept bound, and as many (service, media unit) client score series;
-past it a cache starts over (binding again is cheap)."""
+"""(service, media unit) series kept bound (:class:`_UnitSeries`); past it the cache starts over (binding
+again is cheap, and a series appears on its first observation only)."""
 
 
 class QualityProcessor:
@@ -325,9 +363,10 @@ class QualityProcessor:
         self._parts: dict[Partition, _Part] = {LOCAL: _Part()}
         self._track_count = 0
         """Tracks kept, all partitions together (``max_tracks`` bounds it)."""
-        self._bound: dict[tuple[str, str, str], _KindSeries] = {}
-        self._bound_scores: dict[tuple[str, str], BoundHistogram] = {}
-        """(service, media unit) -> its ``quality_client_score`` series, bound once as ``_bound``."""
+        self._gauged: int | None = None
+        """The count ``quality_tracks`` shows (None: not set yet); set again when it changes."""
+        self._bound: dict[tuple[str, str], _UnitSeries] = {}
+        """(service, media unit) -> its series, bound once rather than per observation."""
         t = settings.telemetry
         self._rtt = t.histogram(
             "quality_round_trip_time", "Round-trip time of RTP streams, per track and sample", LABELS, RTT_BUCKETS, "seconds"
@@ -422,9 +461,10 @@ class QualityProcessor:
         plan: _Plan,
     ) -> None:
         origin = sample.origin
+        unit = self._unit(origin.service_id, origin.media_unit_id)
         score = sample.score
         if isinstance(score, (int, float)) and not isinstance(score, bool) and 0.0 <= score <= 5.0:  # false for NaN
-            plan.scores.append((float(score), origin.service_id, origin.media_unit_id))
+            plan.scores.append((unit.score, float(score)))
         if not sample.inbound_tracks and not sample.outbound_tracks:
             return
         key = (origin.service_id, sample.client_id)
@@ -445,6 +485,7 @@ class QualityProcessor:
                 quality, baseline = self._measure_track(sample, track, track_key, old, pair_rtts)
                 if quality is not None:
                     plan.quality.append(quality)
+                    plan.series.append(unit[track.kind])
                 if baseline is not None:
                     after[track_key] = baseline
                 elif old is not None:
@@ -544,6 +585,14 @@ class QualityProcessor:
             bitrate=bitrate,
             mos=mos,
         )  # the rest apart: a call with more than 15 keywords first builds them into a dict, which costs more
+        if sample.room_id is not None:
+            quality.room_id = sample.room_id
+        if sample.user_id is not None:
+            quality.user_id = sample.user_id
+        if track.remote_client_id is not None:
+            quality.remote_client_id = track.remote_client_id
+        if track.remote_user_id is not None:
+            quality.remote_user_id = track.remote_user_id
         if interval is not None:
             quality.interval = interval
             quality.packets_delta = None if d_packets is None else int(d_packets)
@@ -565,10 +614,10 @@ class QualityProcessor:
             part.clock = plan.clock
         now = plan.now
         self._expire(part, now)
-        for score, service, media_unit in plan.scores:
-            self._score_series(service, media_unit).observe(score)
-        for quality in plan.quality:
-            self._observe(quality)
+        for series, score in plan.scores:
+            series.observe(score)
+        for kind_series, quality in zip(plan.series, plan.quality, strict=True):
+            kind_series.observe(quality)
         for key, tracks in plan.clients:
             try:
                 self._keep(part, key, tracks, now)
@@ -583,20 +632,12 @@ class QualityProcessor:
                 gone = self._forget(part, key)
                 if gone:
                     self._evicted.add(gone, self._label, "left")
-        self._tracks_gauge.set(self._track_count, self._label)
+        if self._track_count != self._gauged:
+            self._show_tracks()
 
-    def _observe(self, q: TrackQuality) -> None:
-        series = self._series(q.service_id, q.media_unit_id, q.kind)
-        if q.rtt is not None:
-            series.rtt.observe(q.rtt)
-        if q.jitter is not None:
-            series.jitter.observe(q.jitter)
-        if q.fraction_lost is not None:
-            series.fraction_lost.observe(q.fraction_lost)
-        if q.bitrate is not None:
-            (series.bitrate_in if q.direction == "inbound" else series.bitrate_out).observe(q.bitrate / 8.0)
-        if q.mos is not None:
-            series.mos.observe(q.mos)
+    def _show_tracks(self) -> None:
+        self._gauged = self._track_count
+        self._tracks_gauge.set(self._track_count, self._label)
 
     def _part(self, partition: Partition) -> _Part:
         part = self._parts.get(partition)
@@ -642,22 +683,13 @@ class QualityProcessor:
         if evicted:
             self._evicted.add(evicted, self._label, "max_tracks")
 
-    def _series(self, service: str, media_unit: str, kind: str) -> _KindSeries:
-        key = (service, media_unit, kind)
+    def _unit(self, service: str, media_unit: str) -> _UnitSeries:
+        key = (service, media_unit)
         series = self._bound.get(key)
         if series is None:
             if len(self._bound) >= _MAX_BOUND:
                 self._bound.clear()
-            series = self._bound[key] = _KindSeries(self, service, media_unit, kind)
-        return series
-
-    def _score_series(self, service: str, media_unit: str) -> BoundHistogram:
-        key = (service, media_unit)
-        series = self._bound_scores.get(key)
-        if series is None:
-            if len(self._bound_scores) >= _MAX_BOUND:
-                self._bound_scores.clear()
-            series = self._bound_scores[key] = self._client_score.bind(service, media_unit)
+            series = self._bound[key] = _UnitSeries(self, service, media_unit)
         return series
 
     def _keep(self, part: _Part, key: tuple[str, str], tracks: dict[tuple[str, bool, int], array[float]], now: float) -> None:
@@ -732,7 +764,7 @@ class QualityProcessor:
         part.next_order = restored[-1][0] + 1 if restored else 0
         self._parts[partition] = part
         self._track_count += part.tracks
-        self._tracks_gauge.set(self._track_count, self._label)
+        self._show_tracks()
 
     def revoke(self, partition: Partition) -> None:
         """Forget ``partition`` (another member owns it now); :data:`LOCAL` starts over empty."""
@@ -741,7 +773,7 @@ class QualityProcessor:
             self._parts[LOCAL] = _Part()
         if part is not None:
             self._track_count -= part.tracks
-            self._tracks_gauge.set(self._track_count, self._label)
+            self._show_tracks()
 
 
 def _jitter_buffer_delay(before: array[float], after: tuple[float, ...], jitter: float | None) -> float:
@@ -793,7 +825,8 @@ def _pair_round_trip_times(sample: ClientSample) -> dict[str, float]:
         pc = pair.get("peerConnectionId") or ""
         nominated = pair.get("nominated") is True and str(pair.get("state", "")).lower() == "succeeded"
         rank = ((pc, pair.get("candidatePairId")) in selected, nominated)
-        if pc not in best or rank > best[pc][0]:
+        kept = best.get(pc)
+        if kept is None or rank > kept[0]:
             best[pc] = (rank, rtt)
     return {pc: rtt for pc, (_, rtt) in best.items()}
 

@@ -500,6 +500,20 @@ async def test_the_batch_is_passed_on_with_its_quality_and_nothing_else_changed(
         assert sink.batches[-1] is nothing
 
 
+async def test_the_quality_says_whose_track_it_is():
+    """What the live view learns its tracks from: the sample's call, room and user, the track's id and sender."""
+    quality, sink, _, _ = _standalone()
+    track = Track(kind="video", ssrc=7, peer_connection_id="pc", track_id="t-7", stats={"bytesReceived": 5})
+    track.remote_client_id, track.remote_user_id = "bob", "user-bob"
+    sample = _sample(T0, {})
+    sample.call_id, sample.room_id, sample.user_id, sample.inbound_tracks = "call", "room", "user-alice", [track]
+    await quality.consume(Batch(samples=[sample, _sample(T0, {}, client_id="anonymous")]))
+    [q, anonymous] = sink.batches[-1].quality
+    assert (q.call_id, q.room_id, q.client_id, q.user_id) == ("call", "room", "c", "user-alice")
+    assert (q.track_id, q.remote_client_id, q.remote_user_id, q.kind, q.ssrc) == ("t-7", "bob", "user-bob", "video", 7)
+    assert (anonymous.room_id, anonymous.user_id, anonymous.remote_client_id, anonymous.remote_user_id) == (None,) * 4
+
+
 async def test_outbound_quality_limitation_and_frozen_video_show_in_the_quality():
     quality, sink, _, _ = _standalone()
     video = {"packetsReceived": 100, "framesDecoded": 50, "bytesReceived": 10_000, "frameWidth": 640, "frameHeight": 360}

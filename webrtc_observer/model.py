@@ -313,7 +313,8 @@ class TrackQuality(msgspec.Struct, gc=False, omit_defaults=True, kw_only=True):
 
     The quality processor adds one per measured track to the batch it hands on
     (:attr:`Batch.quality`), so every later stage (issue detection, call summaries, the live view)
-    works from the same numbers as the ``observertc_quality_*`` histograms. A value that could not be
+    works from the same numbers as the ``observertc_quality_*`` histograms; the live view also learns
+    from it which tracks a client has and who sends them. A value that could not be
     measured in this sample is None. Interval values (``*_delta``, rates, fraction lost) cover the time
     since the track's previous sample.
     """
@@ -329,6 +330,12 @@ class TrackQuality(msgspec.Struct, gc=False, omit_defaults=True, kw_only=True):
     timestamp: int
     """The sample's timestamp (epoch ms)."""
     track_id: str | None = None
+    room_id: str | None = None
+    user_id: str | None = None
+    """``room_id``, ``user_id``: the client sample's, as correlated."""
+    remote_client_id: str | None = None
+    remote_user_id: str | None = None
+    """``remote_*``: the track's sender, for inbound tracks (as the correlation processor found it)."""
     rtt: float | None = None
     """Round-trip time, seconds."""
     jitter: float | None = None
