@@ -15,11 +15,22 @@ Where the numbers come from: every measurement shown is the ``quality`` processo
 (:attr:`Batch.quality <webrtc_observer.model.Batch.quality>`, the same values as the
 ``observertc_quality_*`` histograms), never computed here. Per client, a point of a chart is the
 worst of its tracks in that sample (highest RTT, fraction lost and jitter; lowest MOS, fps and frame
-height; audio MOS before video MOS) and bitrates are summed per direction. Issues are the ``issues``
-processor's ``CLIENT_ISSUE`` / ``CLIENT_ISSUE_RESOLVED`` reports, summaries the ``summary``
-processor's ``CALL_SUMMARY``, lifecycle the correlation processor's ``CALL_EVENT`` reports. So list
-this exporter in a pipeline after ``quality`` and ``reports`` (after ``issues`` and ``summary`` for
-those parts).
+height; audio MOS before video MOS) and bitrates are summed per direction. The tracks shown, and who
+they are (track id, peer connection, SSRC, kind, direction, the sender of an inbound track, the
+client's room and user), come from those same measurements: one ``TrackQuality`` per track and
+sample, which carries them. The track reports (``INBOUND_AUDIO_TRACK``...) are not read, so without
+a ``quality`` processor in the pipeline the page shows calls, clients, lifecycle, issues and SFUs,
+but no tracks and no charts. Issues are the ``issues`` processor's ``CLIENT_ISSUE`` /
+``CLIENT_ISSUE_RESOLVED`` reports, summaries the ``summary`` processor's ``CALL_SUMMARY``, lifecycle
+the correlation processor's ``CALL_EVENT`` reports, SFUs the ``reports`` processor's SFU pad reports.
+So list this exporter in a pipeline after ``quality`` and ``reports`` (after ``issues`` and
+``summary`` for those parts).
+
+A batch's measurements are applied where its first track report is (the ``reports`` processor puts
+a sample's track reports before the events the sample carries, so a call the view had not seen, or
+had dropped, is in view for them), else after its other reports; leaves, ends and summaries after
+them. A track is added to its client in the order of a sample's track reports (inbound before
+outbound, audio before video), as is a peer connection first named by a track.
 
 A call's **quality score** (0..4.5, lower is worse): the lowest *recent MOS* of its clients (the
 lowest MOS of each client's last ``score_samples`` samples; 4.5 when none is known; once all left,
@@ -74,13 +85,10 @@ from webrtc_observer.model import Batch, Report, TrackQuality
 from webrtc_observer.telemetry import Histogram, Telemetry
 from webrtc_observer.transaction import after_commit
 
-_TRACK_TYPES = {
-    "INBOUND_AUDIO_TRACK": ("inbound", "audio"),
-    "INBOUND_VIDEO_TRACK": ("inbound", "video"),
-    "OUTBOUND_AUDIO_TRACK": ("outbound", "audio"),
-    "OUTBOUND_VIDEO_TRACK": ("outbound", "video"),
-}
 _SFU_PAD_TYPES = frozenset({"SFU_INBOUND_RTP_PAD", "SFU_OUTBOUND_RTP_PAD"})
+_TRACK_TYPES = frozenset({"INBOUND_AUDIO_TRACK", "INBOUND_VIDEO_TRACK", "OUTBOUND_AUDIO_TRACK", "OUTBOUND_VIDEO_TRACK"})
+"""Not read (a track's measurement says who it is), but a batch's measurements are applied where its
+first one is: the ``reports`` processor puts a sample's track reports before the events it carries."""
 _LIFECYCLE = frozenset(
     {"CALL_STARTED", "CALL_ENDED", "CLIENT_JOINED", "CLIENT_LEFT", "PEER_CONNECTION_OPENED", "PEER_CONNECTION_CLOSED"}
 )
@@ -186,10 +194,6 @@ _ISSUE_EVENT_KEYS = (
 )
 
 
-_Owner = tuple[tuple[Any, ...], "tuple[_CallView, _ClientView] | None"] | None
-"""(a track report's call and client ids, the call and client they name) in :meth:`LiveView.update`."""
-
-
 class _Ring:
     """The last ``capacity`` points of a client: timestamps (int64) and values (float32, NaN = none).
 
@@ -281,36 +285,48 @@ def _worst_low(a: float, b: float) -> float:
 
 
 def _point(tracks: Iterable[TrackQuality]) -> list[float]:
-    """One client sample's point from the quality processor's measurements of its tracks."""
-    p = [_NAN] * len(_SERIES)
-    audio_mos = video_mos = _NAN
-    bitrate = {"inbound": _NAN, "outbound": _NAN}
+    """One client sample's point from the quality processor's measurements of its tracks: as
+    :func:`_worst_high` and :func:`_worst_low` would fold them (``x != x``: x is NaN, nothing yet)."""
+    rtt = loss = jitter = kbps_in = kbps_out = fps = width = height = audio_mos = video_mos = _NAN
     for q in tracks:
+        inbound = q.direction == "inbound"
         if q.rtt is not None:
-            p[_RTT] = _worst_high(p[_RTT], q.rtt * 1000)
+            value = q.rtt * 1000
+            if rtt != rtt or value > rtt:
+                rtt = value
         if q.bitrate is not None:
-            b = bitrate[q.direction]
-            bitrate[q.direction] = q.bitrate / 1000 if math.isnan(b) else b + q.bitrate / 1000
-        if q.direction != "inbound":
+            if inbound:
+                kbps_in = q.bitrate / 1000 if kbps_in != kbps_in else kbps_in + q.bitrate / 1000
+            else:
+                kbps_out = q.bitrate / 1000 if kbps_out != kbps_out else kbps_out + q.bitrate / 1000
+        if not inbound:
             continue
         if q.fraction_lost is not None:
-            p[_LOSS] = _worst_high(p[_LOSS], q.fraction_lost * 100)
+            value = q.fraction_lost * 100
+            if loss != loss or value > loss:
+                loss = value
         if q.jitter is not None:
-            p[_JITTER] = _worst_high(p[_JITTER], q.jitter * 1000)
+            value = q.jitter * 1000
+            if jitter != jitter or value > jitter:
+                jitter = value
         if q.mos is not None:
             if q.kind == "audio":
-                audio_mos = _worst_low(audio_mos, q.mos)
-            else:
-                video_mos = _worst_low(video_mos, q.mos)
+                if audio_mos != audio_mos or q.mos < audio_mos:
+                    audio_mos = q.mos
+            elif video_mos != video_mos or q.mos < video_mos:
+                video_mos = q.mos
         if q.kind == "video":
-            if q.fps is not None:
-                p[_FPS] = _worst_low(p[_FPS], q.fps)
-            if q.frame_height is not None and (math.isnan(p[_HEIGHT]) or q.frame_height < p[_HEIGHT]):
-                p[_WIDTH] = _NAN if q.frame_width is None else float(q.frame_width)
-                p[_HEIGHT] = float(q.frame_height)
-    p[_MOS] = video_mos if math.isnan(audio_mos) else audio_mos
-    p[_IN], p[_OUT] = bitrate["inbound"], bitrate["outbound"]
-    return p
+            if q.fps is not None and (fps != fps or q.fps < fps):
+                fps = q.fps
+            if q.frame_height is not None and (height != height or q.frame_height < height):
+                width = _NAN if q.frame_width is None else float(q.frame_width)
+                height = float(q.frame_height)
+    mos = video_mos if audio_mos != audio_mos else audio_mos
+    return [rtt, loss, jitter, kbps_in, kbps_out, mos, fps, width, height]
+
+
+def _track_order(q: TrackQuality) -> tuple[bool, bool]:
+    return q.direction != "inbound", q.kind != "audio"
 
 
 def _num(value: float | None, digits: int = 2) -> float | None:
@@ -542,7 +558,8 @@ def _attachments(text: Any) -> dict[str, Any]:
 
 
 class LiveView:
-    """What the page shows, built from the reports and quality measurements of committed batches."""
+    """What the page shows, built from the reports and quality measurements of committed batches (the
+    tracks and their identity from the measurements only)."""
 
     def __init__(self, config: LiveViewConfig) -> None:
         self._cfg = config
@@ -557,15 +574,12 @@ class LiveView:
         # Leaves, ends and summaries are applied after the batch's measurements, so the numbers of a
         # client's last sample land on its charts whatever order the reports came in.
         later: list[Report] = []
-        owner: _Owner = None
+        measured = batch.quality
+        touched: list[tuple[str, str]] = []
         for report in batch.reports:
-            payload = report.payload
             rtype = report.type
-            if rtype in _TRACK_TYPES:
-                owner = self._track_report(payload, *_TRACK_TYPES[rtype], owner)
-                continue
-            owner = None  # anything else may change which calls and clients there are
             if rtype == "CALL_EVENT":
+                payload = report.payload
                 name = payload.get("name")
                 if name in ("CLIENT_LEFT", "CALL_ENDED"):
                     later.append(report)
@@ -574,15 +588,24 @@ class LiveView:
                     later = self._rejoin(later, payload)
                 self._event(payload)
             elif rtype == "OBSERVER_EVENT":
+                payload = report.payload
                 name = payload.get("name")
                 if name in (_ISSUE_RAISED, _ISSUE_RESOLVED):
                     self._issue(payload, name == _ISSUE_RAISED)
                 elif name == _SUMMARY:
                     later.append(report)
             elif rtype in _SFU_PAD_TYPES:
-                self._sfu_pad(payload, rtype)
-        if batch.quality:
-            self._quality(batch.quality)
+                self._sfu_pad(report.payload, rtype)
+            elif measured and rtype in _TRACK_TYPES:
+                # Where the samples' own reports begin: the calls, clients and tracks they measure are
+                # in view for the events that follow (a call the view had not seen, or dropped).
+                touched = self._quality(measured)
+                measured = []
+        if measured:
+            self._quality(measured)
+        for key in touched:  # the measured calls are the most recently updated, whatever came after
+            if key in self._calls:
+                self._calls.move_to_end(key)
         for report in later:
             if report.type == "CALL_EVENT":
                 self._event(report.payload)
@@ -733,47 +756,6 @@ class LiveView:
             self._ended.popitem(last=False)
             self.dropped["endedCalls"] += 1
 
-    def _track_report(self, payload: Any, direction: str, kind: str, owner: _Owner) -> _Owner:
-        """Track reports name the track and, inbound, its sender; their numbers come from ``quality``.
-
-        ``owner`` is what the previous report (a track report too) found: a sample's track reports
-        come one after another, and looking their call and client up again would change nothing.
-        Returns what this one found, for the next."""
-        key = (
-            payload.get("serviceId"),
-            payload.get("callId"),
-            payload.get("roomId"),
-            payload.get("clientId"),
-            payload.get("userId"),
-            payload.get("timestamp") or 0,
-        )
-        if owner is None or owner[0] != key:
-            owner = (key, self._owning_client(payload, key))
-        found = owner[1]
-        pc_id, ssrc = payload.get("peerConnectionId"), payload.get("ssrc")
-        if found is None or pc_id is None or ssrc is None:
-            return owner
-        call, client = found
-        track = self._track(client, pc_id, direction, kind, ssrc)
-        if track is None:
-            return owner
-        track.track_id = payload.get("trackId") or track.track_id
-        if direction == "inbound":
-            track.remote_client_id = payload.get("remoteClientId") or track.remote_client_id
-            track.remote_user_id = payload.get("remoteUserId") or track.remote_user_id
-        remote = payload.get("remoteClientId")
-        if remote and payload.get("remoteUserId"):
-            call.users.setdefault(remote, payload["remoteUserId"])
-        return owner
-
-    def _owning_client(self, payload: Any, key: tuple[Any, ...]) -> tuple[_CallView, _ClientView] | None:
-        call = self._known(payload)
-        client_id = key[3]
-        if call is None or client_id is None:
-            return None
-        client = self._client(call, client_id, key[4], key[5], join=False)
-        return None if client is None else (call, client)
-
     def _track(self, client: _ClientView, pc_id: str, direction: str, kind: str, ssrc: int) -> _TrackView | None:
         key = (pc_id, direction, ssrc)
         track = client.tracks.get(key)
@@ -786,33 +768,68 @@ class LiveView:
                 client.peer_connections[pc_id] = [None, None]
         return track
 
-    def _quality(self, measured: list[TrackQuality]) -> None:
+    def _quality(self, measured: list[TrackQuality]) -> list[tuple[str, str]]:
+        """The quality processor's measurements, one group per client sample: its numbers, and who the
+        call, client and tracks are (room, user, track id, the sender of an inbound track). Returns
+        the calls found, in order."""
+        touched: list[tuple[str, str]] = []
         groups: dict[tuple[str, str | None, str, int], list[TrackQuality]] = {}
         for q in measured:
-            groups.setdefault((q.service_id, q.call_id, q.client_id, q.timestamp), []).append(q)
+            key = (q.service_id, q.call_id, q.client_id, q.timestamp)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [q]
+            else:
+                group.append(q)
         for (service_id, call_id, client_id, ts), tracks in groups.items():
             if call_id is None:
                 continue
-            call = self._live(service_id, call_id, None, ts, create=(service_id, call_id) not in self._ended)
+            first = tracks[0]
+            call = self._live(service_id, call_id, first.room_id, ts, create=(service_id, call_id) not in self._ended)
             if call is None:
                 continue
-            client = self._client(call, client_id, None, ts, join=False)
+            touched.append((service_id, call_id))
+            client = self._client(call, client_id, first.user_id, ts, join=False)
             if client is None:
                 continue
-            client.updated = max(client.updated, ts)
+            if ts > client.updated:
+                client.updated = ts
+            known = client.tracks
+            new: list[TrackQuality] = []
             for q in tracks:
-                track = self._track(client, q.peer_connection_id, q.direction, q.kind, q.ssrc)
-                if track is not None:
-                    track.latest = q
-                    track.updated = ts
-                    if q.track_id is not None:
-                        track.track_id = q.track_id
+                track = known.get((q.peer_connection_id, q.direction, q.ssrc))
+                if track is None:
+                    new.append(q)
+                else:
+                    self._track_update(call, track, q, ts)
+            if new:  # added in the order of the sample's track reports: inbound first, audio first
+                new.sort(key=_track_order)
+                for q in new:
+                    track = self._track(client, q.peer_connection_id, q.direction, q.kind, q.ssrc)
+                    if track is not None:
+                        self._track_update(call, track, q, ts)
             point = _point(tracks)
             last = client.series.last_ts()
             if last is None or ts > last:
                 client.series.push(ts, point)
             elif ts == last:
                 client.series.merge_last(point)
+        return touched
+
+    @staticmethod
+    def _track_update(call: _CallView, track: _TrackView, q: TrackQuality, ts: int) -> None:
+        track.latest = q
+        track.updated = ts
+        if q.track_id is not None:
+            track.track_id = q.track_id
+        remote = q.remote_client_id
+        if remote:
+            if q.direction == "inbound":
+                track.remote_client_id = remote
+            if q.remote_user_id:
+                call.users.setdefault(remote, q.remote_user_id)
+        if q.remote_user_id and q.direction == "inbound":
+            track.remote_user_id = q.remote_user_id
 
     def _issue(self, payload: Any, raised: bool) -> None:
         call = self._known(payload)
@@ -991,6 +1008,8 @@ class LiveViewExporter:
         self._config = config
         self._view = LiveView(config)
         self._runner: Listener | None = None
+        self._measured = False
+        """Whether a batch with quality measurements came (until then, one without is looked at)."""
         self.bound_port: int | None = None
 
     @property
@@ -1054,6 +1073,14 @@ class LiveViewExporter:
         return _json(found)
 
     async def consume(self, batch: Batch) -> None:
+        if batch.quality:
+            self._measured = True
+        elif not self._measured and any(r.type in _TRACK_TYPES for r in batch.reports):
+            self._measured = True  # said once
+            self._settings.logger.warning(
+                "track reports come without quality measurements: the live view shows tracks and charts"
+                " only with a quality processor before it in the pipeline"
+            )
         if batch.reports or batch.quality:
             await after_commit(lambda: self._view.update(batch))
 

@@ -391,19 +391,19 @@ async def test_a_call_page_names_its_sfus_tracks_and_senders(http):
             ),
             build("SFU_INBOUND_RTP_PAD", {**base, "rtpPadId": "in-9", "sfuStreamId": "st-9", "ssrc": 9}),  # no call: not shown
         ]
-        track = {"serviceId": SERVICE, "mediaUnitId": "web", "callId": "s1", "clientId": "bob", "sampleSeq": 1}
-        track |= {"timestamp": T0 + 1000, "ssrc": 2, "peerConnectionId": "pc-bob", "trackId": "t-bob-in"}
-        track |= {"remoteClientId": "alice", "remoteUserId": "user-alice"}
+        # Who a track is and who sends it come with its measurement, as the quality processor makes it.
+        identity = {"track_id": "t-bob-in", "remote_client_id": "alice", "remote_user_id": "user-alice"}
         await feed(
             c,
             *[
                 Report(type=t, payload=p)
                 for t, p in zip(("SFU_INBOUND_RTP_PAD", "SFU_OUTBOUND_RTP_PAD", "SFU_INBOUND_RTP_PAD"), pads, strict=True)
             ],
-            Report(type="INBOUND_VIDEO_TRACK", payload=build("INBOUND_VIDEO_TRACK", track)),
             event("PEER_CONNECTION_OPENED", "s1", "bob", T0 + 500, peerConnectionId="pc-bob"),
             quality=(
-                measured("s1", "bob", T0 + 1000, kind="video", ssrc=2, fps=24.0, frame_width=640, frame_height=360, mos=3.2),
+                measured(
+                    "s1", "bob", T0 + 1000, kind="video", ssrc=2, fps=24.0, frame_width=640, frame_height=360, mos=3.2, **identity
+                ),
             ),
         )
         detail = await get(c, http, "/ui/api/call?service=svc&call=s1")
@@ -486,3 +486,35 @@ async def test_a_leave_and_a_rejoin_in_one_batch_keep_the_client(http):
         assert sorted(cl["clientId"] for cl in call["clients"]) == ["alice", "bob"]
         alice = next(cl for cl in call["clients"] if cl["clientId"] == "alice")
         assert alice["joined"] == T0 + 1500 and alice["mos"] == 4.0
+
+
+async def test_a_samples_measurements_come_before_the_events_it_carries(http):
+    """A call the view has not seen (or dropped) comes into view with its sample's measurements, where the
+    sample's track reports are: the sample's own events that follow land on it."""
+    async with running_collector(bare()) as c:
+        track = {"serviceId": SERVICE, "mediaUnitId": "web", "callId": "m1", "clientId": "alice", "sampleSeq": 1}
+        track |= {"timestamp": T0, "ssrc": 1, "peerConnectionId": "pc-alice"}
+        await feed(
+            c,
+            Report(type="INBOUND_AUDIO_TRACK", payload=build("INBOUND_AUDIO_TRACK", track)),
+            event("MEDIA_TRACK_ADDED", "m1", "alice", T0, peerConnectionId="pc-alice"),
+            quality=(measured("m1", "alice", T0, mos=4.0, room_id="room-m1", user_id="user-alice"),),
+        )
+        detail = await get(c, http, "/ui/api/call?service=svc&call=m1")
+        assert detail["roomId"] == "room-m1" and [e["name"] for e in detail["events"]] == ["MEDIA_TRACK_ADDED"]
+        (alice,) = detail["clients"]
+        assert alice["userId"] == "user-alice" and [t["ssrc"] for t in alice["tracks"]] == [1]
+
+
+async def test_without_a_quality_processor_the_view_says_once_why_it_shows_no_tracks(http, caplog):
+    unmeasured = PIPELINE.replace("processors: [correlation, quality, reports]", "processors: [correlation, reports]")
+    for config, warned in ((unmeasured, 1), (PIPELINE, 0)):
+        caplog.clear()
+        async with running_collector(config) as c:
+            for tick in range(3):
+                alice = client("alice", call_id="c1", out=(1,), inb=(2,), ts=T0 + tick * 1000)
+                await post(c, http, alice, client("bob", call_id="c1", out=(2,), inb=(1,), ts=T0 + tick * 1000))
+            (call,) = (await get(c, http, "/ui/api/calls"))["calls"]
+            assert {cl["clientId"] for cl in call["clients"]} == {"alice", "bob"}  # calls and clients either way
+        said = [r for r in caplog.records if "without quality measurements" in r.getMessage()]
+        assert len(said) == warned, config
