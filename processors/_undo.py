@@ -12,6 +12,7 @@ to the end included, can be undone in place, which an ``OrderedDict`` cannot do.
 from __future__ import annotations
 
 import builtins
+import operator
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any, Generic, TypeVar
 
@@ -21,36 +22,41 @@ _MISSING: Any = object()
 
 
 class Journal:
-    """The changes of one message, and what to do once it is accepted."""
+    """The changes of one message, and what to do once it is accepted.
+
+    An undo record is a tuple ``(fn, *args)``, undone by ``fn(*args)``, and a commit-time entry a pair
+    ``(fn, args)``: a tuple costs less than a closure, and most messages are accepted, so the records
+    are made far more often than they are run."""
 
     __slots__ = ("_kept", "_later", "_undo")
 
     def __init__(self) -> None:
-        self._undo: list[Callable[[], None]] = []
-        self._later: list[Callable[[], None]] = []
-        self._kept: builtins.set[int] = builtins.set()
+        self._undo: list[tuple[Any, ...]] = []
+        self._later: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._kept: builtins.set[int] | None = None
 
-    def record(self, undo: Callable[[], None]) -> None:
-        self._undo.append(undo)
+    def record(self, undo: Callable[..., None], *args: Any) -> None:
+        """Undo a change with ``undo(*args)`` if the message is refused."""
+        self._undo.append((undo, *args))
 
-    def later(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` when the message is accepted (:meth:`commit`); forgotten on rollback."""
-        self._later.append(fn)
+    def later(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` when the message is accepted (:meth:`commit`); forgotten on rollback."""
+        self._later.append((fn, args))
 
     def set(self, table: MutableMapping[Any, Any], key: Any, value: Any) -> None:
         old = table.get(key, _MISSING)
         table[key] = value
         if old is _MISSING:
-            self._undo.append(lambda: table.pop(key, None))
+            self._undo.append((_discard, table, key))
         elif old is not value:
-            self._undo.append(lambda: table.__setitem__(key, old))
+            self._undo.append((operator.setitem, table, key, old))
 
     def pop(self, table: MutableMapping[Any, Any], key: Any) -> Any:
         """Remove ``key`` if present (undo puts it back, at the end of the table's order)."""
         old = table.pop(key, _MISSING)
         if old is _MISSING:
             return None
-        self._undo.append(lambda: table.__setitem__(key, old))
+        self._undo.append((operator.setitem, table, key, old))
         return old
 
     def keep(self, table: dict[Any, Any]) -> None:
@@ -58,67 +64,88 @@ class Journal:
 
         Only the first call per table copies it (the table must outlive the journal, which it does:
         a journal lives for one message)."""
-        if id(table) in self._kept:
+        kept = self._kept
+        if kept is None:
+            kept = self._kept = builtins.set()
+        elif id(table) in kept:
             return
-        self._kept.add(id(table))
-        saved = dict(table)
-
-        def restore() -> None:
-            table.clear()
-            table.update(saved)
-
-        self._undo.append(restore)
+        kept.add(id(table))
+        self._undo.append((_restore, table, dict(table)))
 
     def attr(self, obj: Any, name: str, value: Any) -> None:
         old = getattr(obj, name)
         if old is value or (type(old) is type(value) and old == value):
             return
         setattr(obj, name, value)
-        self._undo.append(lambda: setattr(obj, name, old))
+        self._undo.append((setattr, obj, name, old))
 
     def stamp(self, obj: Any, last_seen: float, last_ts: int) -> None:
         """Set ``obj.last_seen`` and ``obj.last_ts`` (the most frequent change) with one undo."""
-        self.stamp_all((obj,), last_seen, last_ts)
+        seen, ts = obj.last_seen, obj.last_ts
+        if seen == last_seen and ts == last_ts:
+            return
+        obj.last_seen = last_seen
+        obj.last_ts = last_ts
+        self._undo.append((_restamp, obj, seen, ts))
 
     def stamp_all(self, objs: Iterable[Any], last_seen: float, last_ts: int) -> None:
         """Set ``last_seen`` and ``last_ts`` of each of ``objs`` (distinct objects), with one undo for
         those that changed and none if none did."""
-        old = [(obj, obj.last_seen, obj.last_ts) for obj in objs if obj.last_seen != last_seen or obj.last_ts != last_ts]
-        if not old:
-            return
-        for obj, _, _ in old:
-            obj.last_seen = last_seen
-            obj.last_ts = last_ts
-
-        def undo() -> None:
-            for obj, seen, ts in old:
-                obj.last_seen = seen
-                obj.last_ts = ts
-
-        self._undo.append(undo)
+        old = []
+        for obj in objs:
+            seen, ts = obj.last_seen, obj.last_ts
+            if seen != last_seen or ts != last_ts:
+                old.append((obj, seen, ts))
+                obj.last_seen = last_seen
+                obj.last_ts = last_ts
+        if old:
+            self._undo.append((_restamp_all, old))
 
     def add(self, items: builtins.set[Any], item: Any) -> None:
         if item not in items:
             items.add(item)
-            self._undo.append(lambda: items.discard(item))
+            self._undo.append((builtins.set.discard, items, item))
 
     def append(self, items: list[Any], item: Any) -> None:
         items.append(item)
-        self._undo.append(items.pop)
+        self._undo.append((list.pop, items))
 
     def rollback(self) -> None:
         """Undo every recorded change, newest first."""
         undo, self._undo, self._later = self._undo, [], []
-        self._kept.clear()
-        for fn in reversed(undo):
-            fn()
+        self._kept = None
+        for entry in reversed(undo):
+            entry[0](*entry[1:])
 
     def commit(self) -> None:
         """The message was accepted: keep the changes, run what waited for it."""
-        later, self._later, self._undo = self._later, [], []
-        self._kept.clear()
-        for fn in later:
-            fn()
+        self._undo.clear()
+        self._kept = None
+        later = self._later
+        if later:
+            self._later = []
+            for fn, args in later:
+                fn(*args)
+
+
+def _discard(table: MutableMapping[Any, Any], key: Any) -> None:
+    table.pop(key, None)
+
+
+def _restore(table: dict[Any, Any], saved: dict[Any, Any]) -> None:
+    table.clear()
+    table.update(saved)
+
+
+def _restamp(obj: Any, last_seen: float, last_ts: int) -> None:
+    obj.last_seen = last_seen
+    obj.last_ts = last_ts
+
+
+def _restamp_all(old: list[tuple[Any, float, int]]) -> None:
+    for obj, seen, ts in old:
+        obj.last_seen = seen
+        obj.last_ts = ts
 
 
 class Recency(Generic[K, V]):
@@ -194,48 +221,73 @@ class Recency(Generic[K, V]):
         """Set ``key``: a new key goes to the end, a known one keeps its place."""
         known = self._nodes.get(key)
         if known is not None:
-            old = known[3]
+            journal.record(operator.setitem, known, 3, known[3])
             known[3] = value
-            journal.record(lambda: known.__setitem__(3, old))
             return
         node: list[Any] = [None, None, key, value]
         self._append(node)
         self._nodes[key] = node
-
-        def undo() -> None:
-            self._unlink(node)
-            del self._nodes[key]
-
-        journal.record(undo)
+        journal.record(_unappend, self._nodes, node)
 
     def move_to_end(self, key: K, journal: Journal) -> None:
         node = self._nodes[key]
         if self._root[0] is node:
             return
+        journal.record(_unmove, node, node[0], node[1])
+        self._to_end(node)
+
+    def replace(self, key: K, value: V, journal: Journal) -> None:
+        """Set a known ``key`` to ``value`` and move it to the end, with one undo for both."""
+        node = self._nodes[key]
+        journal.record(_unreplace, node, node[0], node[1], node[3])
+        node[3] = value
+        if self._root[0] is not node:
+            self._to_end(node)
+
+    def _to_end(self, node: list[Any]) -> None:
+        """Move a linked node that is not the last to the end."""
         prev, nxt = node[0], node[1]
-        self._unlink(node)
-        self._append(node)
-
-        def undo() -> None:
-            self._unlink(node)
-            node[0], node[1] = prev, nxt
-            self._relink(node)
-
-        journal.record(undo)
+        prev[1] = nxt
+        nxt[0] = prev
+        root = self._root
+        last = root[0]
+        node[0], node[1] = last, root
+        last[1] = node
+        root[0] = node
 
     def pop(self, key: K, journal: Journal) -> V | None:
         node = self._nodes.pop(key, None)
         if node is None:
             return None
         self._unlink(node)  # the node keeps its neighbours: undo links it between them again
-
-        def undo() -> None:
-            self._relink(node)
-            self._nodes[key] = node
-
-        journal.record(undo)
+        journal.record(_repop, self._nodes, node)
         return node[3]
 
     def clear(self) -> None:
         self._nodes.clear()
         self._root[0] = self._root[1] = self._root
+
+
+def _unappend(nodes: dict[Any, list[Any]], node: list[Any]) -> None:
+    """Undo :meth:`Recency.set` of a new key."""
+    Recency._unlink(node)
+    del nodes[node[2]]
+
+
+def _unmove(node: list[Any], prev: list[Any], nxt: list[Any]) -> None:
+    """Undo :meth:`Recency.move_to_end`: back between its old neighbours (theirs again by then)."""
+    Recency._unlink(node)
+    node[0], node[1] = prev, nxt
+    Recency._relink(node)
+
+
+def _unreplace(node: list[Any], prev: list[Any], nxt: list[Any], value: Any) -> None:
+    """Undo :meth:`Recency.replace`."""
+    _unmove(node, prev, nxt)
+    node[3] = value
+
+
+def _repop(nodes: dict[Any, list[Any]], node: list[Any]) -> None:
+    """Undo :meth:`Recency.pop`."""
+    Recency._relink(node)
+    nodes[node[2]] = node
