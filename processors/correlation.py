@@ -454,17 +454,15 @@ class CorrelationProcessor:
             self._j.attr(part, "clock", ms)
 
     def _count_events(self, events: list[Report]) -> None:
-        if not events:
-            return
+        if events:
+            self._j.later(self._add_events, events)
 
-        def count() -> None:
-            for report in events:
-                self._events.add(1, self._label, report.payload.get("name"))
-
-        self._j.later(count)
+    def _add_events(self, events: list[Report]) -> None:
+        for report in events:
+            self._events.add(1, self._label, report.payload.get("name"))
 
     def _count_later(self, counter: Any, *labels: str) -> None:
-        self._j.later(lambda: counter.add(1, *labels))
+        self._j.later(counter.add, 1, *labels)
 
     def _bump(self, table: dict[str, int], service: str, delta: int) -> None:
         n = table.get(service, 0) + delta
@@ -513,9 +511,10 @@ class CorrelationProcessor:
 
     def _client_sample(self, sample: ClientSample, now: float, events: list[Report]) -> ClientSample:
         j = self._j
+        part = self._p
         service = sample.origin.service_id
         client_key = (service, sample.client_id)
-        client = self._p.clients.get(client_key)
+        client = part.clients.get(client_key)
         call_id, reason = self._settle_call_id(sample, client)
         if call_id is None:
             self._count_later(self._refused, self._label, reason or "unknown")
@@ -530,7 +529,9 @@ class CorrelationProcessor:
                 )
             if self._total("clients") >= self._config.max_clients:
                 raise RetryLater("correlation: max_clients reached", retry_after=_FULL_RETRY_AFTER)
-        call = self._p.calls.get((service, call_id))
+        ts = sample.timestamp
+        call_key = (service, call_id)
+        call = part.calls.get(call_key)
         if call is None:
             if self._service_calls.get(service, 0) >= self._max_calls_per_service:
                 raise Refused(
@@ -539,31 +540,38 @@ class CorrelationProcessor:
             if self._total("calls") >= self._config.max_calls:
                 raise RetryLater("correlation: max_calls reached", retry_after=_FULL_RETRY_AFTER)
             call = _Call(service, call_id, sample.room_id, sample)
-            j.set(self._p.calls, (service, call_id), call)
+            j.set(part.calls, call_key, call)
             self._bump(self._service_calls, service, 1)
-            events.append(self._call_event("CALL_STARTED", call, None, sample.timestamp))
-        self._p.empty_calls.pop((service, call_id), j)
-        self._touch("call", service, call_id)
+            events.append(self._call_event("CALL_STARTED", call, None, ts))
+        part.empty_calls.pop(call_key, j)
+        if part.tracking:
+            self._touch("call", service, call_id)
         joined = client is None
         if client is None:
             client = _Client(sample.client_id, call, sample, now)
-            self._p.clients.set(client_key, client, j)
+            part.clients.set(client_key, client, j)
             self._bump(self._service_clients, service, 1)
             j.set(call.clients, sample.client_id, client)
             j.attr(call, "peak_clients", max(call.peak_clients, len(call.clients)))
         else:
-            self._p.clients.move_to_end(client_key, j)
-        j.stamp(client, now, max(client.last_ts, sample.timestamp))
-        j.attr(call, "last_ts", max(call.last_ts, sample.timestamp))
+            part.clients.move_to_end(client_key, j)
+        j.stamp(client, now, client.last_ts if client.last_ts > ts else ts)
+        if ts > call.last_ts:
+            j.attr(call, "last_ts", ts)
         if sample.user_id:
             j.attr(client, "user_id", sample.user_id)
         j.attr(client, "seq", sample.sample_seq if sample.sample_seq is not None else client.seq + 1)
         if joined:
-            events.append(self._call_event("CLIENT_JOINED", call, client, sample.timestamp))
+            events.append(self._call_event("CLIENT_JOINED", call, client, ts))
 
         inbound = self._update_media(client, sample, now, events)
-        leaving = sample.closing or any(_normalise(e.name) == "CLIENT_LEFT" for e in sample.events)
-        kept_events = [e for e in sample.events if _normalise(e.name) not in _LIFECYCLE]
+        leaving = sample.closing
+        kept_events = sample.events
+        if kept_events:
+            names = [_normalise(e.name) for e in kept_events]
+            leaving = leaving or "CLIENT_LEFT" in names
+            if not _LIFECYCLE.isdisjoint(names):
+                kept_events = [e for e, name in zip(kept_events, names, strict=True) if name not in _LIFECYCLE]
         out = msgspec.structs.replace(
             sample,
             call_id=call_id,
@@ -572,7 +580,7 @@ class CorrelationProcessor:
             sample_seq=client.seq,
             correlated=True,
             inbound_tracks=inbound,
-            events=kept_events if len(kept_events) != len(sample.events) else sample.events,
+            events=kept_events,
         )
         if leaving:
             self._remove_client(client, events, now)
@@ -581,6 +589,7 @@ class CorrelationProcessor:
     def _update_media(self, client: _Client, sample: ClientSample, now: float, events: list[Report]) -> list[Track]:
         """Open/close peer connections and tracks; return the inbound tracks with their senders."""
         j = self._j
+        part = self._p
         call = client.call
         service = call.service_id
         ts = sample.timestamp
@@ -599,39 +608,41 @@ class CorrelationProcessor:
                     self._see_pc(client, pc_id, seen_pcs, ts, now, events)
 
         for direction, tracks in (("out", sample.outbound_tracks), ("in", sample.inbound_tracks)):
+            outbound = direction == "out"
             for track in tracks:
                 pc_id = track.peer_connection_id
                 if pc_id is None:
                     continue
                 pc = seen_pcs.get(pc_id) or self._see_pc(client, pc_id, seen_pcs, ts, now, events)
                 pcs_with_tracks.add(pc_id)
-                key = (direction, track.track_id or track.ssrc)
+                ssrc = track.ssrc
+                key = (direction, track.track_id or ssrc)
                 state = pc.tracks.get(key)
                 if state is None:
                     state = _Track(key, direction, track, ts, now)
                     j.keep(pc.tracks)
                     pc.tracks[key] = state
-                    events.append(self._track_event("MEDIA_TRACK_ADDED", call, client, pc_id, state, track.ssrc, ts))
+                    events.append(self._track_event("MEDIA_TRACK_ADDED", call, client, pc_id, state, ssrc, ts))
                 seen_tracks.add(state)
-                if track.ssrc not in state.ssrcs:
-                    j.add(state.ssrcs, track.ssrc)
-                    j.set(self._p.ssrc_calls, (service, track.ssrc), call.call_id)
-                    if direction == "out":
+                if ssrc not in state.ssrcs:
+                    j.add(state.ssrcs, ssrc)
+                    j.set(part.ssrc_calls, (service, ssrc), call.call_id)
+                    if outbound:
                         sender = _Publisher(call.call_id, client.client_id, client.user_id, pc_id, state.track_id)
-                        j.set(call.outbound_by_ssrc, track.ssrc, sender)
-                if direction == "out" and track.sfu_stream_id:
-                    j.attr(state, "sfu_stream_id", track.sfu_stream_id)
-                    publisher = _Publisher(call.call_id, client.client_id, client.user_id, pc_id, state.track_id)
-                    if self._p.streams.get((service, track.sfu_stream_id)) != publisher:
-                        j.set(self._p.streams, (service, track.sfu_stream_id), publisher)
-                elif direction == "in" and track.sfu_sink_id:
+                        j.set(call.outbound_by_ssrc, ssrc, sender)
+                if outbound:
+                    if track.sfu_stream_id:
+                        j.attr(state, "sfu_stream_id", track.sfu_stream_id)
+                        publisher = _Publisher(call.call_id, client.client_id, client.user_id, pc_id, state.track_id)
+                        if part.streams.get((service, track.sfu_stream_id)) != publisher:
+                            j.set(part.streams, (service, track.sfu_stream_id), publisher)
+                elif track.sfu_sink_id:
                     j.attr(state, "sfu_sink_id", track.sfu_sink_id)
                     subscriber = _Publisher(call.call_id, client.client_id, client.user_id, pc_id, state.track_id)
-                    if self._p.sinks.get((service, track.sfu_sink_id)) != subscriber:
-                        j.set(self._p.sinks, (service, track.sfu_sink_id), subscriber)
+                    if part.sinks.get((service, track.sfu_sink_id)) != subscriber:
+                        j.set(part.sinks, (service, track.sfu_sink_id), subscriber)
 
-        j.stamp_all(seen_pcs.values(), now, ts)  # new ones have these times already
-        j.stamp_all(seen_tracks, now, ts)
+        j.stamp_all([*seen_pcs.values(), *seen_tracks], now, ts)  # new ones have these times already
 
         # What disappeared: peer connections absent from a sample that describes peer connections;
         # tracks absent from their peer connection's tracks in this sample; anything idle too long.
@@ -643,7 +654,10 @@ class CorrelationProcessor:
                 self._close_pc(client, pc, events)
                 continue
             listed = pc_id in pcs_with_tracks
-            gone = [t for t in pc.tracks.values() if (listed and t not in seen_tracks) or t.last_seen < idle_limit]
+            gone: list[_Track] = []
+            for state in pc.tracks.values():
+                if (listed and state not in seen_tracks) or state.last_seen < idle_limit:
+                    gone.append(state)
             for state in gone:
                 self._remove_track(client, pc, state, events)
 
@@ -1337,48 +1351,52 @@ def _scalar(value: Any, where: str) -> None:
         raise _bad(where, f"expected a string or number, got {type(value).__name__}")
 
 
-_STR_OR_NONE = (str, type(None))
-
-
 def _check_client(s: ClientSample) -> None:
     """Refuse (400) a sample correlation cannot use. The common, valid case costs one pass of type checks."""
-    ok = (
-        type(s.client_id) is str
-        and s.client_id
-        and type(s.call_id) in _STR_OR_NONE
-        and type(s.room_id) in _STR_OR_NONE
-        and type(s.user_id) in _STR_OR_NONE
-        and type(s.marker) in _STR_OR_NONE
-        and type(s.timestamp) is int
-        and _LONG[0] <= s.timestamp <= _LONG[1]
-        and type(s.sample_seq) in (int, type(None))
-        and type(s.closing) is bool
-        and all(type(ev.name) is str for ev in s.events)
-        and _tracks_ok(s.outbound_tracks)
-        and _tracks_ok(s.inbound_tracks)
-        and all(type(pc.peer_connection_id) is str and type(pc.label) in _STR_OR_NONE for pc in s.peer_connections)
-        and all(
-            type(rec) is dict and type(rec.get("peerConnectionId")) in _STR_OR_NONE
-            for records in (s.transports, s.candidate_pairs, s.data_channels)
-            for rec in records
-        )
-    )
-    if not ok:
+    if not _valid_client(s):
         _explain_client(s)
 
 
-def _tracks_ok(tracks: list[Track]) -> bool:
-    """Whether every track has the types correlation uses (a loop: the common case is many tracks)."""
-    for t in tracks:
-        if not (
-            type(t.ssrc) is int
-            and type(t.kind) is str
-            and type(t.peer_connection_id) in _STR_OR_NONE
-            and type(t.track_id) in _STR_OR_NONE
-            and type(t.sfu_stream_id) in _STR_OR_NONE
-            and type(t.sfu_sink_id) in _STR_OR_NONE
-        ):
+def _valid_client(s: ClientSample) -> bool:
+    """Whether every field correlation uses has its type (loops, no generators: the common case is
+    many tracks and records; ``x is None or type(x) is str``: cheaper than ``type(x) in (str, NoneType)``)."""
+    if not (
+        type(s.client_id) is str
+        and s.client_id
+        and (s.call_id is None or type(s.call_id) is str)
+        and (s.room_id is None or type(s.room_id) is str)
+        and (s.user_id is None or type(s.user_id) is str)
+        and (s.marker is None or type(s.marker) is str)
+        and type(s.timestamp) is int
+        and _LONG[0] <= s.timestamp <= _LONG[1]
+        and (s.sample_seq is None or type(s.sample_seq) is int)
+        and type(s.closing) is bool
+    ):
+        return False
+    for ev in s.events:
+        if type(ev.name) is not str:
             return False
+    for tracks in (s.outbound_tracks, s.inbound_tracks):
+        for t in tracks:
+            if not (
+                type(t.ssrc) is int
+                and type(t.kind) is str
+                and (t.peer_connection_id is None or type(t.peer_connection_id) is str)
+                and (t.track_id is None or type(t.track_id) is str)
+                and (t.sfu_stream_id is None or type(t.sfu_stream_id) is str)
+                and (t.sfu_sink_id is None or type(t.sfu_sink_id) is str)
+            ):
+                return False
+    for pc in s.peer_connections:
+        if type(pc.peer_connection_id) is not str or not (pc.label is None or type(pc.label) is str):
+            return False
+    for records in (s.transports, s.candidate_pairs, s.data_channels):
+        for rec in records:
+            if type(rec) is not dict:
+                return False
+            pc_id = rec.get("peerConnectionId")
+            if not (pc_id is None or type(pc_id) is str):
+                return False
     return True
 
 
