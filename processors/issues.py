@@ -136,6 +136,7 @@ _THRESHOLD_RANGES: Mapping[str, tuple[float, float, str]] = {
     "client_lost": (1.0, 1000.0, "a number of sample intervals, at least 1"),
 }
 
+_NOTHING: frozenset[str] = frozenset()
 _CLIENT_SCOPE = frozenset({"client_issue", "rejoin", "user_media_error"})
 _TRACK_SCOPE = frozenset({"low_mos", "frozen_video", "no_media", "quality_limited_cpu", "quality_limited_bandwidth"})
 _MIN_SPACING_MS = 100
@@ -237,16 +238,14 @@ class _Cond:
         """What the last sample in which it held said: values, track id, direction, kind."""
 
     def copy(self) -> _Cond:
-        c = _Cond()
-        c.hits, c.clears, c.active, c.started, c.ended, c.worst, c.info = (
-            self.hits,
-            self.clears,
-            self.active,
-            self.started,
-            self.ended,
-            self.worst,
-            self.info,
-        )
+        c = _Cond.__new__(_Cond)
+        c.hits = self.hits
+        c.clears = self.clears
+        c.active = self.active
+        c.started = self.started
+        c.ended = self.ended
+        c.worst = self.worst
+        c.info = self.info
         return c
 
     def dump(self) -> list[Any]:
@@ -280,10 +279,17 @@ class _Client:
         self.conds: dict[Key, _Cond] = {}
 
     def copy(self) -> _Client:
-        c = _Client(self.call_id, self.media_unit_id)
-        c.room_id, c.user_id, c.marker, c.seq = self.room_id, self.user_id, self.marker, self.seq
-        c.last_ts, c.seen, c.spacings = self.last_ts, self.seen, list(self.spacings)
-        c.conds = {k: v.copy() for k, v in self.conds.items()}
+        c = _Client.__new__(_Client)
+        c.call_id = self.call_id
+        c.media_unit_id = self.media_unit_id
+        c.room_id = self.room_id
+        c.user_id = self.user_id
+        c.marker = self.marker
+        c.seq = self.seq
+        c.last_ts = self.last_ts
+        c.seen = self.seen
+        c.spacings = self.spacings[:]
+        c.conds = {k: v.copy() for k, v in self.conds.items()} if self.conds else {}
         return c
 
     def spacing(self) -> int | None:
@@ -451,7 +457,7 @@ def _find(
         _track_conditions(f, quality, detectors, on)
     if sample.transports:
         _transport_conditions(f, sample, on)
-    if "turn_relay" in on or "tcp_transport" in on:
+    if ("turn_relay" in on or "tcp_transport" in on) and sample.candidate_pairs and sample.local_candidates:
         _candidate_conditions(f, sample, on)
     _event_conditions(f, sample, rejoined, ignored, on)
     return f
@@ -478,7 +484,7 @@ def _link_conditions(
         jitter: float | None = None  # likewise
         jitter_from = qs[0]
         for q in qs:
-            fraction = q.fraction_lost
+            fraction, q_rtt, q_jitter = q.fraction_lost, q.rtt, q.jitter
             if fraction is not None:
                 if q.direction == "inbound":
                     if q.packets_delta is not None and fraction < 1.0:
@@ -488,10 +494,10 @@ def _link_conditions(
                         expected += n
                 elif loss is None or fraction > loss:
                     loss, loss_from = fraction, q
-            if q.rtt is not None and (rtt is None or q.rtt > rtt):
-                rtt, rtt_from = q.rtt, q
-            if q.jitter is not None and (jitter is None or q.jitter > jitter):
-                jitter, jitter_from = q.jitter, q
+            if q_rtt is not None and (rtt is None or q_rtt > rtt):
+                rtt, rtt_from = q_rtt, q
+            if q_jitter is not None and (jitter is None or q_jitter > jitter):
+                jitter, jitter_from = q_jitter, q
         if expected > 0:
             inbound_loss = lost / expected
             if loss is None or inbound_loss >= loss:
@@ -630,9 +636,12 @@ def _event_conditions(f: _Findings, sample: ClientSample, rejoined: bool, ignore
     if "rejoin" in on and rejoined:
         f.hold(("rejoin", "", -1, ""), None, {"values": {}})
     if "user_media_error" in on and sample.meta:
-        errors = [m for m in sample.meta if isinstance(m.type, str) and _normalise(m.type) == "USER_MEDIA_ERROR"]
-        if errors:
-            payload = errors[-1].payload
+        error = None  # the last one
+        for m in sample.meta:
+            if isinstance(m.type, str) and _normalise(m.type) == "USER_MEDIA_ERROR":
+                error = m
+        if error is not None:
+            payload = error.payload
             text = payload if isinstance(payload, str) else orjson.dumps(payload).decode() if payload is not None else ""
             f.hold(("user_media_error", "", -1, ""), None, {"values": {"error": text[:500]}})
 
@@ -903,7 +912,9 @@ class IssuesProcessor:
                 client.call_id = sample.call_id
             gap = now - client.seen
             if gap >= _MIN_SPACING_MS:
-                client.spacings = [*client.spacings, gap][-_SPACINGS:]
+                spacings = client.spacings  # the copy's own list
+                spacings.append(gap)
+                del spacings[:-_SPACINGS]
         client.media_unit_id = sample.origin.media_unit_id
         client.room_id = sample.room_id or client.room_id
         client.user_id = sample.user_id or client.user_id
@@ -915,7 +926,8 @@ class IssuesProcessor:
         if lost is not None:  # it sends again
             lost.ended = sample.timestamp
             out.extend(self._resolved(client, key, ("client_lost", "", -1, ""), lost, sample.timestamp))
-        watched = {cond_key[0] for cond_key in client.conds}  # a clear condition matters only if the client has it
+        # a clear condition matters only if the client has it
+        watched = {cond_key[0] for cond_key in client.conds} if client.conds else _NOTHING
         findings = _find(sample, quality, rejoined, self._detectors, self._ignored, self._enabled, watched)
         ts = sample.timestamp
         for cond_key, (value, info) in sorted(findings.held.items()):
@@ -962,7 +974,8 @@ class IssuesProcessor:
             if state_now == "gone" or cond.clears >= self._detectors[issue_type].min_samples:
                 out.extend(self._resolved(client, key, cond_key, cond, ts))
         j.set(part.clients, key, client)
-        self._touch(part, "client", key)
+        if part.journaled:
+            self._touch(part, "client", key)
         return out
 
     def _resolved(self, client: _Client, key: tuple[str, str], cond_key: Key, cond: _Cond, ts: int) -> list[Report]:

@@ -65,9 +65,9 @@ input (HTTP, WebSocket) also follows the wall clock. State is bounded:
 
 from __future__ import annotations
 
-import bisect
 import math
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -186,24 +186,29 @@ class _Client:
 
     def clone(self) -> _Client:
         c = _Client.__new__(_Client)
-        c.user_id, c.present, c.lazy, c.joined_at, c.in_call_ms = (
-            self.user_id,
-            self.present,
-            self.lazy,
-            self.joined_at,
-            self.in_call_ms,
-        )
-        c.mos_sum, c.mos_n, c.mos_min, c.lost, c.expected, c.intervals = (
-            self.mos_sum,
-            self.mos_n,
-            self.mos_min,
-            self.lost,
-            self.expected,
-            self.intervals,
-        )
-        c.rtt_sum, c.rtt_n, c.rtt_max, c.rtt_hist = self.rtt_sum, self.rtt_n, self.rtt_max, self.rtt_hist[:]
-        c.jitter_sum, c.jitter_n, c.bytes, c.turn = self.jitter_sum, self.jitter_n, self.bytes[:], self.turn
-        c.relay_ids, c.used_locals, c.issues, c.worst = self.relay_ids[:], self.used_locals[:], self.issues.copy(), self.worst
+        c.user_id = self.user_id
+        c.present = self.present
+        c.lazy = self.lazy
+        c.joined_at = self.joined_at
+        c.in_call_ms = self.in_call_ms
+        c.mos_sum = self.mos_sum
+        c.mos_n = self.mos_n
+        c.mos_min = self.mos_min
+        c.lost = self.lost
+        c.expected = self.expected
+        c.intervals = self.intervals
+        c.rtt_sum = self.rtt_sum
+        c.rtt_n = self.rtt_n
+        c.rtt_max = self.rtt_max
+        c.rtt_hist = self.rtt_hist[:]
+        c.jitter_sum = self.jitter_sum
+        c.jitter_n = self.jitter_n
+        c.bytes = self.bytes[:]
+        c.turn = self.turn
+        c.relay_ids = self.relay_ids[:]
+        c.used_locals = self.used_locals[:]
+        c.issues = self.issues.copy()
+        c.worst = self.worst
         return c
 
 
@@ -244,9 +249,18 @@ class _Call:
     def clone(self) -> _Call:
         """A copy to change for one message; the clients are the same objects (copied when changed)."""
         c = _Call.__new__(_Call)
-        c.service_id, c.call_id, c.room_id, c.media_unit_id = self.service_id, self.call_id, self.room_id, self.media_unit_id
-        c.started, c.started_lazy, c.seen, c.clients = self.started, self.started_lazy, self.seen, dict(self.clients)
-        c.current, c.peak, c.untracked, c.untracked_present = self.current, self.peak, self.untracked, self.untracked_present
+        c.service_id = self.service_id
+        c.call_id = self.call_id
+        c.room_id = self.room_id
+        c.media_unit_id = self.media_unit_id
+        c.started = self.started
+        c.started_lazy = self.started_lazy
+        c.seen = self.seen
+        c.clients = self.clients.copy()
+        c.current = self.current
+        c.peak = self.peak
+        c.untracked = self.untracked
+        c.untracked_present = self.untracked_present
         return c
 
 
@@ -417,8 +431,7 @@ class SummaryProcessor:
         known = calls.get(key)
         if known is not None:
             call = known.clone()
-            calls.set(key, call, a.journal)
-            calls.move_to_end(key, a.journal)
+            calls.replace(key, call, a.journal)
         elif not create or self.calls >= self._max_calls:
             return None
         else:
@@ -717,7 +730,7 @@ def _accumulate(client: _Client, q: TrackQuality) -> None:
         client.rtt_n += 1
         if ms > client.rtt_max:
             client.rtt_max = ms
-        client.rtt_hist[bisect.bisect_left(_RTT_BOUNDS, ms)] += 1
+        client.rtt_hist[bisect_left(_RTT_BOUNDS, ms)] += 1
     if bytes_delta is not None and bytes_delta > 0:
         client.bytes[(2 if q.kind == "video" else 0) + (1 if inbound else 0)] += bytes_delta
     if not inbound:
@@ -763,27 +776,30 @@ def _turn(client: _Client, sample: ClientSample) -> None:
 
 def _used_local_candidates(sample: ClientSample) -> list[str]:
     """The local candidate ids of the pairs in use: a transport's selected pair, else a nominated and
-    succeeded pair, per peer connection."""
-    selected = {
-        (t.get("peerConnectionId"), t.get("selectedCandidatePairId"))
-        for t in sample.transports
-        if t.get("selectedCandidatePairId")
-    }
-    by_pc: dict[Any, tuple[bool, str]] = {}
+    succeeded pair, per peer connection (in the order of the first such pair of each)."""
+    selected: set[tuple[Any, Any]] = set()
+    for t in sample.transports:
+        pair_id = t.get("selectedCandidatePairId")
+        if pair_id:
+            selected.add((t.get("peerConnectionId"), pair_id))
+    by_pc: dict[Any, str] = {}  # peer connection → the local candidate of its pair in use
     for pair in sample.candidate_pairs:
         local = pair.get("localCandidateId")
         if not isinstance(local, str):
             continue
         pc = pair.get("peerConnectionId")
         if (pc, pair.get("candidatePairId")) in selected:
-            by_pc[pc] = (True, local)
-        elif _nominated(pair) and not by_pc.get(pc, (False, ""))[0]:
-            by_pc.setdefault(pc, (False, local))
-    return [local for _, local in by_pc.values()]
+            by_pc[pc] = local  # the selected pair wins over a nominated one
+        elif pc not in by_pc and _nominated(pair):
+            by_pc[pc] = local
+    return list(by_pc.values())
 
 
 def _nominated(pair: Stats) -> bool:
-    return pair.get("nominated") is True and str(pair.get("state", "")).lower() == "succeeded"
+    if pair.get("nominated") is not True:
+        return False
+    state = pair.get("state", "")
+    return state == "succeeded" or str(state).lower() == "succeeded"  # the first: without a new string
 
 
 def _round(value: float, digits: int = 3) -> float:
