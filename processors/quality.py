@@ -227,11 +227,14 @@ emitted count, frames (decoded inbound, encoded outbound)."""
 _NAN = math.nan
 _INF = math.inf
 
-# The stats fields (2.x names) a track's counters come from, read with ``_counters``. An inbound
-# track's ``packetsLost`` is read apart: it may be negative (duplicates).
+# The stats fields (2.x names) a track's counters come from, read in one ``_counters`` call per track:
+# those of its direction, then for video the frame size and rate. An inbound track's ``packetsLost`` is
+# read apart: it may be negative (duplicates).
 _INBOUND_COUNTERS = ("bytesReceived", "packetsReceived", "jitterBufferDelay", "jitterBufferEmittedCount", "framesDecoded")
 _OUTBOUND_FIELDS = ("bytesSent", "packetsSent", "framesEncoded", "fractionLost")
 _VIDEO_FIELDS = ("frameWidth", "frameHeight", "framesPerSecond")
+_INBOUND_VIDEO_FIELDS = _INBOUND_COUNTERS + _VIDEO_FIELDS
+_OUTBOUND_VIDEO_FIELDS = _OUTBOUND_FIELDS + _VIDEO_FIELDS
 
 
 def _counters(stats: Stats, names: tuple[str, ...]) -> list[float]:
@@ -288,16 +291,17 @@ class _KindSeries:
 
     def observe(self, q: TrackQuality) -> None:
         """The histograms' values of one track's measurement."""
-        if q.rtt is not None:
-            self.rtt.observe(q.rtt)
-        if q.jitter is not None:
-            self.jitter.observe(q.jitter)
-        if q.fraction_lost is not None:
-            self.fraction_lost.observe(q.fraction_lost)
-        if q.bitrate is not None:
-            (self.bitrate_in if q.direction == "inbound" else self.bitrate_out).observe(q.bitrate / 8.0)
-        if q.mos is not None:
-            self.mos.observe(q.mos)
+        rtt, jitter, fraction_lost, bitrate, mos = q.rtt, q.jitter, q.fraction_lost, q.bitrate, q.mos
+        if rtt is not None:
+            self.rtt.observe(rtt)
+        if jitter is not None:
+            self.jitter.observe(jitter)
+        if fraction_lost is not None:
+            self.fraction_lost.observe(fraction_lost)
+        if bitrate is not None:
+            (self.bitrate_in if q.direction == "inbound" else self.bitrate_out).observe(bitrate / 8.0)
+        if mos is not None:
+            self.mos.observe(mos)
 
 
 class _UnitSeries(dict[str, _KindSeries]):
@@ -512,16 +516,28 @@ class QualityProcessor:
         if rtt is None:
             rtt = pair_rtts.get(key[0])
         jitter = _seconds(stats.get("jitter"))
+        kind = track.kind
+        video = kind == "video"
+        width = height = reported_fps = _NAN  # video only
         fraction_lost: float | None = None
+        jb_delay = jb_emitted = lost = _NAN  # inbound only
         if inbound:
-            received, packets, jb_delay, jb_emitted, frames = _counters(stats, _INBOUND_COUNTERS)
-            counters = (received, packets, _finite(stats.get("packetsLost")), jb_delay, jb_emitted, frames)
+            if video:
+                count, packets, jb_delay, jb_emitted, frames, width, height, reported_fps = _counters(
+                    stats, _INBOUND_VIDEO_FIELDS
+                )
+            else:
+                count, packets, jb_delay, jb_emitted, frames = _counters(stats, _INBOUND_COUNTERS)
+            lost = _finite(stats.get("packetsLost"))
         else:
-            sent, packets, frames, reported = _counters(stats, _OUTBOUND_FIELDS)
-            counters = (sent, packets, _NAN, _NAN, _NAN, frames)
+            if video:
+                count, packets, frames, reported, width, height, reported_fps = _counters(stats, _OUTBOUND_VIDEO_FIELDS)
+            else:
+                count, packets, frames, reported = _counters(stats, _OUTBOUND_FIELDS)
             if reported <= 1.0:  # false for NaN
                 fraction_lost = reported
-        new = array("d", (timestamp, timestamp, *counters))  # the next baseline: this sample
+        # The next baseline: this sample.
+        new = array("d", (timestamp, timestamp, count, packets, lost, jb_delay, jb_emitted, frames))
         bitrate = mos = None
         d_bytes = d_packets = d_frames = None
         interval: float | None = None
@@ -529,13 +545,13 @@ class QualityProcessor:
             span = (timestamp - baseline[_BASE]) / 1000.0
             if span >= MIN_INTERVAL:
                 interval = span
-                d_bytes = _delta(counters[0], baseline[_BYTES])
-                d_packets = _delta(counters[1], baseline[_RECEIVED])
-                d_frames = _delta(counters[5], baseline[_FRAMES])
+                d_bytes = _delta(count, baseline[_BYTES])
+                d_packets = _delta(packets, baseline[_RECEIVED])
+                d_frames = _delta(frames, baseline[_FRAMES])
                 if d_bytes is not None:
                     bitrate = 8.0 * d_bytes / interval
                 if inbound:
-                    d_lost = counters[2] - baseline[_LOST]
+                    d_lost = lost - baseline[_LOST]
                     if d_packets is not None and d_lost == d_lost:  # NaN when either count is unknown
                         d_lost = d_lost if d_lost > 0.0 else 0.0  # negative with duplicates: RFC 3550 counts that as 0
                         expected = d_packets + d_lost
@@ -545,9 +561,7 @@ class QualityProcessor:
                 new = array("d", baseline)
                 new[_LAST] = timestamp
         fps = frame_width = frame_height = limitation = None
-        video = track.kind == "video"
         if video:
-            width, height, reported_fps = _counters(stats, _VIDEO_FIELDS)
             if reported_fps > 0.0:  # false for NaN
                 fps = reported_fps
             elif d_frames is not None and interval:
@@ -566,7 +580,7 @@ class QualityProcessor:
                     mos = _emodel.video_mos(bpp)
         elif inbound and self._mos_enabled and baseline is not None and fraction_lost is not None and rtt is not None:
             # audio: an inbound fraction lost is an interval's, so there is one
-            mos = _emodel.audio_mos(rtt, _jitter_buffer_delay(baseline, counters, jitter), fraction_lost)
+            mos = _emodel.audio_mos(rtt, _jitter_buffer_delay(baseline, jb_delay, jb_emitted, jitter), fraction_lost)
         origin = sample.origin
         quality = TrackQuality(
             service_id=origin.service_id,
@@ -575,7 +589,7 @@ class QualityProcessor:
             client_id=sample.client_id,
             peer_connection_id=key[0],
             ssrc=track.ssrc,
-            kind=track.kind,
+            kind=kind,
             direction="inbound" if inbound else "outbound",
             timestamp=timestamp,
             track_id=track.track_id,
@@ -776,9 +790,9 @@ class QualityProcessor:
             self._show_tracks()
 
 
-def _jitter_buffer_delay(before: array[float], after: tuple[float, ...], jitter: float | None) -> float:
-    """Seconds an audio sample waited in the jitter buffer: over the interval, else overall, else 2 × jitter."""
-    delay, emitted = after[3], after[4]
+def _jitter_buffer_delay(before: array[float], delay: float, emitted: float, jitter: float | None) -> float:
+    """Seconds an audio sample waited in the jitter buffer: over the interval (from the baseline ``before``
+    to the sample's ``delay`` and ``emitted`` count), else overall, else 2 × jitter."""
     d_delay, d_emitted = _delta(delay, before[_JB_DELAY]), _delta(emitted, before[_JB_EMITTED])
     if d_delay is not None and d_emitted:
         value = d_delay / d_emitted
