@@ -129,23 +129,31 @@ class Metric:
 
     def add(self, amount: float = 1.0, *labels: str) -> None:
         values = self._values
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # rather than ``with``, which costs about twice as much: adds come per sample
+        try:
             if labels in values:  # a known label set, the usual case: nothing to bound
                 values[labels] += amount
-                return
-            key, overflow = self._bounded(labels, values)
-            values[key] = values.get(key, 0.0) + amount
-            self._overflowed += overflow
+            else:
+                key, overflow = self._bounded(labels, values)
+                values[key] = values.get(key, 0.0) + amount
+                self._overflowed += overflow
+        finally:
+            lock.release()
 
     def set(self, value: float, *labels: str) -> None:
         values = self._values
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # as in ``add``
+        try:
             if labels in values:
                 values[labels] = value
-                return
-            key, overflow = self._bounded(labels, values)
-            values[key] = value
-            self._overflowed += overflow
+            else:
+                key, overflow = self._bounded(labels, values)
+                values[key] = value
+                self._overflowed += overflow
+        finally:
+            lock.release()
 
     def value(self, *labels: str) -> float:
         return self.samples().get(labels, 0.0)
