@@ -68,13 +68,14 @@ import hashlib
 import json
 import math
 import re
+import sys
 import time
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any
 
 from aiohttp import web
 
@@ -168,14 +169,25 @@ class BadParameter(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 
-class _Event(NamedTuple):
-    """An event as kept: its values, and the names they have in the page's JSON (a few shapes, shared)."""
+_Event = tuple[Any, ...]
+"""An event as kept: one tuple, the names its values have in the page's JSON first (a few shapes,
+shared), then the values (see :func:`_event` and :func:`_event_dict`)."""
 
-    keys: tuple[str, ...]
-    values: tuple[Any, ...]
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(zip(self.keys, self.values, strict=True))
+def _shared(value: Any) -> Any:
+    """``value``, a string as the one interned copy of its text: the ids and names of events and
+    tracks come anew with every sample, and a view that keeps many of them keeps each text once."""
+    return sys.intern(value) if value.__class__ is str else value
+
+
+def _event(keys: tuple[str, ...], *values: Any) -> _Event:
+    """An event to keep: ``keys`` name ``values`` (strings kept as :func:`_shared` copies)."""
+    return (keys, *map(_shared, values))
+
+
+def _event_dict(event: _Event) -> dict[str, Any]:
+    """An event as the page's JSON shows it."""
+    return dict(zip(event[0], event[1:], strict=True))
 
 
 _EVENT_KEYS = ("timestamp", "name", "serviceId", "callId", "roomId", "clientId", "userId", "peerConnectionId")
@@ -340,10 +352,13 @@ def _point_dict(p: list[float]) -> dict[str, float | None]:
 
 
 class _TrackView:
+    """A track as shown: who it is, and the numbers of its latest measurement (:func:`_measured`)."""
+
     __slots__ = (
         "direction",
         "kind",
-        "latest",
+        "limitation",
+        "measured",
         "peer_connection_id",
         "remote_client_id",
         "remote_user_id",
@@ -353,18 +368,24 @@ class _TrackView:
     )
 
     def __init__(self, peer_connection_id: str, direction: str, kind: str, ssrc: int) -> None:
-        self.peer_connection_id = peer_connection_id
-        self.direction = direction
-        self.kind = kind
+        self.peer_connection_id = _shared(peer_connection_id)
+        self.direction = _shared(direction)
+        self.kind = _shared(kind)
         self.ssrc = ssrc
         self.track_id: str | None = None
         self.remote_client_id: str | None = None
         self.remote_user_id: str | None = None
-        self.latest: TrackQuality | None = None
+        self.measured: array[float] | None = None
+        self.limitation: str | None = None
         self.updated = 0
 
+    def measure(self, q: TrackQuality) -> None:
+        """Keep the numbers of ``q``, the track's latest measurement."""
+        self.measured = _measured(q)
+        limitation = q.quality_limitation
+        self.limitation = None if limitation is None else _shared(limitation)
+
     def as_dict(self) -> dict[str, Any]:
-        q = self.latest
         out: dict[str, Any] = {
             "peerConnectionId": self.peer_connection_id,
             "direction": self.direction,
@@ -375,19 +396,28 @@ class _TrackView:
             "remoteUserId": self.remote_user_id,
             "updated": self.updated,
         }
-        if q is not None:
+        if self.measured is not None:  # v != v: v is NaN, not measured
+            rtt, lost, jitter, bitrate, mos, fps, width, height = self.measured
             out |= {
-                "rttMs": None if q.rtt is None else round(q.rtt * 1000, 1),
-                "lossPercent": None if q.fraction_lost is None else round(q.fraction_lost * 100, 2),
-                "jitterMs": None if q.jitter is None else round(q.jitter * 1000, 1),
-                "kbps": None if q.bitrate is None else round(q.bitrate / 1000, 1),
-                "mos": None if q.mos is None else round(q.mos, 2),
-                "fps": None if q.fps is None else round(q.fps, 1),
-                "width": q.frame_width,
-                "height": q.frame_height,
-                "qualityLimitation": q.quality_limitation,
+                "rttMs": None if rtt != rtt else round(rtt * 1000, 1),
+                "lossPercent": None if lost != lost else round(lost * 100, 2),
+                "jitterMs": None if jitter != jitter else round(jitter * 1000, 1),
+                "kbps": None if bitrate != bitrate else round(bitrate / 1000, 1),
+                "mos": None if mos != mos else round(mos, 2),
+                "fps": None if fps != fps else round(fps, 1),
+                "width": None if width != width else int(width),
+                "height": None if height != height else int(height),
+                "qualityLimitation": self.limitation,
             }
         return out
+
+
+def _measured(q: TrackQuality) -> array[float]:
+    """The numbers a track shows from its measurement ``q``, in one array (NaN for None): RTT,
+    fraction lost, jitter, bitrate, MOS, fps, frame width and height. The quality processor's values
+    are finite, so NaN says "not measured" only."""
+    values = (q.rtt, q.fraction_lost, q.jitter, q.bitrate, q.mos, q.fps, q.frame_width, q.frame_height)
+    return array("d", [_NAN if v is None else v for v in values])
 
 
 class _ClientView:
@@ -402,7 +432,7 @@ class _ClientView:
         self.series = _Ring(points)
         # peer connection id → [opened, closed]
         self.peer_connections: dict[str, list[int | None]] = {}
-        self.tracks: OrderedDict[tuple[str, str, int], _TrackView] = OrderedDict()
+        self.tracks: dict[tuple[str, str, int], _TrackView] = {}
 
     def recent_mos(self, samples: int) -> float | None:
         return self.series.last_value(samples, _MOS, lowest=True)
@@ -468,16 +498,19 @@ class _CallView:
         self.updated = started
         self.ended: int | None = None
         self.clients: dict[str, _ClientView] = {}
-        self.departed: OrderedDict[str, _ClientView] = OrderedDict()
-        self.left: OrderedDict[str, int] = OrderedDict()
+        self.departed: dict[str, _ClientView] = {}
+        """Clients that left, the last to leave last (:func:`_keep_last`)."""
+        self.left: dict[str, int] = {}
         """Clients that left (client id → when): nothing re-adds them but a CLIENT_JOINED."""
         self.users: dict[str, str] = {}
         """client id → user id, of everyone seen in the call (for the events)."""
-        self.events: deque[_Event] = deque(maxlen=cfg.max_call_events)
-        self.timeline: deque[dict[str, Any]] = deque(maxlen=cfg.max_call_issues)
-        self.issues: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+        self.events: list[_Event] = []
+        """The last ``max_call_events`` lifecycle events (:func:`_append_bounded`)."""
+        self.timeline: list[dict[str, Any]] = []
+        """The last ``max_call_issues`` issue raises and resolves."""
+        self.issues: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.issue_counts: dict[str, int] = {}
-        self.sfus: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.sfus: dict[str, dict[str, Any]] = {}
         self.summary: dict[str, Any] | None = None
 
     def user(self, client_id: str | None) -> str | None:
@@ -533,9 +566,25 @@ class _CallView:
             "sfus": list(self.sfus.values()),
             "issues": list(self.issues.values()),
             "timeline": list(self.timeline),
-            "events": [e.as_dict() for e in self.events],
+            "events": [_event_dict(e) for e in self.events],
             "summary": self.summary,
         }
+
+
+def _append_bounded(items: list[Any], item: Any, limit: int) -> None:
+    """Append ``item``, the first items dropped past ``limit`` (a list costs less than a deque that
+    holds few items; the limits are small)."""
+    items.append(item)
+    if len(items) > limit:
+        del items[: len(items) - limit]
+
+
+def _keep_last(table: dict[str, Any], key: str, value: Any, limit: int) -> None:
+    """Set ``table[key]`` as its last entry, the first ones dropped past ``limit``."""
+    table.pop(key, None)
+    table[key] = value
+    while len(table) > limit:
+        del table[next(iter(table))]
 
 
 def _sort_mos(mos: float | None) -> float:
@@ -654,12 +703,12 @@ class LiveView:
 
     def _client(self, call: _CallView, client_id: str, user_id: str | None, ts: int, join: bool) -> _ClientView | None:
         """The present client; ``join`` (a CLIENT_JOINED) brings back one that left."""
-        if user_id:
-            call.users[client_id] = user_id
+        if user_id and call.users.get(client_id) != user_id:
+            call.users[_shared(client_id)] = _shared(user_id)
         client = call.clients.get(client_id)
         if client is not None:
             if user_id and not client.user_id:
-                client.user_id = user_id
+                client.user_id = _shared(user_id)
             return client
         if client_id in call.left and not join:
             return None
@@ -672,8 +721,10 @@ class LiveView:
             self.dropped["clients"] += 1
             return None
         else:
-            client = _ClientView(client_id, user_id or call.users.get(client_id), ts if join else None, self._cfg.max_points)
-        call.clients[client_id] = client
+            client = _ClientView(
+                _shared(client_id), _shared(user_id or call.users.get(client_id)), ts if join else None, self._cfg.max_points
+            )
+        call.clients[client.client_id] = client
         return client
 
     def _event(self, payload: Any) -> None:
@@ -699,7 +750,7 @@ class LiveView:
                 if client is not None and pc_id is not None and name in ("PEER_CONNECTION_OPENED", "PEER_CONNECTION_CLOSED"):
                     times = client.peer_connections.get(pc_id)
                     if times is None and len(client.peer_connections) < self._cfg.max_tracks_per_client:
-                        times = client.peer_connections[pc_id] = [None, None]
+                        times = client.peer_connections[_shared(pc_id)] = [None, None]
                     if times is not None:
                         times[0 if name == "PEER_CONNECTION_OPENED" else 1] = ts
         self._record(call, payload)
@@ -718,28 +769,23 @@ class LiveView:
             payload.get("peerConnectionId"),
         )
         if name in ("MEDIA_TRACK_ADDED", "MEDIA_TRACK_REMOVED"):
-            event = _Event(_TRACK_EVENT_KEYS, (*values, payload.get("mediaTrackId"), payload.get("SSRC")))
+            event = _event(_TRACK_EVENT_KEYS, *values, payload.get("mediaTrackId"), payload.get("SSRC"))
         else:
-            event = _Event(_EVENT_KEYS, values)
+            event = _event(_EVENT_KEYS, *values)
         if call is not None:
-            call.events.append(event)
+            _append_bounded(call.events, event, self._cfg.max_call_events)
         if name in _LIFECYCLE:
             self._events.appendleft(event)
 
     def _leave(self, call: _CallView, client_id: str, user_id: str | None, ts: int) -> None:
+        client_id = _shared(client_id)
         if user_id:
-            call.users[client_id] = user_id
-        call.left[client_id] = ts
-        call.left.move_to_end(client_id)
-        while len(call.left) > 4 * self._cfg.max_clients_per_call:
-            call.left.popitem(last=False)
+            call.users[client_id] = _shared(user_id)
+        _keep_last(call.left, client_id, ts, 4 * self._cfg.max_clients_per_call)
         client = call.clients.pop(client_id, None)
         if client is not None:
             client.left = ts
-            call.departed[client_id] = client
-            call.departed.move_to_end(client_id)
-            while len(call.departed) > self._cfg.max_clients_per_call:
-                call.departed.popitem(last=False)
+            _keep_last(call.departed, client_id, client, self._cfg.max_clients_per_call)
         # Its issues end with it (the issues processor resolves them before the leave).
         for key in [k for k in call.issues if k[0] == client_id]:
             del call.issues[key]
@@ -763,9 +809,10 @@ class LiveView:
             if len(client.tracks) >= self._cfg.max_tracks_per_client:
                 self.dropped["tracks"] += 1
                 return None
-            track = client.tracks[key] = _TrackView(pc_id, direction, kind, ssrc)
+            track = _TrackView(pc_id, direction, kind, ssrc)
+            client.tracks[(track.peer_connection_id, track.direction, ssrc)] = track
             if pc_id not in client.peer_connections and len(client.peer_connections) < self._cfg.max_tracks_per_client:
-                client.peer_connections[pc_id] = [None, None]
+                client.peer_connections[track.peer_connection_id] = [None, None]
         return track
 
     def _quality(self, measured: list[TrackQuality]) -> list[tuple[str, str]]:
@@ -818,32 +865,34 @@ class LiveView:
 
     @staticmethod
     def _track_update(call: _CallView, track: _TrackView, q: TrackQuality, ts: int) -> None:
-        track.latest = q
+        track.measure(q)
         track.updated = ts
-        if q.track_id is not None:
-            track.track_id = q.track_id
+        if q.track_id is not None and q.track_id != track.track_id:
+            track.track_id = _shared(q.track_id)
         remote = q.remote_client_id
         if remote:
-            if q.direction == "inbound":
-                track.remote_client_id = remote
-            if q.remote_user_id:
-                call.users.setdefault(remote, q.remote_user_id)
-        if q.remote_user_id and q.direction == "inbound":
-            track.remote_user_id = q.remote_user_id
+            if q.direction == "inbound" and remote != track.remote_client_id:
+                track.remote_client_id = _shared(remote)
+            if q.remote_user_id and remote not in call.users:
+                call.users[_shared(remote)] = _shared(q.remote_user_id)
+        if q.remote_user_id and q.direction == "inbound" and q.remote_user_id != track.remote_user_id:
+            track.remote_user_id = _shared(q.remote_user_id)
 
     def _issue(self, payload: Any, raised: bool) -> None:
         call = self._known(payload)
         if call is None:
             return
         attachments = _attachments(payload.get("attachments"))
-        client_id = payload.get("clientId")
-        issue_type = str(payload.get("value") or "client_issue")[:_MAX_ID]
+        client_id = _shared(payload.get("clientId"))
+        issue_type = _shared(str(payload.get("value") or "client_issue")[:_MAX_ID])
         severity = attachments.get("severity")
         if severity not in _SEVERITY_RANK:
             severity = "major"
-        pc_id = attachments.get("peerConnectionId") or payload.get("peerConnectionId")
-        key = (client_id, issue_type, pc_id, attachments.get("trackId"), attachments.get("ssrc"))
-        user_id = payload.get("userId") or call.user(client_id)
+        severity = _shared(severity)
+        pc_id = _shared(attachments.get("peerConnectionId") or payload.get("peerConnectionId"))
+        track_id = _shared(attachments.get("trackId"))
+        key = (client_id, issue_type, pc_id, track_id, attachments.get("ssrc"))
+        user_id = _shared(payload.get("userId") or call.user(client_id))
         ts = payload.get("timestamp") or 0
         values = attachments.get("values")
         entry = {
@@ -854,29 +903,27 @@ class LiveView:
             "clientId": client_id,
             "userId": user_id,
             "peerConnectionId": pc_id,
-            "trackId": attachments.get("trackId"),
+            "trackId": track_id,
             "ssrc": attachments.get("ssrc"),
             "message": payload.get("message"),
             "values": values if isinstance(values, dict) else None,
             "startedAt": attachments.get("startedAt"),
             "endedAt": attachments.get("endedAt"),
         }
-        call.timeline.append(entry)
+        _append_bounded(call.timeline, entry, self._cfg.max_call_issues)
         self._events.appendleft(
-            _Event(
+            _event(
                 _ISSUE_EVENT_KEYS,
-                (
-                    ts,
-                    payload.get("name"),
-                    issue_type,
-                    severity,
-                    call.service_id,
-                    call.call_id,
-                    call.room_id,
-                    client_id,
-                    user_id,
-                    pc_id,
-                ),
+                ts,
+                payload.get("name"),
+                issue_type,
+                severity,
+                call.service_id,
+                call.call_id,
+                call.room_id,
+                client_id,
+                user_id,
+                pc_id,
             )
         )
         if raised:
@@ -886,7 +933,7 @@ class LiveView:
             if key not in call.issues and len(call.issues) >= self._cfg.max_call_issues:
                 self.dropped["issues"] += 1
                 return
-            call.issues[key] = {**entry, "startedAt": entry["startedAt"] or ts}
+            call.issues[key] = entry if entry["startedAt"] else {**entry, "startedAt": ts}  # neither is changed later
         elif call.issues.pop(key, None) is None:
             for k in [k for k in call.issues if k[0] == client_id and k[1] == issue_type][:1]:
                 del call.issues[k]
@@ -936,7 +983,7 @@ class LiveView:
                 "openIssues": sum(len(c.issues) for c in self._calls.values()),
                 "dropped": dict(self.dropped),
             },
-            "events": [e.as_dict() for e in self._events],
+            "events": [_event_dict(e) for e in self._events],
             "counters": counters,
             "health": {"status": "unhealthy" if problems else "ok", "problems": problems},
         }
