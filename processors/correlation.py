@@ -140,7 +140,8 @@ class _Track:
         self.direction = direction
         self.kind = track.kind
         self.track_id = track.track_id
-        self.ssrcs: set[int] = set()
+        self.ssrcs: tuple[int, ...] = ()
+        """In the order first seen (a track has one or two: a tuple costs a fraction of a set)."""
         self.sfu_stream_id = track.sfu_stream_id
         self.sfu_sink_id = track.sfu_sink_id
         self.last_ts = ts
@@ -625,7 +626,7 @@ class CorrelationProcessor:
                     events.append(self._track_event("MEDIA_TRACK_ADDED", call, client, pc_id, state, ssrc, ts))
                 seen_tracks.add(state)
                 if ssrc not in state.ssrcs:
-                    j.add(state.ssrcs, ssrc)
+                    j.attr(state, "ssrcs", (*state.ssrcs, ssrc))
                     j.set(part.ssrc_calls, (service, ssrc), call.call_id)
                     if outbound:
                         sender = _Publisher(call.call_id, client.client_id, client.user_id, pc_id, state.track_id)
@@ -1236,7 +1237,7 @@ def _load_call(value: list[Any]) -> tuple[_Call, float | None]:
             for key, direction, kind, track_id, ssrcs, stream, sink, t_ts, t_seen in tracks:
                 track = _Track.__new__(_Track)
                 track.key, track.direction, track.kind, track.track_id = tuple(key), direction, kind, track_id
-                track.ssrcs, track.sfu_stream_id, track.sfu_sink_id = set(ssrcs), stream, sink
+                track.ssrcs, track.sfu_stream_id, track.sfu_sink_id = tuple(ssrcs), stream, sink
                 track.last_ts, track.last_seen = t_ts, t_seen
                 pc.tracks[track.key] = track
             client.pcs[pc_id] = pc
