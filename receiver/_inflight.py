@@ -43,9 +43,10 @@ _trim = _malloc_trim()
 class Busy(RetryLater):
     """Refused before any of the message was kept: ``code`` is the refusal reason."""
 
+    code: str
+
     def __init__(self, code: str, detail: str, retry_after: float = 1.0) -> None:
-        super().__init__(detail, retry_after)
-        self.code = code
+        super().__init__(detail, retry_after, code)
 
 
 class Inflight:

@@ -411,3 +411,126 @@ async def test_what_the_owner_refuses_or_splits_reaches_the_client_as_from_one_p
     for w in range(2):
         calls = {r["payload"].get("callId") for r in files[w]} - {None}
         assert calls == {f"call-{w}"}, (w, calls)
+
+
+# -- the wire between two workers, in two real processes ------------------------------------------
+
+
+def _owner_process(directory: str, ready, received) -> None:  # type: ignore[no-untyped-def]
+    """Worker 1 of 2: takes what worker 0 hands it. The data says how: ``busy`` and ``refuse`` raise
+    what a receiver would, ``hang`` never answers (it sets ``received`` first), else the byte count."""
+    from webrtc_observer.component import Refused, RetryLater, Worker
+    from webrtc_observer.telemetry import Telemetry
+    from webrtc_observer.workers import Peers
+
+    class Local:
+        async def consume(self, batch) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    async def take(message) -> int:  # type: ignore[no-untyped-def]
+        if message.data == b"busy":
+            raise RetryLater("the owner is above its memory limit", 5.0, "memory_limit")
+        if message.data == b"refuse":
+            raise Refused("invalid_sample", "ssrc: not an integer", 400)
+        if message.data == b"hang":
+            received.set()
+            await asyncio.Event().wait()
+        return len(message.data)
+
+    async def main() -> None:
+        peers = Peers(Worker(1, 2), directory)
+        peers.router("observertc", Local(), Telemetry()).take_forwarded(take)  # type: ignore[attr-defined]
+        await peers.start()
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def owner(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Worker 1 in a process of its own; yields (the process, an event set when it got a ``hang``)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    ready, received = context.Event(), context.Event()
+    process = context.Process(target=_owner_process, args=(str(tmp_path), ready, received), daemon=True)
+    process.start()
+    assert ready.wait(30), "the owner did not start"
+    yield process, received
+    process.kill()
+    process.join()
+
+
+def _sender(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Worker 0's router (a Forwarder) and its Peers."""
+    from webrtc_observer.component import Worker
+    from webrtc_observer.telemetry import Telemetry
+    from webrtc_observer.workers import Peers
+
+    class Local:
+        async def consume(self, batch) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    peers = Peers(Worker(0, 2), str(tmp_path))
+    return peers.router("observertc", Local(), Telemetry()), peers
+
+
+def _undecoded(data: bytes):  # type: ignore[no-untyped-def]
+    from webrtc_observer.component import Undecoded
+
+    return Undecoded(data, Origin("svc", "mu", 0, "2"), "samples", "json", False)
+
+
+async def test_many_forwards_at_once_each_get_their_own_answer(tmp_path: Path, owner) -> None:  # type: ignore[no-untyped-def]
+    """Forwards sent in the same turn of the loop leave together and their answers come back
+    together; each caller gets the answer to its own message, large ones (read in pieces) too."""
+    router, peers = _sender(tmp_path)
+    sizes = [1 + (n * 7919) % 20000 for n in range(300)] + [3 * 1024 * 1024]
+    try:
+        taken = await asyncio.gather(*(router.forward(1, _undecoded(b"x" * size)) for size in sizes))
+    finally:
+        await peers.shutdown()
+    assert taken == sizes
+
+
+async def test_what_the_owner_raises_reaches_the_sender_as_raised(tmp_path: Path, owner) -> None:  # type: ignore[no-untyped-def]
+    """A full owner's RetryLater keeps its code and Retry-After; a refusal its reason, detail and status."""
+    from webrtc_observer.component import Refused, RetryLater
+
+    router, peers = _sender(tmp_path)
+    try:
+        with pytest.raises(RetryLater) as busy:
+            await router.forward(1, _undecoded(b"busy"))
+        assert (busy.value.code, busy.value.retry_after) == ("memory_limit", 5.0)
+        assert busy.value.reason == "the owner is above its memory limit"
+        with pytest.raises(Refused) as refused:
+            await router.forward(1, _undecoded(b"refuse"))
+        assert (refused.value.reason, refused.value.detail, refused.value.status) == (
+            "invalid_sample",
+            "ssrc: not an integer",
+            400,
+        )
+        assert await router.forward(1, _undecoded(b"fine")) == 4  # the link carries on after both
+    finally:
+        await peers.shutdown()
+
+
+async def test_a_forward_in_flight_to_an_owner_that_dies_is_retried_later(tmp_path: Path, owner) -> None:  # type: ignore[no-untyped-def]
+    """The owner took the message and died before answering: the sender gets RetryLater (the client
+    is told to send it again), and so does the next forward while no owner listens."""
+    from webrtc_observer.component import RetryLater
+
+    process, received = owner
+    router, peers = _sender(tmp_path)
+    try:
+        hanging = asyncio.create_task(router.forward(1, _undecoded(b"hang")))
+        assert await asyncio.to_thread(received.wait, 30), "the owner did not get the message"
+        assert not hanging.done()
+        process.kill()
+        with pytest.raises(RetryLater, match="worker 1 is not reachable"):
+            await asyncio.wait_for(hanging, 30)
+        with pytest.raises(RetryLater, match="worker 1 is not reachable"):
+            await router.forward(1, _undecoded(b"after"))
+    finally:
+        await peers.shutdown()

@@ -77,10 +77,13 @@ class Lifecycle(Protocol):
 class RetryLater(Exception):
     """A stage cannot take more now (a full queue, shutting down). Receivers answer 503 and count it."""
 
-    def __init__(self, reason: str, retry_after: float = 1.0) -> None:
+    def __init__(self, reason: str, retry_after: float = 1.0, code: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.code = code
+        """The refusal code a receiver answers with (``memory_limit``, ``inflight_bytes``...); None
+        for the default, ``pipeline_full``."""
 
 
 class Refused(Exception):

@@ -6,8 +6,11 @@
   kernel spreads connections over the workers.
 * A sample belongs to one worker, chosen by a hash of its service id and room id (else call id,
   else client id; SFU samples by SFU id). A worker hands what it does not own to the owner over a
-  Unix socket and waits for the owner's answer, so a full pipeline in the owner (``RetryLater``) or
-  input it refuses reaches the client as it would in one process. A message whose samples all
+  Unix socket and waits for the owner's answer, so a full pipeline in the owner (``RetryLater``, its
+  Retry-After and reason code kept) or input it refuses reaches the client as it would in one
+  process. Requests and answers sent in one turn of the event loop leave in one write, and every
+  frame one read brings is handled at once; a request whose owner dies before answering fails with
+  ``RetryLater``. A message whose samples all
   belong to one other worker goes over undecoded (the receiver tells its routing keys from the
   bytes, :class:`~webrtc_observer.component.Forwarder`), and the owner decodes it; otherwise the
   decoded samples that are not this worker's go to their owners.
@@ -78,79 +81,140 @@ class _Message(msgspec.Struct, array_like=True, tag="message"):
 _encode = msgspec.msgpack.Encoder().encode
 _decode_request = msgspec.msgpack.Decoder(_Shipment | _Message).decode
 _decode_refusal = msgspec.msgpack.Decoder(tuple[str, str, int]).decode
+_decode_retry = msgspec.msgpack.Decoder(tuple[str, float, str | None]).decode  # reason, retry_after, code
 _HEADER = struct.Struct("!II")  # body length, request id
 _OK, _RETRY, _FAILED, _REFUSED = b"\x00", b"\x01", b"\x02", b"\x03"
 _COUNT = struct.Struct("!I")  # after _OK, for a message: the samples the owner took
 _MAX_FRAME = 256 * 1024 * 1024
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    length, request = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    if length > _MAX_FRAME:
-        raise ConnectionError(f"frame of {length} bytes from a peer worker")
-    return request, await reader.readexactly(length)
-
-
-def _frame(request: int, body: bytes) -> bytes:
-    return _HEADER.pack(len(body), request) + body
-
-
 def socket_path(directory: str, index: int) -> str:
     return os.path.join(directory, f"worker-{index}.sock")
 
 
+class _Channel(asyncio.Protocol):
+    """One end of a Unix socket between two workers: frames of (request id, body), both ways.
+
+    What is sent during one turn of the event loop leaves in one write at the end of the turn, and
+    every whole frame that one read brings is handed to ``on_frame`` at once: a busy exchange costs
+    a few system calls and wakeups a turn, not a few a message. ``on_lost`` is called once, when the
+    connection ends (with the error, if any).
+    """
+
+    def __init__(self, on_frame: Callable[[int, bytes], None], on_lost: Callable[[Exception | None], None]) -> None:
+        self._on_frame = on_frame
+        self._on_lost = on_lost
+        self._transport: asyncio.Transport | None = None
+        self._inbox = bytearray()
+        self._outbox: list[bytes] = []
+
+    @property
+    def open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def send(self, request: int, body: bytes) -> None:
+        """Queue one frame; the queue is written at the end of this turn of the loop."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox += (_HEADER.pack(len(body), request), body)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if self.open:
+            self._transport.write(b"".join(outbox))  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        inbox = self._inbox
+        if not inbox:  # the common case: frames that arrived whole
+            end = self._frames(data)
+            if end < len(data):
+                inbox += memoryview(data)[end:]
+            return
+        inbox += data
+        del inbox[: self._frames(inbox)]
+
+    def _frames(self, data: bytes | bytearray) -> int:
+        """Hand on every whole frame in ``data``; where the first incomplete one starts."""
+        offset, size = 0, len(data)
+        with memoryview(data) as view:
+            while size - offset >= _HEADER.size:
+                length, request = _HEADER.unpack_from(view, offset)
+                if length > _MAX_FRAME:
+                    self._transport.abort()  # type: ignore[union-attr]  # not a peer worker: connection_lost follows
+                    return size
+                start = offset + _HEADER.size
+                if size - start < length:
+                    break
+                offset = start + length
+                self._on_frame(request, bytes(view[start:offset]))
+        return offset
+
+    def close(self) -> None:
+        """Write what is queued, then close."""
+        if self._outbox:
+            self._flush()
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._outbox.clear()
+        self._on_lost(exc)
+
+
 class _PeerLink:
-    """One worker's connection to another: requests multiplexed by id, answered in any order."""
+    """One worker's connection to another: requests multiplexed by id, answered in any order.
+
+    If the connection ends, the requests waiting for an answer fail with ConnectionError; the next
+    request connects again."""
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._channel: _Channel | None = None
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._ids = itertools.count(1)
         self._connecting = asyncio.Lock()
 
     async def request(self, body: bytes) -> bytes:
-        writer = await self._connect()
+        channel = self._channel
+        if channel is None or not channel.open:
+            channel = await self._connect()
         request = next(self._ids)
         answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[request] = answer
+        channel.send(request, body)
         try:
-            writer.write(_frame(request, body))
-            await writer.drain()
             return await answer
         finally:
             self._pending.pop(request, None)
 
-    async def _connect(self) -> asyncio.StreamWriter:
+    async def _connect(self) -> _Channel:
         async with self._connecting:
-            if self._writer is None or self._writer.is_closing():
-                reader, self._writer = await asyncio.open_unix_connection(self._path)
-                self._reader_task = asyncio.create_task(self._read_answers(reader))
-            return self._writer
+            if self._channel is None or not self._channel.open:
+                loop = asyncio.get_running_loop()
+                _, self._channel = await loop.create_unix_connection(lambda: _Channel(self._answered, self._lost), self._path)
+            if not self._channel.open:  # lost before this task resumed: no answer would ever come on it
+                raise ConnectionError("the peer worker closed the connection")
+            return self._channel
 
-    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                request, body = await _read_frame(reader)
-                answer = self._pending.get(request)
-                if answer is not None and not answer.done():
-                    answer.set_result(body)
-        except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
-            if self._writer is not None:
-                self._writer.close()
-            for answer in self._pending.values():
-                if not answer.done():
-                    answer.set_exception(ConnectionError(f"peer worker went away: {exc}"))
+    def _answered(self, request: int, body: bytes) -> None:
+        answer = self._pending.get(request)
+        if answer is not None and not answer.done():
+            answer.set_result(body)
+
+    def _lost(self, exc: Exception | None) -> None:
+        self._channel = None
+        pending, self._pending = self._pending, {}
+        for answer in pending.values():
+            if not answer.done():
+                answer.set_exception(ConnectionError(f"peer worker went away: {exc or 'connection closed'}"))
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            await asyncio.gather(self._reader_task, return_exceptions=True)
+        if self._channel is not None:
+            self._channel.close()
 
 
 class Peers:
@@ -164,6 +228,7 @@ class Peers:
         self._links: dict[int, _PeerLink] = {}
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self._log = get_logger(component="workers")
 
     @property
@@ -190,10 +255,12 @@ class Peers:
         path = socket_path(self._directory, self.worker.index)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        self._server = await asyncio.start_unix_server(self._serve, path)
+        self._server = await asyncio.get_running_loop().create_unix_server(self._accept, path)
 
     async def shutdown(self) -> None:
-        """Stop taking samples from peers once those in hand are through this worker's pipelines."""
+        """Stop taking samples from peers once those in hand are through this worker's pipelines;
+        requests that arrive after that are answered "retry later"."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         if self._handlers:
@@ -212,26 +279,28 @@ class Peers:
         except (ConnectionError, OSError) as exc:
             raise RetryLater(f"worker {owner} is not reachable ({exc})") from None
         if answer[:1] == _RETRY:
-            raise RetryLater(answer[1:].decode(errors="replace"))
+            raise _retry_later(answer[1:])
         if answer[:1] == _REFUSED:
             raise Refused(*_decode_refusal(answer[1:]))
         if answer[:1] != _OK:
             raise RuntimeError(f"worker {owner} failed: {answer[1:].decode(errors='replace')}")
         return answer[1:]
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                request, body = await _read_frame(reader)
-                task = asyncio.create_task(self._handle(request, body, writer))
-                self._handlers.add(task)
-                task.add_done_callback(self._handlers.discard)
-        except (ConnectionError, asyncio.IncompleteReadError, OSError):
-            pass
-        finally:
-            writer.close()
+    def _accept(self) -> _Channel:
+        """A peer connected: each request it sends is handled in a task of its own and answered on its channel."""
 
-    async def _handle(self, request: int, body: bytes, writer: asyncio.StreamWriter) -> None:
+        def received(request: int, body: bytes) -> None:
+            if self._stopping:
+                channel.send(request, _RETRY + _encode(("worker shutting down", 1.0, None)))
+                return
+            task = asyncio.create_task(self._handle(request, body, channel))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+        channel = _Channel(received, lambda exc: None)
+        return channel
+
+    async def _handle(self, request: int, body: bytes, channel: _Channel) -> None:
         try:
             shipment = _decode_request(body)
             if isinstance(shipment, _Message):
@@ -241,15 +310,21 @@ class Peers:
                 samples: list[Sample] = [*shipment.clients, *shipment.sfus, *shipment.turns]
                 await self._local[shipment.receiver].consume(Batch(samples=samples))
                 answer = _OK
-        except RetryLater as exc:
-            answer = _RETRY + exc.reason.encode()
+        except RetryLater as exc:  # as the owner's receiver raised it: its reason, Retry-After and code
+            answer = _RETRY + _encode((exc.reason, exc.retry_after, exc.code))
         except Refused as exc:  # the owner's receiver refused the message (what it would answer a client)
             answer = _REFUSED + _encode((exc.reason, exc.detail, exc.status))
         except Exception as exc:
             self._log.error("samples from a peer worker failed", exc_info=True)
             answer = _FAILED + str(exc).encode()
-        if not writer.is_closing():
-            writer.write(_frame(request, answer))
+        if channel.open:
+            channel.send(request, answer)
+
+
+def _retry_later(answer: bytes) -> RetryLater:
+    """The RetryLater an owner's answer stands for, as its receiver raised it."""
+    reason, retry_after, code = _decode_retry(answer)
+    return RetryLater(reason, retry_after, code)
 
 
 class _Router:
