@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,8 @@ class ObservertcReceiver:
         self._log = settings.logger
         self._runner: Listener | None = None
         self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self._websocket_handlers: set[Any] = set()
+        """The WebSocket routes' handlers: they answer CORS and errors themselves (see ``_middleware``)."""
         self._allowed_services = frozenset(config.allowed_service_ids)
         self._cors_any = "*" in config.cors.allowed_origins
         self._cors_origins = frozenset(config.cors.allowed_origins)
@@ -142,15 +145,15 @@ class ObservertcReceiver:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
-        app = web.Application(
-            client_max_size=self._config.max_message_bytes + 1, middlewares=[self._cors_middleware, _json_errors]
-        )
+        app = web.Application(client_max_size=self._config.max_message_bytes + 1, middlewares=[self._middleware])
         app.router.add_get("/health", health_handler(self._settings.host))
         routes: tuple[tuple[Route, str], ...] = (("samples", "/rest/samples"), ("pcsamples", "/pcsamples"))
         for route, prefix in routes:
             app.router.add_post(prefix + "/{service_id}/{media_unit_id}", self._make_post(route))
-        app.router.add_get("/samples/{service_id}/{media_unit_id}", self._make_websocket("samples"))
-        app.router.add_get("/pcsamples/{service_id}/{media_unit_id}", self._make_websocket("pcsamples"))
+        for route, path in (("samples", "/samples"), ("pcsamples", "/pcsamples")):
+            handler = self._make_websocket(route)
+            self._websocket_handlers.add(handler)
+            app.router.add_get(path + "/{service_id}/{media_unit_id}", handler)
         for prefix in ("/rest/samples", "/pcsamples", "/samples"):  # CORS preflights of the sample routes
             app.router.add_route("OPTIONS", prefix + "/{tail:.*}", self._preflight)
         app.on_shutdown.append(self._close_websockets)
@@ -193,7 +196,7 @@ class ObservertcReceiver:
                 self._refuse("http", exc.reason)
                 return _refusal(exc)
             except RetryLater as exc:
-                code = exc.code if isinstance(exc, Busy) else "pipeline_full"
+                code = exc.code or "pipeline_full"
                 self._refuse("http", code)
                 return _error(503, code, exc.reason, headers={"Retry-After": str(max(1, round(exc.retry_after)))})
             except _ClientGone:
@@ -264,40 +267,58 @@ class ObservertcReceiver:
     # -- WebSocket ----------------------------------------------------------------------------------
     def _make_websocket(self, route: Route) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
-            try:
-                self._check_ws_origin(request)
-                principal = self._authorize(request)
-                origin = self._origin(request)
-                encoding = self._encoding(request)
-            except (AuthError, RefusedInput) as exc:
-                self._refuse("websocket", exc.reason)
-                return _refusal(exc)
-            heartbeat = self._config.websocket_heartbeat or None
-            ws = web.WebSocketResponse(max_msg_size=self._config.max_message_bytes, heartbeat=heartbeat, compress=False)
-            await ws.prepare(request)
+            """One WebSocket connection, its frames read in this coroutine: it is what stays alive for
+            the connection's life (with aiohttp's request and connection), so it calls nothing that
+            lasts as long but ``ws.receive()``."""
+            opened = await self._open_websocket(request)
+            if not isinstance(opened, tuple):  # refused
+                return opened
+            ws, origin, encoding, principal = opened
+            del opened  # the connection's frame keeps only what it reads
             self._sockets.add(ws)
             self._ws_open.add(1, self._label)
             try:
-                await self._serve_websocket(ws, origin, route, encoding, principal)
+                while True:
+                    msg = await ws.receive()
+                    if msg.type in _CLOSING:
+                        break
+                    go_on = await self._frame(ws, msg, origin, route, encoding, principal)
+                    del msg  # nothing of a frame stays alive while the next one is awaited
+                    if not go_on:
+                        break
+                    # Frames already buffered are read without yielding, and a pipeline that only queues
+                    # never yields either: give other connections and the exporters their turn after each
+                    # frame. (Every 8 frames instead saved little and, with hundreds of busy sockets, made
+                    # each turn of the loop so long that an exporter's send timed out.)
+                    await asyncio.sleep(0)
             finally:
                 self._ws_open.add(-1, self._label)
             return ws
 
         return handle
 
-    async def _serve_websocket(
-        self, ws: web.WebSocketResponse, origin: Origin, route: Route, encoding: Encoding | None, principal: Principal = ANYONE
-    ) -> None:
-        async for msg in ws:
-            go_on = await self._frame(ws, msg, origin, route, encoding, principal)
-            del msg  # nothing of a frame stays alive while the next one is awaited
-            if not go_on:
-                break
-            # Frames already buffered are read without yielding, and a pipeline that only queues never
-            # yields either: give other connections and the exporters their turn after each frame.
-            # (Every 8 frames instead saved little and, with hundreds of busy sockets, made each turn
-            # of the loop so long that an exporter's send timed out.)
-            await asyncio.sleep(0)
+    async def _open_websocket(
+        self, request: web.Request
+    ) -> web.StreamResponse | tuple[web.WebSocketResponse, Origin, Encoding | None, Principal]:
+        """The upgraded connection and what its frames are taken as (origin, encoding, principal); or
+        the refusal to answer, with the JSON body and CORS headers of every other route's."""
+        try:
+            self._check_ws_origin(request)
+            principal = self._authorize(request)
+            origin = self._origin(request)
+            encoding = self._encoding(request)
+        except (AuthError, RefusedInput) as exc:
+            self._refuse("websocket", exc.reason)
+            return self._with_cors(request, _refusal(exc))
+        heartbeat = self._config.websocket_heartbeat or None
+        ws = web.WebSocketResponse(max_msg_size=self._config.max_message_bytes, heartbeat=heartbeat, compress=False)
+        try:
+            await ws.prepare(request)
+        except web.HTTPException as exc:  # not a WebSocket handshake
+            if not _ours(exc):
+                raise
+            return self._with_cors(request, _json_error(exc))
+        return ws, origin, encoding, principal
 
     async def _frame(
         self, ws: web.WebSocketResponse, msg: Any, origin: Origin, route: Route, encoding: Encoding | None, principal: Principal
@@ -324,7 +345,7 @@ class ObservertcReceiver:
             self._refuse("websocket", exc.reason)
             await ws.send_bytes(orjson.dumps({"error": exc.reason, "detail": exc.detail}))
         except RetryLater as exc:
-            code = exc.code if isinstance(exc, Busy) else "pipeline_full"
+            code = exc.code or "pipeline_full"
             self._refuse("websocket", code)
             await ws.send_bytes(orjson.dumps({"error": code, "detail": exc.reason, "retryAfter": exc.retry_after}))
         except Exception:  # a bug of ours must cost one frame, never the connection
@@ -491,8 +512,26 @@ class ObservertcReceiver:
         return origin if origin in self._cors_origins else None
 
     @web.middleware
-    async def _cors_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        response = await handler(request)
+    def _middleware(self, request: web.Request, handler: Any) -> Awaitable[web.StreamResponse]:
+        """CORS headers and JSON errors (:meth:`_answered`) around every route's handler but the
+        WebSocket ones, which answer both themselves: their handler is awaited as it is, so nothing of
+        this middleware stays alive as long as a connection."""
+        if request.match_info.handler in self._websocket_handlers:
+            return handler(request)
+        return self._answered(request, handler)
+
+    async def _answered(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """The handler's response, or the JSON error of an HTTP error aiohttp raised; with the CORS
+        headers when the request's origin is allowed."""
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if not _ours(exc):
+                raise
+            response = _json_error(exc)
+        return self._with_cors(request, response)
+
+    def _with_cors(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
         allowed = self._allowed_origin(request)
         if allowed and not response.prepared:
             response.headers["Access-Control-Allow-Origin"] = allowed
@@ -564,20 +603,21 @@ def _refusal(exc: AuthError | RefusedInput | Refused) -> web.Response:
     return _error(exc.status, exc.reason, exc.detail, headers=exc.headers if isinstance(exc, AuthError) else None)
 
 
+_CLOSING = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+"""What ``ws.receive()`` gives once the connection is closing: the end of its frames."""
 _REASONS = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
 
 
-@web.middleware
-async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Errors aiohttp raises itself (no route, wrong method, body over client_max_size) get the same
-    JSON body as ours, ``{"error", "detail"}``."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json":
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return _error(exc.status, _REASONS.get(exc.status, "http_error"), exc.reason, headers or None)
+def _ours(exc: web.HTTPException) -> bool:
+    """An error to answer with our JSON body: an HTTP error (400 and above) not already JSON."""
+    return exc.status >= 400 and exc.content_type != "application/json"
+
+
+def _json_error(exc: web.HTTPException) -> web.Response:
+    """Errors aiohttp raises itself (no route, wrong method, body over client_max_size, not a
+    WebSocket handshake) as the same JSON body as ours, ``{"error", "detail"}``."""
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+    return _error(exc.status, _REASONS.get(exc.status, "http_error"), exc.reason, headers or None)
 
 
 def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
