@@ -534,3 +534,20 @@ async def test_a_forward_in_flight_to_an_owner_that_dies_is_retried_later(tmp_pa
             await router.forward(1, _undecoded(b"after"))
     finally:
         await peers.shutdown()
+
+
+async def test_a_worker_is_ready_only_once_every_other_worker_takes_handed_samples(tmp_path: Path) -> None:
+    """``GET /health`` of a worker answers from its own process: it says ready only once every peer
+    listens, so a load balancer does not send a sample that a peer, still starting, would owe."""
+    from webrtc_observer.component import Worker
+    from webrtc_observer.workers import Peers
+
+    first, second = Peers(Worker(0, 2), str(tmp_path)), Peers(Worker(1, 2), str(tmp_path))
+    await first.start()
+    try:
+        assert not first.all_listening()
+        await second.start()
+        assert first.all_listening() and second.all_listening()
+    finally:
+        await second.shutdown()
+        await first.shutdown()

@@ -108,7 +108,8 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        """Every pipeline started (with ``service.workers``, every worker's)."""
+        return self._ready and (self._peers is None or self._peers.all_listening())
 
     def memory_pressure(self) -> bool:
         return self._memory is not None and self._memory.refusing

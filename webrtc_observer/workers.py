@@ -251,6 +251,13 @@ class Peers:
         """Messages peers hand over undecoded for receiver ``receiver`` go to ``take``."""
         self._takers[receiver] = take
 
+    def all_listening(self) -> bool:
+        """Whether every other worker takes samples handed to it (its socket is there: it is made once
+        the worker's pipelines started). Until then this worker is not ready (``GET /health`` 503),
+        so a load balancer holds off a sample that another worker, still starting, would owe."""
+        index, count = self.worker.index, self.worker.count
+        return all(os.path.exists(socket_path(self._directory, i)) for i in range(count) if i != index)
+
     async def start(self) -> None:
         path = socket_path(self._directory, self.worker.index)
         with contextlib.suppress(FileNotFoundError):
