@@ -47,7 +47,8 @@ class RefusedInput(Exception):
 class Decoded:
     samples: list[Sample]
     strings_within: int | None = None
-    """Every string of the samples is known to be at most this long (the decoder bounded them)."""
+    """Every id of the samples is known to be at most this long (the decoder bounded them; a 2.x
+    wrapper's decoder bounds every string)."""
 
 
 def inflate(data: bytes, limit: int) -> bytes:
@@ -140,11 +141,14 @@ def _decode_json(data: bytes, origin: Origin, route: Route, max_string: int | No
     except msgspec.DecodeError as exc:
         raise RefusedInput("bad_json", f"body is not JSON ({exc})") from None
     # The wire types decode straight from the bytes: no intermediate dicts to convert.
-    return _decode(data, top.keys(), origin, route)
+    return _decode(data, top.keys(), origin, route, max_string)
 
 
-def _decode(wire: dict[str, Any] | bytes, keys: KeysView[str], origin: Origin, route: Route) -> Decoded:
-    """``wire`` is a parsed object or the JSON text of one; ``keys`` its top-level keys."""
+def _decode(
+    wire: dict[str, Any] | bytes, keys: KeysView[str], origin: Origin, route: Route, max_string: int | None = None
+) -> Decoded:
+    """``wire`` is a parsed object or the JSON text of one; ``keys`` its top-level keys; ``max_string``
+    the strings' bound to check while decoding JSON text, where the decoder can (3.x)."""
     from . import _legacy, _v2, _v3
 
     if route == "pcsamples":
@@ -154,6 +158,9 @@ def _decode(wire: dict[str, Any] | bytes, keys: KeysView[str], origin: Origin, r
         samples = _v2.decode_samples(wire, _with(origin, "2"))
         return Decoded(samples)
     if generation == "3":
+        if isinstance(wire, bytes):
+            sample, bounded = _v3.client_sample_in_json(wire, _with(origin, "3"), max_string)
+            return Decoded([sample], max_string if bounded else None)
         return Decoded([_v3.decode_client_sample_v3(wire, _with(origin, "3"))])
     if generation == "2":
         return Decoded([_v2.decode_client_sample(wire, _with(origin, "2"))])

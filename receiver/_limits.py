@@ -54,8 +54,9 @@ class LimitsConfig:
 def check(samples: list[Sample], limits: LimitsConfig, strings_checked: bool = False) -> None:
     """Raise ``RefusedInput("limits", ...)`` unless every sample of one message is within ``limits``.
 
-    ``strings_checked``: the decoder already refused any string of the samples longer than
-    ``max_id_length`` (so no id is); the counts and the URL's ids are left to check."""
+    ``strings_checked``: the decoder already made sure that no id of the samples is longer than
+    ``max_id_length`` (by bounding every string, or every id); the counts and the URL's ids are
+    left to check."""
     if len(samples) > limits.max_samples_per_message:
         _refuse(f"{len(samples)} samples in one message, max_samples_per_message is {limits.max_samples_per_message}")
     for index, sample in enumerate(samples):

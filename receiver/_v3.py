@@ -14,20 +14,22 @@ because reports are derived from it by copying fields. So this module
   a string), so a stats dict type-checks against the 2.x record;
 * splits ``iceCandidates`` into local and remote candidates (see ``_is_local``).
 
-All of that is data: ``_PLAN_SPECS`` names, per target, the 3.x record, the 2.x record, renames and an
-optional field whitelist; ``_plans()`` turns that into per-target lookups once, from the two Avro schemas.
-Mapping a record is then one pass over the fields it carries plus a check of the few renamed/converted ones.
+All of that is data: ``_PLAN_SPECS`` names, per target, the 3.x list and record it reads, the 2.x record,
+renames and an optional field whitelist; ``_layout()`` turns that into Structs and views once, from the two
+Avro schemas.
 
-The sample is read as the validated wire structs (:func:`~._wire_types.decode_typed`), never turned
-into dicts whole: only the fields a 2.x record keeps become the stats dicts of the model. A field
-missing and a field sent as null read alike (None).
+The sample is read as the validated wire structs (:func:`~._wire_types.decode_typed`). One ``msgspec.convert``
+copies, in C, every field any plan keeps of every record of every peer connection into Structs that
+carry the 2.x names, and one ``to_builtins`` turns them into the stats dicts of the model. Python then
+only merges a track's objects, drops what a kind does not keep and converts the few values whose 2.x
+type differs. A field missing and a field sent as null read alike (None).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import orjson
@@ -48,15 +50,21 @@ from webrtc_observer.schemas import avro_schema
 
 from ._wire_types import INT32_MAX, INT32_MIN, LONG_MAX, LONG_MIN, WireError, as_text, client_sample_v3, decode_typed
 
-__all__ = ["decode_client_sample_v3"]
+__all__ = ["client_sample_in_json", "decode_client_sample_v3"]
 
 Conversion = Callable[[Any], Any]
-Plan = tuple[type[msgspec.Struct], tuple[tuple[str, str, Conversion | None], ...]]
-"""(a Struct of the 3.x fields copied as they are, (3.x name, 2.x name, conversion or None) for the rest).
+MappedPeerConnection = dict[str, list[Stats] | None]
+"""A peer connection's mapped records: 3.x list name -> one stats dict per record, None for no list."""
 
-Most fields keep name and type, so msgspec picks them out of a wire record in C (``convert`` to the
-Struct from its attributes, then ``to_builtins``); the few renamed or converted ones are read one by one.
-"""
+
+class _View(NamedTuple):
+    """How one plan reads the mapped dicts of its 3.x list (one Struct serves every plan of a list)."""
+
+    dropped: frozenset[str]
+    """2.x names that other plans of the list keep and this one does not."""
+    conversions: tuple[tuple[str, Conversion], ...]
+    """(2.x name, conversion to its 2.x type) for the list's fields whose 2.x type differs."""
+
 
 # --------------------------------------------------------------------------------------------
 # Field maps
@@ -105,32 +113,64 @@ _QUALITY_LIMITATION_DURATIONS = (
     ("other", "qualityLimitationDurationOther"),
 )
 
-# plan name: (3.x record, 2.x record, {3.x name: 2.x name}, only these 2.x fields or None for all)
-_PLAN_SPECS: dict[str, tuple[str, str, dict[str, str], tuple[str, ...] | None]] = {
-    "inbound-rtp/audio": ("InboundRtpStats", "InboundAudioTrack", {}, None),
-    "inbound-rtp/video": ("InboundRtpStats", "InboundVideoTrack", {}, None),
-    "remote-outbound-rtp/audio": ("RemoteOutboundRtpStats", "InboundAudioTrack", {}, _REMOTE_OUTBOUND_FIELDS),
-    "remote-outbound-rtp/video": ("RemoteOutboundRtpStats", "InboundVideoTrack", {}, _REMOTE_OUTBOUND_FIELDS),
-    "media-playout/audio": ("MediaPlayoutStats", "InboundAudioTrack", {}, _PLAYOUT_FIELDS),
-    "outbound-rtp/audio": ("OutboundRtpStats", "OutboundAudioTrack", {}, None),
-    "outbound-rtp/video": ("OutboundRtpStats", "OutboundVideoTrack", {}, None),
-    "remote-inbound-rtp/audio": ("RemoteInboundRtpStats", "OutboundAudioTrack", {}, _REMOTE_INBOUND_FIELDS),
-    "remote-inbound-rtp/video": ("RemoteInboundRtpStats", "OutboundVideoTrack", {}, _REMOTE_INBOUND_FIELDS),
-    "media-source/audio": ("MediaSourceStats", "OutboundAudioTrack", {}, _MEDIA_SOURCE_TRACK_FIELDS),
-    "media-source/video": ("MediaSourceStats", "OutboundVideoTrack", {}, _MEDIA_SOURCE_TRACK_FIELDS),
-    "transport": ("IceTransportStats", "PeerConnectionTransport", {"id": "transportId"}, None),
-    "candidate-pair": ("IceCandidatePairStats", "IceCandidatePair", {"id": "candidatePairId"}, None),
-    "local-candidate": ("IceCandidateStats", "IceLocalCandidate", {}, None),
-    "remote-candidate": ("IceCandidateStats", "IceRemoteCandidate", {}, None),
+# plan name: (3.x list of the peer connection, its record, 2.x record, {3.x name: 2.x name}, only these
+# 2.x fields or None for all)
+_PLAN_SPECS: dict[str, tuple[str, str, str, dict[str, str], tuple[str, ...] | None]] = {
+    "inbound-rtp/audio": ("inboundRtps", "InboundRtpStats", "InboundAudioTrack", {}, None),
+    "inbound-rtp/video": ("inboundRtps", "InboundRtpStats", "InboundVideoTrack", {}, None),
+    "remote-outbound-rtp/audio": (
+        "remoteOutboundRtps",
+        "RemoteOutboundRtpStats",
+        "InboundAudioTrack",
+        {},
+        _REMOTE_OUTBOUND_FIELDS,
+    ),
+    "remote-outbound-rtp/video": (
+        "remoteOutboundRtps",
+        "RemoteOutboundRtpStats",
+        "InboundVideoTrack",
+        {},
+        _REMOTE_OUTBOUND_FIELDS,
+    ),
+    "media-playout/audio": ("mediaPlayouts", "MediaPlayoutStats", "InboundAudioTrack", {}, _PLAYOUT_FIELDS),
+    "outbound-rtp/audio": ("outboundRtps", "OutboundRtpStats", "OutboundAudioTrack", {}, None),
+    "outbound-rtp/video": ("outboundRtps", "OutboundRtpStats", "OutboundVideoTrack", {}, None),
+    "remote-inbound-rtp/audio": (
+        "remoteInboundRtps",
+        "RemoteInboundRtpStats",
+        "OutboundAudioTrack",
+        {},
+        _REMOTE_INBOUND_FIELDS,
+    ),
+    "remote-inbound-rtp/video": (
+        "remoteInboundRtps",
+        "RemoteInboundRtpStats",
+        "OutboundVideoTrack",
+        {},
+        _REMOTE_INBOUND_FIELDS,
+    ),
+    "media-source/audio": ("mediaSources", "MediaSourceStats", "OutboundAudioTrack", {}, _MEDIA_SOURCE_TRACK_FIELDS),
+    "media-source/video": ("mediaSources", "MediaSourceStats", "OutboundVideoTrack", {}, _MEDIA_SOURCE_TRACK_FIELDS),
+    "transport": ("iceTransports", "IceTransportStats", "PeerConnectionTransport", {"id": "transportId"}, None),
+    "candidate-pair": (
+        "iceCandidatePairs",
+        "IceCandidatePairStats",
+        "IceCandidatePair",
+        {"id": "candidatePairId"},
+        None,
+    ),
+    "local-candidate": ("iceCandidates", "IceCandidateStats", "IceLocalCandidate", {}, None),
+    "remote-candidate": ("iceCandidates", "IceCandidateStats", "IceRemoteCandidate", {}, None),
     "data-channel": (
+        "dataChannels",
         "DataChannelStats",
         "DataChannel",
         {"messagesSent": "messageSent", "messagesReceived": "messageReceived"},
         None,
     ),
-    "codec": ("CodecStats", "MediaCodecStats", {}, None),
-    "certificate": ("CertificateStats", "Certificate", {}, None),
-    "media-source": ("MediaSourceStats", "MediaSourceStat", {}, None),
+    "codec": ("codecs", "CodecStats", "MediaCodecStats", {}, None),
+    "certificate": ("certificates", "CertificateStats", "Certificate", {}, None),
+    "media-source": ("mediaSources", "MediaSourceStats", "MediaSourceStat", {}, None),
 }
 
 # The same candidate-pair state arrives spelled per codec: W3C "in-progress" from JSON clients, the
@@ -206,36 +246,75 @@ def v2_record_fields() -> dict[str, dict[str, str]]:
     return _record_field_types(avro_schema("v2_2_11", "Samples.avsc"), {})
 
 
+def _plan_fields(
+    v3_fields: dict[str, str], target: dict[str, str], renames: dict[str, str], only: tuple[str, ...] | None, track: bool
+) -> dict[str, tuple[str, Conversion | None]]:
+    """The 3.x fields one plan keeps: {3.x name: (2.x name, conversion or None)}, in 3.x order."""
+    kept: dict[str, tuple[str, Conversion | None]] = {}
+    for src, src_type in v3_fields.items():
+        dst = renames.get(src, src)
+        if dst not in target or dst == "peerConnectionId":
+            continue
+        if track and dst in _TRACK_IDENTITY:
+            continue
+        if only is not None and dst not in only:
+            continue
+        kept[src] = (dst, _conversion(src_type, target[dst]))
+    return kept
+
+
 @cache
-def _plans() -> dict[str, Plan]:
+def _layout() -> tuple[Any, dict[str, _View]]:
+    """The type wire peer connections convert to (a list of Structs, from their attributes), and every
+    plan's view.
+
+    Per 3.x list, one Struct holds the fields of all the plans that read it (the record's own, and the
+    part of an auxiliary object a track takes), encoded under their 2.x names: first those copied as
+    they are, in name order, then the renamed or converted ones, in 3.x order. A plan's dict is then
+    that Struct's, less the fields the plan drops: the same fields, in the same order, as if the plan
+    had its own Struct. A field must map alike in every plan of its list, or this raises.
+    """
     v2 = v2_record_fields()
     v3 = _record_field_types(avro_schema("v3_5_0", "ClientSample.avsc"), {})
-    plans: dict[str, Plan] = {}
-    for name, (v3_record, v2_record, renames, only) in _PLAN_SPECS.items():
-        target = v2[v2_record]
-        keep: set[str] = set()
-        special: list[tuple[str, str, Conversion | None]] = []
-        for src, src_type in v3[v3_record].items():
-            dst = renames.get(src, src)
-            if dst not in target or dst == "peerConnectionId":
-                continue
-            if v2_record.endswith("Track") and dst in _TRACK_IDENTITY:
-                continue
-            if only is not None and dst not in only:
-                continue
-            conv = _conversion(src_type, target[dst])
-            if dst == src and conv is None:
-                keep.add(src)
-            else:
-                special.append((src, dst, conv))
-        picker = msgspec.defstruct(
-            f"_Keep{name.replace('/', '_').replace('-', '_')}",
-            [(field, Any, None) for field in sorted(keep)],
-            omit_defaults=True,
-            gc=False,
+    lists: dict[str, dict[str, tuple[str, Conversion | None]]] = {}
+    kept_by_plan: dict[str, set[str]] = {}
+    for name, (list_name, v3_record, v2_record, renames, only) in _PLAN_SPECS.items():
+        kept = _plan_fields(v3[v3_record], v2[v2_record], renames, only, v2_record.endswith("Track"))
+        fields = lists.setdefault(list_name, {})
+        for src, mapping in kept.items():
+            if fields.setdefault(src, mapping) != mapping:
+                raise ValueError(f"{list_name}.{src} maps to {fields[src]} in one plan and {mapping} in {name}")
+        kept_by_plan[name] = {dst for dst, _ in kept.values()}
+    for list_name, fields in lists.items():  # back to 3.x order, whichever plan named a field first
+        v3_record = next(spec[1] for spec in _PLAN_SPECS.values() if spec[0] == list_name)
+        lists[list_name] = {src: fields[src] for src in v3[v3_record] if src in fields}
+    structs: dict[str, Any] = {list_name: _mapped_struct(list_name, fields) for list_name, fields in lists.items()}
+    peer_connection: Any = msgspec.defstruct(
+        "_MappedPeerConnection",
+        [(list_name, list[struct] | None, None) for list_name, struct in structs.items()],  # type: ignore[valid-type]
+        gc=False,
+    )
+    views = {}
+    for name, (list_name, *_) in _PLAN_SPECS.items():
+        fields = lists[list_name]
+        views[name] = _View(
+            dropped=frozenset(dst for dst, _ in fields.values()) - kept_by_plan[name],
+            conversions=tuple((dst, conv) for dst, conv in fields.values() if conv is not None),
         )
-        plans[name] = (picker, tuple(special))
-    return plans
+    return list[peer_connection], views
+
+
+def _mapped_struct(list_name: str, fields: dict[str, tuple[str, Conversion | None]]) -> type[msgspec.Struct]:
+    """A Struct of ``fields`` ({3.x name: (2.x name, conversion)}), as-is ones first, by name."""
+    as_is = sorted(src for src, (dst, conv) in fields.items() if dst == src and conv is None)
+    others = [src for src in fields if src not in as_is]
+    return msgspec.defstruct(
+        f"_Mapped_{list_name}",
+        [(src, Any, None) for src in as_is + others],
+        rename={src: fields[src][0] for src in others},
+        omit_defaults=True,
+        gc=False,
+    )
 
 
 @cache
@@ -248,21 +327,44 @@ def _quality_limitation_fields() -> dict[str, tuple[tuple[str, str], ...]]:
     }
 
 
-def _mapped(rec: Any, plan: Plan) -> Stats:
-    """The fields of the wire record ``rec`` that ``plan`` knows, renamed and converted to their 2.x type."""
-    picker, special = plan
-    out: Stats = msgspec.to_builtins(msgspec.convert(rec, picker, from_attributes=True))
-    for src, dst, conv in special:
-        value = getattr(rec, src)
+def _mapped_peer_connections(pcs: Sequence[Any]) -> list[MappedPeerConnection]:
+    """Every record of the wire peer connections ``pcs`` as dicts of the fields its plans keep, 2.x names.
+
+    One ``convert`` and one ``to_builtins`` for the whole sample; fields missing or null are left out.
+    The dicts are fresh: the caller may change them.
+    """
+    peer_connections, _ = _layout()
+    return msgspec.to_builtins(msgspec.convert(pcs, peer_connections, from_attributes=True))
+
+
+def _as_record(stats: Stats, view: _View) -> Stats:
+    """``stats`` (a mapped dict) made the record ``view`` describes, in place: dropped fields removed,
+    values converted to their 2.x type."""
+    dropped = view.dropped
+    if dropped and not stats.keys().isdisjoint(dropped):
+        for name in dropped:
+            stats.pop(name, None)
+    for name, conv in view.conversions:
+        value = stats.get(name)
         if value is not None:
-            out[dst] = value if conv is None else conv(value)
-    return out
+            stats[name] = conv(value)
+    return stats
 
 
-def _with_pc(rec: Any, plan: Plan, pc_id: str) -> Stats:
-    out = _mapped(rec, plan)
-    out["peerConnectionId"] = pc_id
-    return out
+def _merge(stats: Stats, part: Stats, view: _View) -> None:
+    """Add to a track's ``stats`` the fields of ``part`` (an auxiliary object's mapped dict) that ``view`` keeps.
+
+    ``part`` keeps its fields (another track or record may read them); its values are converted in
+    place, which gives every reader the same values.
+    """
+    dropped = view.dropped
+    if dropped and not part.keys().isdisjoint(dropped):
+        part = {name: value for name, value in part.items() if name not in dropped}
+    for name, conv in view.conversions:
+        value = part.get(name)
+        if value is not None:
+            part[name] = conv(value)
+    stats.update(part)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,7 +374,29 @@ def _with_pc(rec: Any, plan: Plan, pc_id: str) -> Stats:
 
 def decode_client_sample_v3(obj: Any, origin: Origin) -> ClientSample:
     """Validate a 3.x ClientSample (JSON text or parsed) and map it onto the model; ``WireError`` for bad input."""
-    c: Any = decode_typed(obj, client_sample_v3())  # a generated Struct: its fields are the schema's
+    return _sample_of(decode_typed(obj, client_sample_v3()), origin)
+
+
+def client_sample_in_json(data: bytes, origin: Origin, max_string: int | None = None) -> tuple[ClientSample, bool]:
+    """:func:`decode_client_sample_v3` of JSON text; the flag says whether no id of the sample is longer
+    than ``max_string``.
+
+    With ``max_string`` the text is decoded with every id bounded to that length first; if that fails
+    (a longer id, or bad input the unbounded decoding then names) it is decoded again, unbounded.
+    """
+    if max_string is not None:
+        try:
+            c = decode_typed(data, client_sample_v3(max_string))
+        except WireError:
+            pass
+        else:
+            sample = _sample_of(c, origin)
+            return sample, _attached_ids_within(sample, max_string)
+    return decode_client_sample_v3(data, origin), False
+
+
+def _sample_of(c: Any, origin: Origin) -> ClientSample:
+    """The model of a validated wire ClientSample (a generated Struct: its fields are the schema's)."""
     client_id = c.clientId
     if not client_id:
         raise WireError("clientId is required")
@@ -284,8 +408,17 @@ def decode_client_sample_v3(obj: Any, origin: Origin) -> ClientSample:
         raise WireError(f"invalid number: {exc}") from None
 
 
+def _attached_ids_within(sample: ClientSample, max_length: int) -> bool:
+    """Are the ids the sample takes from free-form attachments and payloads (which decoding does not
+    bound) at most ``max_length`` long? Its other ids are wire strings."""
+    ids = [sample.room_id, sample.user_id, sample.marker]
+    for e in sample.events:
+        ids += (e.peer_connection_id, e.track_id)
+    ids += (i.track_id for i in sample.issues)
+    return all(value is None or len(value) <= max_length for value in ids)
+
+
 def _client_sample(c: Any, client_id: str, origin: Origin) -> ClientSample:
-    plans = _plans()
     attachments = c.attachments
     room_id, user_id, marker = _attached_identity(attachments)
     sample = ClientSample(
@@ -299,8 +432,11 @@ def _client_sample(c: Any, client_id: str, origin: Origin) -> ClientSample:
         score=c.score,
         attachments=_json_text(attachments),
     )  # the list fields start as fresh empty lists (msgspec copies ``[]`` defaults)
-    for pc_index, pc in enumerate(c.peerConnections or ()):
-        _peer_connection(pc, pc_index, sample, plans)
+    pcs = c.peerConnections
+    if pcs:
+        _, views = _layout()
+        for pc_index, (pc, mapped) in enumerate(zip(pcs, _mapped_peer_connections(pcs), strict=True)):
+            _peer_connection(pc, mapped, pc_index, sample, views)
     sample.events = [_event(e) for e in c.clientEvents or ()]
     sample.issues = [_issue(i) for i in c.clientIssues or ()]
     sample.meta = [
@@ -318,96 +454,44 @@ def _client_sample(c: Any, client_id: str, origin: Origin) -> ClientSample:
     return sample
 
 
-def _peer_connection(pc: Any, pc_index: int, sample: ClientSample, plans: dict[str, Plan]) -> None:
+def _peer_connection(pc: Any, mapped: MappedPeerConnection, pc_index: int, sample: ClientSample, views: dict[str, _View]) -> None:
+    """Add the records of the wire peer connection ``pc`` to ``sample``; ``mapped`` holds their stats dicts."""
     pc_id: str = pc.peerConnectionId
     sample.peer_connections.append(
         PeerConnection(peer_connection_id=pc_id, score=pc.score, attachments=_json_text(pc.attachments))
     )
     decoded_codecs: set[str] = set()
     encoded_codecs: set[str] = set()
-
-    inbound_rtps = pc.inboundRtps
-    if inbound_rtps:
-        remote_outbounds = pc.remoteOutboundRtps or ()
-        ro_by_id = {r.id: r for r in remote_outbounds}
-        ro_by_local_id = {r.localId: r for r in remote_outbounds if r.localId is not None}
-        ro_by_ssrc = {r.ssrc: r for r in remote_outbounds}
-        playouts = {p.id: p for p in pc.mediaPlayouts or ()}
-        for rtp in inbound_rtps:
-            kind = _kind(rtp, pc_index, "inboundRtps", pc)
-            stats = _mapped(rtp, plans["inbound-rtp/" + kind])
-            remote = ro_by_id.get(rtp.remoteId) or ro_by_local_id.get(rtp.id) or ro_by_ssrc.get(rtp.ssrc)
-            if remote is not None:
-                stats.update(_mapped(remote, plans["remote-outbound-rtp/" + kind]))
-            if kind == "audio" and rtp.playoutId is not None:
-                playout = playouts.get(rtp.playoutId)
-                if playout is not None:
-                    stats.update(_mapped(playout, plans["media-playout/audio"]))
-            if rtp.codecId is not None:
-                decoded_codecs.add(rtp.codecId)
-            sample.inbound_tracks.append(
-                Track(kind=kind, ssrc=rtp.ssrc, peer_connection_id=pc_id, track_id=rtp.trackIdentifier, stats=stats)
-            )
-
-    outbound_rtps = pc.outboundRtps
-    if outbound_rtps:
-        remote_inbounds = pc.remoteInboundRtps or ()
-        ri_by_local_id = {r.localId: r for r in remote_inbounds if r.localId is not None}
-        ri_by_id = {r.id: r for r in remote_inbounds}
-        ri_by_ssrc = {r.ssrc: r for r in remote_inbounds}
-        sources = {s.id: s for s in pc.mediaSources or ()}
-        quality_limitation = _quality_limitation_fields()
-        for rtp in outbound_rtps:
-            kind = _kind(rtp, pc_index, "outboundRtps", pc)
-            stats = _mapped(rtp, plans["outbound-rtp/" + kind])
-            durations = rtp.qualityLimitationDurations
-            if durations is not None:
-                for key, name in quality_limitation[kind]:
-                    duration = getattr(durations, key)
-                    if duration is not None:  # a browser may leave one out
-                        stats[name] = duration
-            remote = ri_by_local_id.get(rtp.id) or ri_by_id.get(rtp.remoteId) or ri_by_ssrc.get(rtp.ssrc)
-            if remote is not None:
-                stats.update(_mapped(remote, plans["remote-inbound-rtp/" + kind]))
-            track_id = None
-            source = sources.get(rtp.mediaSourceId)
-            if source is not None:
-                stats.update(_mapped(source, plans["media-source/" + kind]))
-                track_id = source.trackIdentifier
-            if rtp.codecId is not None:
-                encoded_codecs.add(rtp.codecId)
-            sample.outbound_tracks.append(
-                Track(kind=kind, ssrc=rtp.ssrc, peer_connection_id=pc_id, track_id=track_id, stats=stats)
-            )
+    if pc.inboundRtps:
+        _inbound_tracks(pc, mapped, pc_index, sample, views, decoded_codecs)
+    if pc.outboundRtps:
+        _outbound_tracks(pc, mapped, pc_index, sample, views, encoded_codecs)
 
     transports = pc.iceTransports or ()
-    if transports:
-        plan = plans["transport"]
-        sample.transports.extend(_with_pc(t, plan, pc_id) for t in transports)
+    _extend(sample.transports, mapped["iceTransports"], views["transport"], pc_id)
 
     pairs = pc.iceCandidatePairs or ()
-    if pairs:
-        plan = plans["candidate-pair"]
-        for pair in pairs:
-            out = _with_pc(pair, plan, pc_id)
+    mapped_pairs = mapped["iceCandidatePairs"]
+    if mapped_pairs:
+        _extend(sample.candidate_pairs, mapped_pairs, views["candidate-pair"], pc_id)
+        for out in mapped_pairs:
             state = out.get("state")
             if state is not None:
                 out["state"] = _PAIR_STATES.get(state, state)
-            sample.candidate_pairs.append(out)
 
     candidates = pc.iceCandidates
     if candidates:
-        _candidates(candidates, pairs, transports, pc_id, sample, plans)
+        _candidates(candidates, mapped["iceCandidates"] or [], pairs, transports, pc_id, sample, views)
 
-    _extend(sample.data_channels, pc.dataChannels, plans["data-channel"], pc_id)
-    _extend(sample.certificates, pc.certificates, plans["certificate"], pc_id)
-    _extend(sample.media_sources, pc.mediaSources, plans["media-source"], pc_id)
+    _extend(sample.data_channels, mapped["dataChannels"], views["data-channel"], pc_id)
+    _extend(sample.certificates, mapped["certificates"], views["certificate"], pc_id)
+    _extend(sample.media_sources, mapped["mediaSources"], views["media-source"], pc_id)
 
     codecs = pc.codecs
-    if codecs:
-        plan = plans["codec"]
-        for codec in codecs:
-            out = _with_pc(codec, plan, pc_id)
+    mapped_codecs = mapped["codecs"]
+    if codecs and mapped_codecs:
+        _extend(sample.codecs, mapped_codecs, views["codec"], pc_id)
+        for codec, out in zip(codecs, mapped_codecs, strict=True):
             # W3C dropped RTCCodecStats.codecType; tell it from which RTP streams use the codec.
             codec_id = codec.id
             if codec_id in decoded_codecs:
@@ -415,12 +499,95 @@ def _peer_connection(pc: Any, pc_index: int, sample: ClientSample, plans: dict[s
                     out["codecType"] = "decode"
             elif codec_id in encoded_codecs:
                 out["codecType"] = "encode"
-            sample.codecs.append(out)
 
 
-def _extend(into: list[Stats], records: Sequence[Any] | None, plan: Plan, pc_id: str) -> None:
+def _inbound_tracks(
+    pc: Any,
+    mapped: MappedPeerConnection,
+    pc_index: int,
+    sample: ClientSample,
+    views: dict[str, _View],
+    decoded_codecs: set[str],
+) -> None:
+    """One ``Track`` per inbound-rtp, with its remote-outbound-rtp and (audio) its media-playout."""
+    pc_id: str = pc.peerConnectionId
+    remote_outbounds = list(zip(pc.remoteOutboundRtps or (), mapped["remoteOutboundRtps"] or (), strict=True))
+    ro_by_id = {r.id: part for r, part in remote_outbounds}
+    ro_by_local_id = {r.localId: part for r, part in remote_outbounds if r.localId is not None}
+    ro_by_ssrc = {r.ssrc: part for r, part in remote_outbounds}
+    playouts = {p.id: part for p, part in zip(pc.mediaPlayouts or (), mapped["mediaPlayouts"] or (), strict=True)}
+    for rtp, stats in zip(pc.inboundRtps, mapped["inboundRtps"] or (), strict=True):
+        kind = _kind(rtp, pc_index, "inboundRtps", pc)
+        _as_record(stats, views["inbound-rtp/" + kind])
+        remote = _first_found(ro_by_id.get(rtp.remoteId), ro_by_local_id.get(rtp.id), ro_by_ssrc.get(rtp.ssrc))
+        if remote is not None:
+            _merge(stats, remote, views["remote-outbound-rtp/" + kind])
+        if kind == "audio" and rtp.playoutId is not None:
+            playout = playouts.get(rtp.playoutId)
+            if playout is not None:
+                _merge(stats, playout, views["media-playout/audio"])
+        if rtp.codecId is not None:
+            decoded_codecs.add(rtp.codecId)
+        sample.inbound_tracks.append(
+            Track(kind=kind, ssrc=rtp.ssrc, peer_connection_id=pc_id, track_id=rtp.trackIdentifier, stats=stats)
+        )
+
+
+def _outbound_tracks(
+    pc: Any,
+    mapped: MappedPeerConnection,
+    pc_index: int,
+    sample: ClientSample,
+    views: dict[str, _View],
+    encoded_codecs: set[str],
+) -> None:
+    """One ``Track`` per outbound-rtp, with its quality limitation, remote-inbound-rtp and media-source."""
+    pc_id: str = pc.peerConnectionId
+    remote_inbounds = list(zip(pc.remoteInboundRtps or (), mapped["remoteInboundRtps"] or (), strict=True))
+    ri_by_local_id = {r.localId: part for r, part in remote_inbounds if r.localId is not None}
+    ri_by_id = {r.id: part for r, part in remote_inbounds}
+    ri_by_ssrc = {r.ssrc: part for r, part in remote_inbounds}
+    sources = {s.id: (s, part) for s, part in zip(pc.mediaSources or (), mapped["mediaSources"] or (), strict=True)}
+    quality_limitation = _quality_limitation_fields()
+    for rtp, stats in zip(pc.outboundRtps, mapped["outboundRtps"] or (), strict=True):
+        kind = _kind(rtp, pc_index, "outboundRtps", pc)
+        _as_record(stats, views["outbound-rtp/" + kind])
+        durations = rtp.qualityLimitationDurations
+        if durations is not None:
+            for key, name in quality_limitation[kind]:
+                duration = getattr(durations, key)
+                if duration is not None:  # a browser may leave one out
+                    stats[name] = duration
+        remote = _first_found(ri_by_local_id.get(rtp.id), ri_by_id.get(rtp.remoteId), ri_by_ssrc.get(rtp.ssrc))
+        if remote is not None:
+            _merge(stats, remote, views["remote-inbound-rtp/" + kind])
+        track_id = None
+        source = sources.get(rtp.mediaSourceId)
+        if source is not None:
+            _merge(stats, source[1], views["media-source/" + kind])
+            track_id = source[0].trackIdentifier
+        if rtp.codecId is not None:
+            encoded_codecs.add(rtp.codecId)
+        sample.outbound_tracks.append(Track(kind=kind, ssrc=rtp.ssrc, peer_connection_id=pc_id, track_id=track_id, stats=stats))
+
+
+def _first_found(*parts: Stats | None) -> Stats | None:
+    """The first of ``parts`` that is not None (an empty dict counts as found)."""
+    for part in parts:
+        if part is not None:
+            return part
+    return None
+
+
+def _extend(into: list[Stats], records: list[Stats] | None, view: _View, pc_id: str) -> None:
+    """Add the mapped ``records`` to ``into`` as records of ``view``, each naming its peer connection."""
     if records:
-        into.extend(_with_pc(r, plan, pc_id) for r in records)
+        if view.dropped or view.conversions:
+            for stats in records:
+                _as_record(stats, view)
+        for stats in records:
+            stats["peerConnectionId"] = pc_id
+        into.extend(records)
 
 
 def _kind(rtp: Any, pc_index: int, field: str, pc: Any) -> MediaKind:
@@ -433,24 +600,28 @@ def _kind(rtp: Any, pc_index: int, field: str, pc: Any) -> MediaKind:
 
 def _candidates(
     candidates: Sequence[Any],
+    mapped: list[Stats],
     pairs: Sequence[Any],
     transports: Sequence[Any],
     pc_id: str,
     sample: ClientSample,
-    plans: dict[str, Plan],
+    views: dict[str, _View],
 ) -> None:
+    """Each 3.x ``iceCandidates`` entry (its mapped dict in ``mapped``) as a local or a remote candidate."""
     # A transport's selected pair is itself one of ``pairs``, so its local candidate is covered here;
     # a selected pair the client did not send names no candidate we could look up.
     local_ids = {p.localCandidateId for p in pairs if p.localCandidateId is not None}
     remote_ids = {p.remoteCandidateId for p in pairs if p.remoteCandidateId is not None}
     local_ufrags = {t.iceLocalUsernameFragment for t in transports if t.iceLocalUsernameFragment is not None}
-    local_plan = plans["local-candidate"]
-    remote_plan = plans["remote-candidate"]
-    for cand in candidates:
+    local_view = views["local-candidate"]
+    remote_view = views["remote-candidate"]
+    for cand, stats in zip(candidates, mapped, strict=True):
         if _is_local(cand, local_ids, remote_ids, local_ufrags):
-            sample.local_candidates.append(_with_pc(cand, local_plan, pc_id))
+            _as_record(stats, local_view)["peerConnectionId"] = pc_id
+            sample.local_candidates.append(stats)
         else:
-            sample.remote_candidates.append(_with_pc(cand, remote_plan, pc_id))
+            _as_record(stats, remote_view)["peerConnectionId"] = pc_id
+            sample.remote_candidates.append(stats)
 
 
 def _is_local(cand: Any, local_ids: set[str], remote_ids: set[str], local_ufrags: set[str]) -> bool:

@@ -39,25 +39,34 @@ _PROTO3_OMITTABLE = frozenset({"int", "long", "float", "double", "boolean"})
 _ALWAYS_REQUIRED = frozenset({"ssrc", "timestamp"})
 # Fields that clients send under a name the schema does not have, kept so the decoder can map them:
 # client-monitor-js 3.x sends a MediaDevice's id as ``deviceId`` (the MediaDeviceInfo name).
+# Fields that hold an id but are not named so (the model's track ids).
+_ID_TEXTS = frozenset({"trackIdentifier"})
 _SPOKEN_ALIASES: dict[str, tuple[tuple[str, Any], ...]] = {"MediaDevice": (("deviceId", str),)}
 
 
 class _Builder:
-    def __init__(self, prefix: str, raw_stats: bool = False, max_string: int | None = None) -> None:
+    def __init__(self, prefix: str, raw_stats: bool = False, max_string: int | None = None, ids_only: bool = False) -> None:
         self._prefix = prefix
         self._raw_stats = raw_stats
-        self._str: Any = str if max_string is None else Annotated[str, msgspec.Meta(max_length=max_string)]
+        self._bounded: Any = str if max_string is None else Annotated[str, msgspec.Meta(max_length=max_string)]
+        self._ids_only = ids_only
         self._records: dict[str, type[msgspec.Struct]] = {}
         self._field = ""
+
+    def _str(self) -> Any:
+        """A string of the field being built: bounded, unless only ids are and it is none."""
+        if self._ids_only and not (self._field.lower().endswith("id") or self._field in _ID_TEXTS):
+            return str
+        return self._bounded
 
     def type_of(self, avro: Any) -> Any:
         if isinstance(avro, str):
             if avro == "string" and self._field and not self._field.lower().endswith("id"):
                 # Browsers' libraries send numbers where 2.x says string (codec payloadType from
                 # client-monitor-js 3.x); the reports stage renders them as text. Ids stay strict.
-                return self._str | int | float
+                return self._str() | int | float
             if avro in ("string", "bytes"):
-                return self._str
+                return self._str()
             if self._raw_stats and avro in ("int", "long"):
                 # 3.x carries getStats() values as the browser reports them: a W3C timestamp or
                 # counter the schema calls long may arrive fractional. The mapping rounds it.
@@ -74,7 +83,7 @@ class _Builder:
         if kind == "record":
             return self._record(avro)
         if kind == "enum":
-            return self._str
+            return self._str()
         if kind == "array":
             return list[self.type_of(avro["items"])]  # type: ignore[misc]
         if kind == "map":
@@ -113,9 +122,14 @@ class _Builder:
 
 
 def _build(
-    version_dir: str, filename: str, prefix: str, raw_stats: bool = False, max_string: int | None = None
+    version_dir: str,
+    filename: str,
+    prefix: str,
+    raw_stats: bool = False,
+    max_string: int | None = None,
+    ids_only: bool = False,
 ) -> type[msgspec.Struct]:
-    return _Builder(prefix, raw_stats, max_string).type_of(avro_schema(version_dir, filename))
+    return _Builder(prefix, raw_stats, max_string, ids_only).type_of(avro_schema(version_dir, filename))
 
 
 @cache
@@ -135,8 +149,13 @@ def client_sample_v2() -> type[msgspec.Struct]:
 
 
 @cache
-def client_sample_v3() -> type[msgspec.Struct]:
-    return _build("v3_5_0", "ClientSample.avsc", "V3", raw_stats=True)
+def client_sample_v3(max_string: int | None = None) -> type[msgspec.Struct]:
+    """The 3.x ``ClientSample``.
+
+    With ``max_string``, every id of it (a field named ``...id``/``...Id``, and ``trackIdentifier``) is
+    refused past that many characters; other text, such as a certificate or a candidate's URL, is not.
+    """
+    return _build("v3_5_0", "ClientSample.avsc", "V3", raw_stats=True, max_string=max_string, ids_only=True)
 
 
 def _item_type(struct: type[msgspec.Struct], field: str) -> type[msgspec.Struct]:

@@ -12,7 +12,10 @@ import fastavro
 import pytest
 
 from webrtc_observer.model import ClientSample, Origin, PeerConnection, Track
-from webrtc_observer.receiver._v3 import decode_client_sample_v3, v2_record_fields
+from webrtc_observer.receiver._decoding import RefusedInput
+from webrtc_observer.receiver._decoding import decode as receive
+from webrtc_observer.receiver._limits import LimitsConfig
+from webrtc_observer.receiver._v3 import client_sample_in_json, decode_client_sample_v3, v2_record_fields
 from webrtc_observer.receiver._wire_types import WireError
 from webrtc_observer.schemas import avro_schema
 
@@ -739,3 +742,59 @@ def test_fractional_stats_timestamp_accepted() -> None:
     s["timestamp"] = 1756000000123.9
     out = decode(s)
     assert isinstance(out.timestamp, int)
+
+
+def test_a_kind_keeps_only_its_own_fields() -> None:
+    """One Struct reads the inbound-rtps of both kinds: what only the other kind keeps is left out."""
+    s = golden0()
+    inbound_audio, inbound_video = s["peerConnections"][0]["inboundRtps"]
+    inbound_video["audioLevel"] = 0.5
+    inbound_video["concealedSamples"] = 7
+    inbound_audio["framesDecoded"] = 30
+    inbound_audio["qpSum"] = 1e300  # not read for audio, so not refused as out of range either
+    out = decode(s)
+    audio = track(out.inbound_tracks, inbound_audio["ssrc"]).stats
+    video = track(out.inbound_tracks, inbound_video["ssrc"]).stats
+    assert not {"framesDecoded", "qpSum"} & audio.keys()
+    assert not {"audioLevel", "concealedSamples"} & video.keys()
+    assert set(audio) <= set(v2_record_fields()["InboundAudioTrack"])
+    assert set(video) <= set(v2_record_fields()["InboundVideoTrack"])
+
+
+def _received(sample: dict[str, Any]) -> Any:
+    data = json.dumps(sample).encode()
+    return receive(data, ORIGIN, route="samples", encoding="json", gzipped=False, limit=1 << 22, limits=LimitsConfig())
+
+
+def test_strings_bounded_while_decoding_when_the_limits_allow_it() -> None:
+    """With limits, JSON text is decoded with every id bounded to max_id_length: then no id needs
+    checking after. Other text may be longer. A longer id is decoded again, unbounded, and refused by
+    the limits, wherever the sample carries it."""
+    s = enriched0()
+    s["peerConnections"][0]["certificates"][0]["base64Certificate"] = "A" * 5000
+    decoded = _received(s)
+    assert (decoded.samples, decoded.strings_within) == ([decode(s)], LimitsConfig().max_id_length)
+    long = "x" * 257
+    s["peerConnections"][0]["iceCandidatePairs"][0]["localCandidateId"] = long
+    assert client_sample_in_json(json.dumps(s).encode(), ORIGIN, 256) == (decode(s), False)
+    for field, sample in (
+        ("localCandidateId", s),
+        ("callId", {**enriched0(), "callId": long}),
+        (
+            "trackId",
+            {
+                **enriched0(),
+                "peerConnections": [
+                    {
+                        "peerConnectionId": "pc",
+                        "inboundRtps": [{"ssrc": 1, "kind": "audio", "id": "I", "timestamp": TS, "trackIdentifier": long}],
+                    }
+                ],
+            },
+        ),
+        ("roomId", {**enriched0(), "attachments": {"roomId": long}}),
+        ("mediaTrackId", {**enriched0(), "clientEvents": [{"type": "e", "payload": {"trackId": long}}]}),
+    ):
+        with pytest.raises(RefusedInput) as refused:
+            _received(sample)
+        assert refused.value.reason == "limits" and field in refused.value.detail, (field, refused.value)
