@@ -579,12 +579,14 @@ def _append_bounded(items: list[Any], item: Any, limit: int) -> None:
         del items[: len(items) - limit]
 
 
-def _keep_last(table: dict[str, Any], key: str, value: Any, limit: int) -> None:
-    """Set ``table[key]`` as its last entry, the first ones dropped past ``limit``."""
+def _keep_last(table: dict[Any, Any], key: Any, value: Any, limit: int) -> int:
+    """Set ``table[key]`` as its last entry, the first ones dropped past ``limit``; how many were."""
     table.pop(key, None)
     table[key] = value
-    while len(table) > limit:
+    dropped = len(table) - limit
+    for _ in range(dropped):
         del table[next(iter(table))]
+    return max(dropped, 0)
 
 
 def _sort_mos(mos: float | None) -> float:
@@ -795,12 +797,7 @@ class LiveView:
         for client_id in list(call.clients):
             self._leave(call, client_id, None, ts)
         call.issues.clear()
-        key = (call.service_id, call.call_id)
-        self._ended[key] = call
-        self._ended.move_to_end(key)
-        while len(self._ended) > self._cfg.max_ended_calls:
-            self._ended.popitem(last=False)
-            self.dropped["endedCalls"] += 1
+        self.dropped["endedCalls"] += _keep_last(self._ended, (call.service_id, call.call_id), call, self._cfg.max_ended_calls)
 
     def _track(self, client: _ClientView, pc_id: str, direction: str, kind: str, ssrc: int) -> _TrackView | None:
         key = (pc_id, direction, ssrc)
