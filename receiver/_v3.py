@@ -344,26 +344,28 @@ def _as_record(stats: Stats, view: _View) -> Stats:
     if dropped and not stats.keys().isdisjoint(dropped):
         for name in dropped:
             stats.pop(name, None)
+    _convert(stats, view)
+    return stats
+
+
+def _convert(stats: Stats, view: _View) -> None:
+    """The values of ``stats`` whose 2.x type differs converted to it, in place."""
     for name, conv in view.conversions:
         value = stats.get(name)
         if value is not None:
             stats[name] = conv(value)
-    return stats
 
 
 def _merge(stats: Stats, part: Stats, view: _View) -> None:
     """Add to a track's ``stats`` the fields of ``part`` (an auxiliary object's mapped dict) that ``view`` keeps.
 
-    ``part`` keeps its fields (another track or record may read them); its values are converted in
-    place, which gives every reader the same values.
+    ``part`` keeps its fields (another track or record may read them). Its values are converted in
+    place, or, when it has fields ``view`` drops, in a copy without them.
     """
     dropped = view.dropped
     if dropped and not part.keys().isdisjoint(dropped):
         part = {name: value for name, value in part.items() if name not in dropped}
-    for name, conv in view.conversions:
-        value = part.get(name)
-        if value is not None:
-            part[name] = conv(value)
+    _convert(part, view)
     stats.update(part)
 
 
