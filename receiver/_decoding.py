@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import KeysView
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -133,6 +134,10 @@ def _decode_json(data: bytes, origin: Origin, route: Route, max_string: int | No
         if wrapper is not None:
             samples = _v2.samples_of(wrapper, _with(origin, "2"))
             return Decoded(samples, max_string if bounded else None)
+    if route == "samples":
+        told = _told_client_sample_v3(data, origin, max_string)
+        if told is not None:
+            return told
     try:
         top = _TOP_LEVEL.decode(data)
     except msgspec.ValidationError:
@@ -142,6 +147,36 @@ def _decode_json(data: bytes, origin: Origin, route: Route, max_string: int | No
         raise RefusedInput("bad_json", f"body is not JSON ({exc})") from None
     # The wire types decode straight from the bytes: no intermediate dicts to convert.
     return _decode(data, top.keys(), origin, route, max_string)
+
+
+# The top-level keys that tell a 3.x ClientSample from the other generations, once it decoded as one.
+_TELLING_KEYS = tuple(sorted(_WRAPPER_KEYS | _V3_KEYS))
+_MARKED_KEYS = tuple(sorted(_WRAPPER_KEYS))
+"""Keys a 3.x ClientSample does not have, so its decoding keeps them (unparsed) for :func:`_generation`."""
+
+
+def _told_client_sample_v3(data: bytes, origin: Origin, max_string: int | None) -> Decoded | None:
+    """``data`` as a 3.x ClientSample, when decoding it as one (every id within ``max_string``) succeeds
+    and the keys it then is known to have make it one (see :func:`_generation`); None otherwise, and the
+    caller tells what ``data`` is from its top-level keys, as for any other message.
+
+    The keys known are those of a wrapper that were sent and those of a 3.x sample that have a value:
+    more keys of the 3.x sample (sent as null) cannot make it another generation, so this tells alike.
+    """
+    from . import _v3
+
+    declared = origin.schema_version
+    if declared and declared.startswith("2"):
+        return None  # told 2.x whatever its keys
+    try:
+        wire = _v3.wire_sample_in_json(data, max_string, _MARKED_KEYS)
+    except (WireError, msgspec.DecodeError, RecursionError):
+        return None
+    known = {key for key in _TELLING_KEYS if getattr(wire, key) is not None}
+    if _generation(known, declared) != "3":
+        return None
+    sample, bounded = _v3.sample_of_wire(wire, _with(origin, "3"), max_string)
+    return Decoded([sample], max_string if bounded else None)
 
 
 def _decode(
@@ -172,7 +207,7 @@ def _decode(
     )
 
 
-def _generation(keys: KeysView[str], declared: str | None) -> str | None:
+def _generation(keys: AbstractSet[str], declared: str | None) -> str | None:
     if not _WRAPPER_KEYS.isdisjoint(keys):
         return "wrapper"
     if declared:

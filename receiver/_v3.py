@@ -50,7 +50,7 @@ from webrtc_observer.schemas import avro_schema
 
 from ._wire_types import INT32_MAX, INT32_MIN, LONG_MAX, LONG_MIN, WireError, as_text, client_sample_v3, decode_typed
 
-__all__ = ["client_sample_in_json", "decode_client_sample_v3"]
+__all__ = ["client_sample_in_json", "decode_client_sample_v3", "sample_of_wire", "wire_sample_in_json"]
 
 Conversion = Callable[[Any], Any]
 MappedPeerConnection = dict[str, list[Stats] | None]
@@ -344,7 +344,8 @@ def _as_record(stats: Stats, view: _View) -> Stats:
     if dropped and not stats.keys().isdisjoint(dropped):
         for name in dropped:
             stats.pop(name, None)
-    _convert(stats, view)
+    if view.conversions:
+        _convert(stats, view)
     return stats
 
 
@@ -365,7 +366,8 @@ def _merge(stats: Stats, part: Stats, view: _View) -> None:
     dropped = view.dropped
     if dropped and not part.keys().isdisjoint(dropped):
         part = {name: value for name, value in part.items() if name not in dropped}
-    _convert(part, view)
+    if view.conversions:
+        _convert(part, view)
     stats.update(part)
 
 
@@ -392,9 +394,23 @@ def client_sample_in_json(data: bytes, origin: Origin, max_string: int | None = 
         except WireError:
             pass
         else:
-            sample = _sample_of(c, origin)
-            return sample, _attached_ids_within(sample, max_string)
+            return sample_of_wire(c, origin, max_string)
     return decode_client_sample_v3(data, origin), False
+
+
+def wire_sample_in_json(data: bytes, max_string: int | None, marking: tuple[str, ...]) -> Any:
+    """JSON text decoded as a wire 3.x ClientSample, every id at most ``max_string`` long (if given),
+    with the top-level keys named in ``marking`` kept unparsed (see :func:`~._wire_types.client_sample_v3`).
+
+    ``WireError`` for text that is no such sample, ``msgspec.DecodeError`` for text that is not JSON."""
+    return decode_typed(data, client_sample_v3(max_string, marking))
+
+
+def sample_of_wire(c: Any, origin: Origin, max_string: int | None) -> tuple[ClientSample, bool]:
+    """The model of the wire ClientSample ``c``, decoded with its ids bounded to ``max_string`` (or
+    unbounded: None); the flag says whether no id of the sample is longer than ``max_string``."""
+    sample = _sample_of(c, origin)
+    return sample, max_string is not None and _attached_ids_within(sample, max_string)
 
 
 def _sample_of(c: Any, origin: Origin) -> ClientSample:
@@ -521,7 +537,11 @@ def _inbound_tracks(
     for rtp, stats in zip(pc.inboundRtps, mapped["inboundRtps"] or (), strict=True):
         kind = _kind(rtp, pc_index, "inboundRtps", pc)
         _as_record(stats, views["inbound-rtp/" + kind])
-        remote = _first_found(ro_by_id.get(rtp.remoteId), ro_by_local_id.get(rtp.id), ro_by_ssrc.get(rtp.ssrc))
+        remote = ro_by_id.get(rtp.remoteId)
+        if remote is None:
+            remote = ro_by_local_id.get(rtp.id)
+            if remote is None:
+                remote = ro_by_ssrc.get(rtp.ssrc)
         if remote is not None:
             _merge(stats, remote, views["remote-outbound-rtp/" + kind])
         if kind == "audio" and rtp.playoutId is not None:
@@ -555,12 +575,16 @@ def _outbound_tracks(
         kind = _kind(rtp, pc_index, "outboundRtps", pc)
         _as_record(stats, views["outbound-rtp/" + kind])
         durations = rtp.qualityLimitationDurations
-        if durations is not None:
+        if durations is not None and quality_limitation[kind]:
             for key, name in quality_limitation[kind]:
                 duration = getattr(durations, key)
                 if duration is not None:  # a browser may leave one out
                     stats[name] = duration
-        remote = _first_found(ri_by_local_id.get(rtp.id), ri_by_id.get(rtp.remoteId), ri_by_ssrc.get(rtp.ssrc))
+        remote = ri_by_local_id.get(rtp.id)
+        if remote is None:
+            remote = ri_by_id.get(rtp.remoteId)
+            if remote is None:
+                remote = ri_by_ssrc.get(rtp.ssrc)
         if remote is not None:
             _merge(stats, remote, views["remote-inbound-rtp/" + kind])
         track_id = None
@@ -571,14 +595,6 @@ def _outbound_tracks(
         if rtp.codecId is not None:
             encoded_codecs.add(rtp.codecId)
         sample.outbound_tracks.append(Track(kind=kind, ssrc=rtp.ssrc, peer_connection_id=pc_id, track_id=track_id, stats=stats))
-
-
-def _first_found(*parts: Stats | None) -> Stats | None:
-    """The first of ``parts`` that is not None (an empty dict counts as found)."""
-    for part in parts:
-        if part is not None:
-            return part
-    return None
 
 
 def _extend(into: list[Stats], records: list[Stats] | None, view: _View, pc_id: str) -> None:

@@ -149,13 +149,25 @@ def client_sample_v2() -> type[msgspec.Struct]:
 
 
 @cache
-def client_sample_v3(max_string: int | None = None) -> type[msgspec.Struct]:
+def client_sample_v3(max_string: int | None = None, marking: tuple[str, ...] = ()) -> type[msgspec.Struct]:
     """The 3.x ``ClientSample``.
 
     With ``max_string``, every id of it (a field named ``...id``/``...Id``, and ``trackIdentifier``) is
     refused past that many characters; other text, such as a certificate or a candidate's URL, is not.
+
+    With ``marking``, top-level keys of these names (the schema has none of them) are kept too, as
+    their unparsed JSON (``msgspec.Raw``, a null included), so that whether they were sent can be told.
     """
-    return _build("v3_5_0", "ClientSample.avsc", "V3", raw_stats=True, max_string=max_string, ids_only=True)
+    sample = _build("v3_5_0", "ClientSample.avsc", "V3", raw_stats=True, max_string=max_string, ids_only=True)
+    if not marking:
+        return sample
+    return msgspec.defstruct(
+        f"{sample.__name__}Marked",
+        [(name, msgspec.Raw, None) for name in marking],
+        bases=(sample,),
+        kw_only=True,
+        omit_defaults=True,
+    )
 
 
 def _item_type(struct: type[msgspec.Struct], field: str) -> type[msgspec.Struct]:

@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import msgspec
 import pytest
 
+from tests._samples import client_sample_v2
 from webrtc_observer.model import ClientSample, Origin, PeerConnection, Track
 from webrtc_observer.receiver._decoding import RefusedInput
 from webrtc_observer.receiver._decoding import decode as receive
 from webrtc_observer.receiver._limits import LimitsConfig
-from webrtc_observer.receiver._v3 import client_sample_in_json, decode_client_sample_v3, v2_record_fields
+from webrtc_observer.receiver._v3 import client_sample_in_json, decode_client_sample_v3, v2_record_fields, wire_sample_in_json
 from webrtc_observer.receiver._wire_types import WireError
 from webrtc_observer.schemas import avro_schema
 
@@ -798,3 +800,40 @@ def test_strings_bounded_while_decoding_when_the_limits_allow_it() -> None:
         with pytest.raises(RefusedInput) as refused:
             _received(sample)
         assert refused.value.reason == "limits" and field in refused.value.detail, (field, refused.value)
+
+
+def _received_as(body: bytes, schema_version: str | None) -> Any:
+    origin = msgspec.structs.replace(ORIGIN, schema_version=schema_version)
+    return receive(body, origin, route="samples", encoding="json", gzipped=False, limit=1 << 22, limits=LimitsConfig())
+
+
+def test_generation_told_by_the_keys_even_when_the_text_decodes_as_a_3x_sample() -> None:
+    """JSON text is first decoded as a 3.x ClientSample; the keys it then is known to have must still
+    make it one, as the top-level keys alone do: a wrapper key, a declared 2.x version, or no 3.x key
+    with a value (a null one reads as missing there, so the keys are looked at) send it the way its
+    keys say."""
+    v3 = json.dumps(enriched0()).encode()
+    assert _received_as(v3, None).samples[0].origin.generation == "3"
+    assert _received_as(v3, "3.5.0").samples[0].origin.generation == "3"
+    assert _received_as(v3, "2.2.11").samples[0].origin.generation == "2"  # declared: a 2.x sample
+    # A wrapper key after the others (past the quick look at the start of the text).
+    wrapper_last = v3[:-1] + b',"clientSamples":[' + json.dumps(client_sample_v2()).encode() + b"]}"
+    assert [s.origin.generation for s in _received_as(wrapper_last, None).samples] == ["2"]
+    for key in ("sfuSamples", "turnSamples", "controls"):  # a null one too: a wrapper, without client samples
+        assert _received_as(v3[:-1] + f',"{key}":null}}'.encode(), None).samples == []
+    # 3.x keys sent as null are keys sent: the sample is 3.x (the typed decoding alone cannot tell).
+    nulls = json.dumps({"clientId": "c", "timestamp": TS, "score": None, "peerConnections": None}).encode()
+    assert _received_as(nulls, None).samples[0].origin.generation == "3"
+    # No 3.x key: a 2.x sample, though the text decodes as a 3.x one.
+    bare = json.dumps({"clientId": "c", "timestamp": TS}).encode()
+    assert _received_as(bare, None).samples[0].origin.generation == "2"
+    assert _received_as(bare, "3.5.0").samples[0].origin.generation == "3"
+
+
+def test_wire_sample_keeps_the_marked_keys_unparsed() -> None:
+    """The keys ``marking`` names are kept as their JSON text, a null one too, so that they read as sent."""
+    body = b'{"clientId":"c","timestamp":1,"controls":null,"clientSamples":[{"x":1}]}'
+    wire = wire_sample_in_json(body, 256, ("clientSamples", "controls", "sfuSamples"))
+    assert (bytes(wire.clientSamples), bytes(wire.controls), wire.sfuSamples) == (b'[{"x":1}]', b"null", None)
+    with pytest.raises(WireError):
+        wire_sample_in_json(b'{"clientId":"' + b"x" * 300 + b'","timestamp":1}', 256, ())
