@@ -44,6 +44,7 @@ from webrtc_observer import state, transaction
 from webrtc_observer.component import Consumer, Factory, Settings
 from webrtc_observer.model import Batch, ClientSample, PadLink, Report, SfuSample, Stats
 from webrtc_observer.state import LOCAL, Changes, Partition
+from webrtc_observer.telemetry import Adder
 
 from ._report_schemas import REPORT_TYPES, SCHEMA_VERSION, build, required_of
 
@@ -335,6 +336,8 @@ class ReportsProcessor:
         self._meta = _MetaCache(config.max_clients, config.max_meta_items_per_client)
         t = settings.telemetry
         self._reports = t.counter("reports", "Reports emitted, by report type", ("type",))
+        self._reports_of: dict[str, Adder] = {}
+        """The ``reports`` series of each report type emitted so far (at most the 18 types)."""
         self._uncorrelated = t.counter(
             "reports_uncorrelated_samples", "Client samples without a settled call, so without reports", ("processor",)
         )
@@ -375,7 +378,10 @@ class ReportsProcessor:
         if d.staged or d.forget:
             self._meta_clients.set(len(self._meta), self._label)
         for report_type, n in d.counts.items():
-            self._reports.add(n, report_type)
+            series = self._reports_of.get(report_type)
+            if series is None:
+                series = self._reports_of[report_type] = self._reports.adder(report_type)
+            series.add(n)
         for report_type, n in d.invalid.items():
             self._invalid.add(n, self._label, report_type)
         if d.uncorrelated:

@@ -321,3 +321,25 @@ def test_max_series_refuses_before_the_budget_is_charged() -> None:
     assert t.budget.used == 2 and received.samples()[(OVERFLOW,)] == 3
     with pytest.raises(ValueError, match="max_samples"):
         Telemetry(max_samples=0)
+
+
+def test_a_bound_adder_counts_like_add_within_the_same_bounds() -> None:
+    """The registry itself: ``Metric.adder`` (a stage's per-message counter) admits its series on the
+    first addition, under ``max_series`` and the sample budget, and counts into the same series as ``add``."""
+    t = Telemetry(max_series=2, max_samples=100)
+    received = t.counter("received", "test", ("service_id", "transport"))
+    adders = [received.adder(f"svc-{i}", "websocket") for i in range(4)]
+    assert received.samples() == {}  # nothing appears before the first addition
+    for i, adder in enumerate(adders):
+        adder.add(i + 1)
+    received.add(10, "svc-0", "websocket")
+    adders[3].add(1)
+    assert received.samples() == {
+        ("svc-0", "websocket"): 11.0,
+        ("svc-1", "websocket"): 2.0,
+        (OVERFLOW, "websocket"): 3.0 + 4.0 + 1.0,  # past max_series: the client-derived label overflows
+    }
+    assert received.overflowed == 3
+    assert t.get("telemetry_overflowed_updates").samples() == {("received",): 3.0}
+    with pytest.raises(ValueError, match="takes labels"):
+        received.adder("svc-0")

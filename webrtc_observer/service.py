@@ -62,17 +62,16 @@ class _Counted:
 
     def __init__(self, inner: Consumer, incoming: Metric, refused: Metric, pipeline: str, component: str) -> None:
         self._inner = inner
-        self._incoming = incoming
-        self._refused = refused
-        self._labels = (pipeline, component)
+        self._incoming = incoming.adder(pipeline, component)
+        self._refused = refused.adder(pipeline, component)
 
     async def consume(self, batch: Batch) -> None:
         try:
             await self._inner.consume(batch)
         except RetryLater:
-            self._refused.add(len(batch), *self._labels)
+            self._refused.add(len(batch))
             raise
-        self._incoming.add(len(batch), *self._labels)
+        self._incoming.add(len(batch))
 
 
 class Service:

@@ -155,6 +155,24 @@ class Metric:
         finally:
             lock.release()
 
+    def adder(self, *labels: str) -> Adder:
+        """The series of ``labels``, to add to without looking the labels up (and locking) each time.
+
+        For a counter added to per message from one thread (the event loop's), as a stage counts what
+        it takes. The series appears on its first addition; series are never removed, so a bound
+        series stays valid for the metric's lifetime.
+        """
+        if len(labels) != len(self.labels):
+            raise ValueError(f"{self.name} takes labels {self.labels}, got {labels}")
+        return Adder(self, labels)
+
+    def _admit(self, labels: LabelValues) -> tuple[LabelValues, bool]:
+        """The key ``labels`` are kept under (its series created at 0), and whether it is an overflow key."""
+        with self._lock:
+            key, overflow = self._bounded(labels, self._values)
+            self._values.setdefault(key, 0.0)
+            return key, overflow
+
     def value(self, *labels: str) -> float:
         return self.samples().get(labels, 0.0)
 
@@ -171,6 +189,28 @@ class Metric:
     def overflowed(self) -> int:
         """How many updates landed in an overflow series."""
         return self._overflowed
+
+
+class Adder:
+    """One series of a :class:`Metric` (a counter, or a gauge that is added to); ``add`` costs one dict update."""
+
+    __slots__ = ("_key", "_metric", "_overflow", "_values")
+
+    def __init__(self, metric: Metric, labels: LabelValues) -> None:
+        self._metric = metric
+        self._values = metric._values
+        self._key = labels
+        self._overflow: bool | None = None
+        """None until the first addition admits the series (see :meth:`Metric._bounded`)."""
+
+    def add(self, amount: float = 1.0) -> None:
+        if self._overflow is None:
+            self._key, self._overflow = self._metric._admit(self._key)
+        # No lock, as in BoundHistogram.observe: one thread adds; the lock guards the table, whose
+        # readers copy it whole.
+        self._values[self._key] += amount
+        if self._overflow:
+            self._metric._overflowed += 1
 
 
 @dataclass
