@@ -68,6 +68,7 @@ import hashlib
 import json
 import math
 import re
+import struct
 import sys
 import time
 from array import array
@@ -190,6 +191,31 @@ def _event_dict(event: _Event) -> dict[str, Any]:
     return dict(zip(event[0], event[1:], strict=True))
 
 
+def _keep_call_event(call: _CallView, event: _Event, limit: int) -> None:
+    """Append ``event`` (:func:`_event`) of ``call`` to its flat list (:attr:`_CallView.events`)
+    without its service and call id, which are the call's; the first ones dropped past ``limit``."""
+    events = call.events
+    events += event[:3]
+    events += event[5:]
+    call.event_count += 1
+    while call.event_count > limit:
+        del events[: len(events[0]) - 1]
+        call.event_count -= 1
+
+
+def _call_event_dicts(call: _CallView) -> list[dict[str, Any]]:
+    """The events of ``call`` (:func:`_keep_call_event`) as the page's JSON shows them."""
+    events, service_id, call_id = call.events, call.service_id, call.call_id
+    out = []
+    i, n = 0, len(events)
+    while i < n:
+        keys = events[i]
+        end = i + len(keys) - 1
+        out.append(dict(zip(keys, (events[i + 1], events[i + 2], service_id, call_id, *events[i + 3 : end]), strict=True)))
+        i = end
+    return out
+
+
 _EVENT_KEYS = ("timestamp", "name", "serviceId", "callId", "roomId", "clientId", "userId", "peerConnectionId")
 _TRACK_EVENT_KEYS = (*_EVENT_KEYS, "trackId", "ssrc")
 _ISSUE_EVENT_KEYS = (
@@ -204,6 +230,38 @@ _ISSUE_EVENT_KEYS = (
     "userId",
     "peerConnectionId",
 )
+
+
+_ISSUE_KEYS = (
+    "timestamp",
+    "raised",
+    "type",
+    "severity",
+    "clientId",
+    "userId",
+    "peerConnectionId",
+    "trackId",
+    "ssrc",
+    "message",
+    "values",
+    "startedAt",
+    "endedAt",
+)
+"""The names of an issue entry's values, as the page's JSON shows them (:func:`_issue_dict`)."""
+_SEVERITY, _VALUES, _STARTED_AT = (_ISSUE_KEYS.index(k) for k in ("severity", "values", "startedAt"))
+
+_Issue = tuple[Any, ...]
+"""An issue raise or resolve as kept: its values in the order of ``_ISSUE_KEYS``, but for ``values``
+the attachments' JSON text they are in when they are a dict (the report's string costs less than the
+dict, its keys and numbers; :func:`_issue_dict` reads them back)."""
+
+
+def _issue_dict(issue: _Issue) -> dict[str, Any]:
+    shown = dict(zip(_ISSUE_KEYS, issue, strict=True))
+    attachments = issue[_VALUES]
+    if attachments is not None:
+        shown["values"] = json.loads(attachments)["values"]
+    return shown
 
 
 class _Ring:
@@ -375,7 +433,7 @@ class _TrackView:
         self.track_id: str | None = None
         self.remote_client_id: str | None = None
         self.remote_user_id: str | None = None
-        self.measured: array[float] | None = None
+        self.measured: bytes | None = None
         self.limitation: str | None = None
         self.updated = 0
 
@@ -397,7 +455,7 @@ class _TrackView:
             "updated": self.updated,
         }
         if self.measured is not None:  # v != v: v is NaN, not measured
-            rtt, lost, jitter, bitrate, mos, fps, width, height = self.measured
+            rtt, lost, jitter, bitrate, mos, fps, width, height = _MEASURED.unpack(self.measured)
             out |= {
                 "rttMs": None if rtt != rtt else round(rtt * 1000, 1),
                 "lossPercent": None if lost != lost else round(lost * 100, 2),
@@ -412,12 +470,15 @@ class _TrackView:
         return out
 
 
-def _measured(q: TrackQuality) -> array[float]:
-    """The numbers a track shows from its measurement ``q``, in one array (NaN for None): RTT,
-    fraction lost, jitter, bitrate, MOS, fps, frame width and height. The quality processor's values
-    are finite, so NaN says "not measured" only."""
+_MEASURED = struct.Struct("8d")
+
+
+def _measured(q: TrackQuality) -> bytes:
+    """The numbers a track shows from its measurement ``q``, packed as 8 doubles (NaN for None): RTT,
+    fraction lost, jitter, bitrate, MOS, fps, frame width and height (one bytes object costs less than
+    an array). The quality processor's values are finite, so NaN says "not measured" only."""
     values = (q.rtt, q.fraction_lost, q.jitter, q.bitrate, q.mos, q.fps, q.frame_width, q.frame_height)
-    return array("d", [_NAN if v is None else v for v in values])
+    return _MEASURED.pack(*[_NAN if v is None else v for v in values])
 
 
 class _ClientView:
@@ -476,6 +537,7 @@ class _CallView:
         "clients",
         "departed",
         "ended",
+        "event_count",
         "events",
         "issue_counts",
         "issues",
@@ -504,11 +566,14 @@ class _CallView:
         """Clients that left (client id → when): nothing re-adds them but a CLIENT_JOINED."""
         self.users: dict[str, str] = {}
         """client id → user id, of everyone seen in the call (for the events)."""
-        self.events: list[_Event] = []
-        """The last ``max_call_events`` lifecycle events (:func:`_append_bounded`)."""
-        self.timeline: list[dict[str, Any]] = []
+        self.events: list[Any] = []
+        """The last ``max_call_events`` events, flat: each its keys (``_EVENT_KEYS`` or
+        ``_TRACK_EVENT_KEYS``) then its values but the service and call id (:func:`_keep_call_event`):
+        one list costs less than a tuple an event."""
+        self.event_count = 0
+        self.timeline: list[_Issue] = []
         """The last ``max_call_issues`` issue raises and resolves."""
-        self.issues: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.issues: dict[tuple[Any, ...], _Issue] = {}
         self.issue_counts: dict[str, int] = {}
         self.sfus: dict[str, dict[str, Any]] = {}
         self.summary: dict[str, Any] | None = None
@@ -522,7 +587,7 @@ class _CallView:
         clients = self.clients.values() if self.clients else self.departed.values()
         values = [m for c in clients if (m := c.recent_mos(samples)) is not None]
         mos = min(values) if values else None
-        penalty = sum(_SEVERITY_PENALTY.get(i["severity"], 0.0) for i in self.issues.values())
+        penalty = sum(_SEVERITY_PENALTY.get(i[_SEVERITY], 0.0) for i in self.issues.values())
         return max(0.0, (4.5 if mos is None else mos) - penalty), mos
 
     def status(self) -> str:
@@ -540,7 +605,7 @@ class _CallView:
     def brief(self, cfg: LiveViewConfig, max_clients: int = 12) -> dict[str, Any]:
         score, mos = self.score(cfg.score_samples)
         clients = sorted(self.clients.values(), key=lambda c: (_sort_mos(c.recent_mos(cfg.score_samples)), c.client_id))
-        open_issues = sorted(self.issues.values(), key=lambda i: (-_SEVERITY_RANK.get(i["severity"], 0), i["startedAt"] or 0))
+        open_issues = sorted(self.issues.values(), key=lambda i: (-_SEVERITY_RANK.get(i[_SEVERITY], 0), i[_STARTED_AT] or 0))
         return {
             "serviceId": self.service_id,
             "callId": self.call_id,
@@ -553,7 +618,7 @@ class _CallView:
             "mos": _num(mos),
             "clientCount": len(self.clients),
             "clients": [c.brief(cfg.score_samples) for c in clients[:max_clients]],
-            "issues": open_issues[:20],
+            "issues": [_issue_dict(i) for i in open_issues[:20]],
             "issueCount": len(self.issues),
             "issueCounts": dict(sorted(self.issue_counts.items())),
         }
@@ -564,9 +629,9 @@ class _CallView:
             "clients": [c.detail(cfg.score_samples) for c in self.clients.values()],
             "departed": [c.detail(cfg.score_samples) for c in self.departed.values()],
             "sfus": list(self.sfus.values()),
-            "issues": list(self.issues.values()),
-            "timeline": list(self.timeline),
-            "events": [_event_dict(e) for e in self.events],
+            "issues": [_issue_dict(i) for i in self.issues.values()],
+            "timeline": [_issue_dict(i) for i in self.timeline],
+            "events": _call_event_dicts(self),
             "summary": self.summary,
         }
 
@@ -760,22 +825,15 @@ class LiveView:
     def _record(self, call: _CallView | None, payload: Any) -> None:
         name = payload.get("name")
         client_id = payload.get("clientId")
-        values = (
-            payload.get("timestamp"),
-            name,
-            payload.get("serviceId"),
-            payload.get("callId"),
-            payload.get("roomId"),
-            client_id,
-            payload.get("userId") or (call.user(client_id) if call is not None else None),
-            payload.get("peerConnectionId"),
-        )
+        ts, room_id, pc_id = payload.get("timestamp"), payload.get("roomId"), payload.get("peerConnectionId")
+        user_id = payload.get("userId") or (call.user(client_id) if call is not None else None)
+        values = (ts, name, payload.get("serviceId"), payload.get("callId"), room_id, client_id, user_id, pc_id)
         if name in ("MEDIA_TRACK_ADDED", "MEDIA_TRACK_REMOVED"):
             event = _event(_TRACK_EVENT_KEYS, *values, payload.get("mediaTrackId"), payload.get("SSRC"))
         else:
             event = _event(_EVENT_KEYS, *values)
         if call is not None:
-            _append_bounded(call.events, event, self._cfg.max_call_events)
+            _keep_call_event(call, event, self._cfg.max_call_events)
         if name in _LIFECYCLE:
             self._events.appendleft(event)
 
@@ -879,7 +937,8 @@ class LiveView:
         call = self._known(payload)
         if call is None:
             return
-        attachments = _attachments(payload.get("attachments"))
+        text = payload.get("attachments")
+        attachments = _attachments(text)
         client_id = _shared(payload.get("clientId"))
         issue_type = _shared(str(payload.get("value") or "client_issue")[:_MAX_ID])
         severity = attachments.get("severity")
@@ -892,21 +951,22 @@ class LiveView:
         user_id = _shared(payload.get("userId") or call.user(client_id))
         ts = payload.get("timestamp") or 0
         values = attachments.get("values")
-        entry = {
-            "timestamp": ts,
-            "raised": raised,
-            "type": issue_type,
-            "severity": severity,
-            "clientId": client_id,
-            "userId": user_id,
-            "peerConnectionId": pc_id,
-            "trackId": track_id,
-            "ssrc": attachments.get("ssrc"),
-            "message": payload.get("message"),
-            "values": values if isinstance(values, dict) else None,
-            "startedAt": attachments.get("startedAt"),
-            "endedAt": attachments.get("endedAt"),
-        }
+        started_at = attachments.get("startedAt")
+        entry = (  # in the order of _ISSUE_KEYS
+            ts,
+            raised,
+            issue_type,
+            severity,
+            client_id,
+            user_id,
+            pc_id,
+            track_id,
+            attachments.get("ssrc"),
+            payload.get("message"),
+            text if isinstance(values, dict) else None,
+            started_at,
+            attachments.get("endedAt"),
+        )
         _append_bounded(call.timeline, entry, self._cfg.max_call_issues)
         self._events.appendleft(
             _event(
@@ -930,7 +990,8 @@ class LiveView:
             if key not in call.issues and len(call.issues) >= self._cfg.max_call_issues:
                 self.dropped["issues"] += 1
                 return
-            call.issues[key] = entry if entry["startedAt"] else {**entry, "startedAt": ts}  # neither is changed later
+            # neither is changed later
+            call.issues[key] = entry if started_at else (*entry[:_STARTED_AT], ts, *entry[_STARTED_AT + 1 :])
         elif call.issues.pop(key, None) is None:
             for k in [k for k in call.issues if k[0] == client_id and k[1] == issue_type][:1]:
                 del call.issues[k]

@@ -23,7 +23,7 @@ def test_ids_that_come_again_in_later_samples_are_kept_as_one_string() -> None:
         report = event("MEDIA_TRACK_ADDED", "call-1", client, ts, peerConnectionId=pc, mediaTrackId=fresh("track-1"))
         view.update(Batch(reports=[report], quality=[q]))
     call = view._calls[(SERVICE, "call-1")]
-    kept = [value for e in call.events for value in e if isinstance(value, str)]
+    kept = [value for value in call.events if isinstance(value, str)]
     assert all(value is sys.intern(value) for value in kept)
     (track,) = call.clients["alice"].tracks.values()
     assert track.peer_connection_id is sys.intern("pc-alice") and track.track_id is sys.intern("track-1")
@@ -48,3 +48,142 @@ def test_a_calls_events_and_departed_clients_keep_the_last_ones_in_order() -> No
         ("CLIENT_LEFT", "c"),
     ]
     assert [c["clientId"] for c in detail["departed"]] == ["b", "c"]
+
+
+async def test_a_call_page_shows_each_kept_event_whole_with_the_calls_ids(http) -> None:
+    from tests.test_liveview import feed, get
+    from webrtc_observer.testing import running_collector
+
+    config = """
+receivers: {observertc: {endpoint: "127.0.0.1:0"}}
+exporters: {liveview: {endpoint: "127.0.0.1:0", max_call_events: 4}}
+service: {pipelines: {p: {receivers: [observertc], exporters: [liveview]}}}
+"""
+    async with running_collector(config) as c:
+        await feed(
+            c,
+            event("CALL_STARTED", "c1", roomId="room-1"),
+            event("CLIENT_JOINED", "c1", "alice", T0 + 1, user="u-a", roomId="room-1"),
+            event("PEER_CONNECTION_OPENED", "c1", "alice", T0 + 2, peerConnectionId="pc-a"),
+            event("MEDIA_TRACK_ADDED", "c1", "alice", T0 + 3, peerConnectionId="pc-a", mediaTrackId="t-1", SSRC=1234),
+            event("CLIENT_JOINED", "c1", "bob", T0 + 4),
+        )
+        detail = await get(c, http, "/ui/api/call?service=svc&call=c1")
+        base = {"serviceId": SERVICE, "callId": "c1", "roomId": None, "userId": None, "peerConnectionId": None}
+        assert detail["events"] == [
+            {**base, "timestamp": T0 + 1, "name": "CLIENT_JOINED", "clientId": "alice", "userId": "u-a", "roomId": "room-1"},
+            {
+                **base,
+                "timestamp": T0 + 2,
+                "name": "PEER_CONNECTION_OPENED",
+                "clientId": "alice",
+                "userId": "u-a",
+                "peerConnectionId": "pc-a",
+            },
+            {
+                **base,
+                "timestamp": T0 + 3,
+                "name": "MEDIA_TRACK_ADDED",
+                "clientId": "alice",
+                "userId": "u-a",
+                "peerConnectionId": "pc-a",
+                "trackId": "t-1",
+                "ssrc": 1234,
+            },
+            {**base, "timestamp": T0 + 4, "name": "CLIENT_JOINED", "clientId": "bob"},
+        ]
+        front = await get(c, http, "/ui/api/state")
+        assert [(e["name"], e["clientId"], e["callId"]) for e in front["events"][:2]] == [
+            ("CLIENT_JOINED", "bob", "c1"),
+            ("PEER_CONNECTION_OPENED", "alice", "c1"),
+        ]
+
+
+async def test_a_calls_issues_and_timeline_show_each_entry_whole(http) -> None:
+    from tests.test_liveview import feed, get, joined, observer_event
+    from webrtc_observer.testing import running_collector
+
+    config = """
+receivers: {observertc: {endpoint: "127.0.0.1:0"}}
+exporters: {liveview: {endpoint: "127.0.0.1:0"}}
+service: {pipelines: {p: {receivers: [observertc], exporters: [liveview]}}}
+"""
+    raised = {"severity": "critical", "values": {"lossPercent": 12.5}, "startedAt": T0 + 10, "ssrc": 7, "trackId": "t-1"}
+    async with running_collector(config) as c:
+        await feed(c, *joined("c1", "alice", "bob"))
+        await feed(
+            c,
+            observer_event("CLIENT_ISSUE", "c1", "high_loss", raised, clientId="alice", message="loss", ts=T0 + 20),
+            observer_event("CLIENT_ISSUE", "c1", "ice_disconnected", {}, clientId="bob", message="ice", ts=T0 + 30),
+            observer_event(
+                "CLIENT_ISSUE_RESOLVED", "c1", "high_loss", {"ssrc": 7, "trackId": "t-1"}, clientId="alice", ts=T0 + 40
+            ),
+        )
+        alice = {
+            "raised": True,
+            "type": "high_loss",
+            "severity": "critical",
+            "clientId": "alice",
+            "userId": "user-alice",
+            "peerConnectionId": None,
+            "trackId": "t-1",
+            "ssrc": 7,
+            "message": "loss",
+            "values": {"lossPercent": 12.5},
+            "startedAt": T0 + 10,
+            "endedAt": None,
+        }
+        bob = {
+            **dict.fromkeys(("peerConnectionId", "trackId", "ssrc", "values", "endedAt")),
+            "userId": "user-bob",
+            "raised": True,
+            "type": "ice_disconnected",
+            "severity": "major",
+            "clientId": "bob",
+            "message": "ice",
+        }
+        resolved = {**alice, "raised": False, "severity": "major", "message": None, "values": None, "startedAt": None}
+        detail = await get(c, http, "/ui/api/call?service=svc&call=c1")
+        assert detail["issues"] == [{**bob, "timestamp": T0 + 30, "startedAt": T0 + 30}]  # started when raised
+        assert detail["timeline"] == [
+            {**alice, "timestamp": T0 + 20},
+            {**bob, "timestamp": T0 + 30, "startedAt": None},
+            {**resolved, "timestamp": T0 + 40},
+        ]
+        (call,) = (await get(c, http, "/ui/api/calls"))["calls"]
+        assert call["issues"] == detail["issues"] and call["issueCount"] == 1
+
+
+def test_a_kept_event_costs_less_than_a_tuple_of_its_values() -> None:
+    """What a call keeps per event, measured with tracemalloc: its values' slots in one flat list."""
+    import gc
+    import tracemalloc
+
+    events_per_call, calls = 400, 20
+    view = LiveView(LiveViewConfig(max_call_events=events_per_call, max_calls=calls))
+    batches = [
+        Batch(
+            reports=[
+                event("CALL_STARTED", f"call-{n}"),
+                event("CLIENT_JOINED", f"call-{n}", "alice", user="u-a"),
+                *(
+                    event("PEER_CONNECTION_OPENED", f"call-{n}", "alice", T0 + i, peerConnectionId="pc-a")
+                    for i in range(events_per_call - 2)
+                ),
+            ]
+        )
+        for n in range(calls)
+    ]
+    view.update(batches.pop())  # the strings every call shares are interned once, before measuring
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for batch in batches:
+            view.update(batch)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    per_event = kept / (len(batches) * events_per_call)
+    assert per_event < 96, f"{per_event:.0f} bytes an event"  # a tuple of its 9 values alone is 112
