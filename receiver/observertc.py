@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,7 +112,8 @@ class ObservertcReceiver:
             self._forwarder.take_forwarded(self._take_undecoded)
         self._log = settings.logger
         self._runner: Listener | None = None
-        self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self._sockets: set[web.WebSocketResponse] = set()
+        """The open WebSocket connections (each handler adds its own and removes it when it ends)."""
         self._websocket_handlers: set[Any] = set()
         """The WebSocket routes' handlers: they answer CORS and errors themselves (see ``_middleware``)."""
         self._allowed_services = frozenset(config.allowed_service_ids)
@@ -293,6 +293,7 @@ class ObservertcReceiver:
                     await asyncio.sleep(0)
             finally:
                 self._ws_open.add(-1, self._label)
+                self._sockets.discard(ws)
             return ws
 
         return handle

@@ -147,6 +147,36 @@ service: {pipelines: {samples: {receivers: [observertc], exporters: [recording]}
     assert isinstance(c.exporter().samples[0], ClientSample)
 
 
+async def test_connections_that_ended_are_forgotten_and_shutdown_closes_the_open_ones(http):
+    yaml_text = """
+receivers: {observertc: {endpoint: "127.0.0.1:0"}}
+exporters: {recording: {}}
+service: {pipelines: {samples: {receivers: [observertc], exporters: [recording]}}}
+"""
+    url_path = "/samples/svc/mu"
+    async with running_collector(yaml_text) as c:
+        gauge = c.telemetry.get("receiver_websockets_open")
+        gone = [await http.ws_connect(c.url(url_path, scheme="ws")) for _ in range(3)]
+        still_open = [await http.ws_connect(c.url(url_path, scheme="ws")) for _ in range(2)]
+        for ws in gone + still_open:
+            await ws.send_str(json.dumps(_samples.client_sample_v2()))
+        await c.exporter().wait_for_samples(5)
+        assert gauge.total() == 5
+        for ws in gone:
+            await ws.close()
+            assert ws.close_code == 1000
+        deadline = time.monotonic() + 5
+        while gauge.total() > 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert gauge.total() == 2
+        receiver = next(iter(c.service.receivers.values()))
+        assert len(receiver._sockets) == 2
+    for ws in still_open:
+        msg = await ws.receive()
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
+        await ws.close()
+
+
 async def test_frames_wait_unprocessed_while_an_exporter_queue_is_congested(tmp_path, http):
     """A nearly full sending queue holds WebSocket frames back before any work is done for them; once
     it drains, every frame is taken and written, and none was refused."""

@@ -185,7 +185,6 @@ class _Connections:
         self.waiting: dict[_Guard, None] = {}
         """Connections whose request head has not arrived yet, or idle between requests, oldest first."""
         self.refused = refused
-        self.by_transport: dict[asyncio.BaseTransport, _Guard] = {}
 
     def admit(self, guard: _Guard) -> bool:
         if len(self.open) >= self.limit:
@@ -202,14 +201,13 @@ class _Connections:
     def forget(self, guard: _Guard) -> None:
         self.open.discard(guard)
         self.waiting.pop(guard, None)
-        if guard.transport is not None:
-            self.by_transport.pop(guard.transport, None)
 
     async def response_prepared(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
         """aiohttp's ``on_response_prepare``: a keep-alive connection goes back to waiting for a head."""
-        if response.status != 101 and request.transport is not None:
-            guard = self.by_transport.get(request.transport)
-            if guard is not None:
+        transport = request.transport
+        if response.status != 101 and transport is not None:
+            guard = transport.get_protocol()  # the connection's protocol is its guard
+            if isinstance(guard, _Guard) and guard.admitted_by(self):
                 guard.between_requests()
 
 
@@ -238,7 +236,6 @@ class _Guard(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         self._admitted = True
-        self._connections.by_transport[transport] = self
         self._arm()
         self._inner.connection_made(transport)
 
@@ -246,6 +243,9 @@ class _Guard(asyncio.Protocol):
         self._state = "head"
         self._tail = b""
         self._timer = asyncio.get_running_loop().call_later(self._connections.header_timeout, self._header_late)
+
+    def admitted_by(self, connections: _Connections) -> bool:
+        return self._admitted and self._connections is connections and self in connections.open
 
     def between_requests(self) -> None:
         if self._state == "request":
