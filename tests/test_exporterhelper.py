@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -365,3 +366,31 @@ async def test_a_nearly_full_queue_is_congested_until_it_drained_to_half() -> No
     assert not exporter.congested() and exporter.queued == 0
     await _until(lambda: _value(t, "exporter_sent_records") == 9)
     await exporter.shutdown()
+
+
+async def test_an_idle_exporter_keeps_no_reference_to_what_it_sent() -> None:
+    """Once a chunk is sent the exporter lets go of it: an idle exporter does not hold its last chunk
+    (up to ``max_chunk`` records) while it waits for the next one."""
+    made: list[bytes] = []
+
+    def encode(batch: Batch) -> list[bytes]:
+        items = [f"record {r.payload['i']}".encode() for r in batch.reports]
+        made.extend(items)
+        return items
+
+    class CountingSender(FakeSender):
+        sent = 0
+
+        async def send(self, items: Sequence[bytes]) -> None:
+            self.sent += len(items)  # keeps none of them
+
+    sender = CountingSender()
+    settings = Settings(ComponentId("fake"), "exporter", Telemetry(), Logger("test"), _Host())
+    exporter = QueuedExporter(settings, QueuedExporterConfig(), sender, encode)
+    await exporter.start()
+    await exporter.consume(_batch(1, 2, 3))
+    await _until(lambda: sender.sent == 3)
+    await asyncio.sleep(0.01)  # the consume loop is back waiting for the queue
+    # Each record's references: ``made``, the comprehension's variable and getrefcount's argument.
+    assert [sys.getrefcount(item) for item in made] == [3, 3, 3]
+    assert await exporter.shutdown() == 0

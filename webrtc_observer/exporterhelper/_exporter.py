@@ -342,6 +342,7 @@ class QueuedExporter:
             self._taken_seq += len(items)
             self._taken_chunks[start] = self._taken_seq
             await self._deliver(items)
+            del items  # sent: not kept alive while the next chunk is awaited (up to max_chunk records)
             try:
                 await self._storage.ack(ticket)
             except StorageError as exc:  # delivered, but may be sent again by the next run
