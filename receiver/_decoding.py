@@ -134,7 +134,7 @@ def _decode_json(data: bytes, origin: Origin, route: Route, max_string: int | No
         if wrapper is not None:
             samples = _v2.samples_of(wrapper, _with(origin, "2"))
             return Decoded(samples, max_string if bounded else None)
-    if route == "samples":
+    if route == "samples" and _V3_HINT in data:
         told = _told_client_sample_v3(data, origin, max_string)
         if told is not None:
             return told
@@ -148,6 +148,11 @@ def _decode_json(data: bytes, origin: Origin, route: Route, max_string: int | No
     # The wire types decode straight from the bytes: no intermediate dicts to convert.
     return _decode(data, top.keys(), origin, route, max_string)
 
+
+_V3_HINT = b'"peerConnections"'
+"""Text without it is not tried as a 3.x ClientSample first: a 2.x sample would only fail the attempt.
+A hint, not a test: text with it that is no 3.x sample, and a 3.x sample without peer connections,
+are told from their top-level keys as any other message."""
 
 # The top-level keys that tell a 3.x ClientSample from the other generations, once it decoded as one.
 _TELLING_KEYS = tuple(sorted(_WRAPPER_KEYS | _V3_KEYS))

@@ -830,6 +830,19 @@ def test_generation_told_by_the_keys_even_when_the_text_decodes_as_a_3x_sample()
     assert _received_as(bare, "3.5.0").samples[0].origin.generation == "3"
 
 
+def test_a_3x_sample_without_peer_connections_is_told_from_its_keys_alike() -> None:
+    """Only text that names ``peerConnections`` is tried as a 3.x sample first; a 3.x sample without
+    them takes the way of its top-level keys and decodes the same."""
+    events_only = {k: v for k, v in enriched0().items() if k != "peerConnections"}
+    body = json.dumps(events_only).encode()
+    assert b'"peerConnections"' not in body
+    (sample,) = _received_as(body, None).samples
+    assert sample.origin.generation == "3"
+    with_empty = json.dumps({**events_only, "peerConnections": []}).encode()
+    (told_first,) = _received_as(with_empty, None).samples
+    assert msgspec.to_builtins(sample) == msgspec.to_builtins(told_first)
+
+
 def test_wire_sample_keeps_the_marked_keys_unparsed() -> None:
     """The keys ``marking`` names are kept as their JSON text, a null one too, so that they read as sent."""
     body = b'{"clientId":"c","timestamp":1,"controls":null,"clientSamples":[{"x":1}]}'
