@@ -207,7 +207,7 @@ class _Connections:
         transport = request.transport
         if response.status != 101 and transport is not None:
             guard = transport.get_protocol()  # the connection's protocol is its guard
-            if isinstance(guard, _Guard) and guard.admitted_by(self):
+            if isinstance(guard, _Guard) and guard in self.open:
                 guard.between_requests()
 
 
@@ -243,9 +243,6 @@ class _Guard(asyncio.Protocol):
         self._state = "head"
         self._tail = b""
         self._timer = asyncio.get_running_loop().call_later(self._connections.header_timeout, self._header_late)
-
-    def admitted_by(self, connections: _Connections) -> bool:
-        return self._admitted and self._connections is connections and self in connections.open
 
     def between_requests(self) -> None:
         if self._state == "request":
