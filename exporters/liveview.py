@@ -191,29 +191,70 @@ def _event_dict(event: _Event) -> dict[str, Any]:
     return dict(zip(event[0], event[1:], strict=True))
 
 
-def _keep_call_event(call: _CallView, event: _Event, limit: int) -> None:
-    """Append ``event`` (:func:`_event`) of ``call`` to its flat list (:attr:`_CallView.events`)
-    without its service and call id, which are the call's; the first ones dropped past ``limit``."""
-    events = call.events
-    events += event[:3]
-    events += event[5:]
-    call.event_count += 1
-    while call.event_count > limit:
-        del events[: len(events[0]) - 1]
-        call.event_count -= 1
+_UNKNOWN_NUMBER = -(2**63)
+"""What :class:`_CallEvents` keeps for a timestamp or SSRC that is None (or no 64-bit integer)."""
+
+_TRACK_EVENTS = frozenset({"MEDIA_TRACK_ADDED", "MEDIA_TRACK_REMOVED"})
+"""The names of the call events that carry a track id and SSRC (:data:`_TRACK_EVENT_KEYS`)."""
 
 
-def _call_event_dicts(call: _CallView) -> list[dict[str, Any]]:
-    """The events of ``call`` (:func:`_keep_call_event`) as the page's JSON shows them."""
-    events, service_id, call_id = call.events, call.service_id, call.call_id
-    out = []
-    i, n = 0, len(events)
-    while i < n:
-        keys = events[i]
-        end = i + len(keys) - 1
-        out.append(dict(zip(keys, (events[i + 1], events[i + 2], service_id, call_id, *events[i + 3 : end]), strict=True)))
-        i = end
-    return out
+def _packable(value: Any) -> int:
+    """``value`` as :class:`_CallEvents` keeps a number: itself if a 64-bit integer, else
+    :data:`_UNKNOWN_NUMBER` (reports are validated against the schemas, where both are ``long``)."""
+    if value.__class__ is int and _UNKNOWN_NUMBER < value < 2**63:
+        return value
+    return _UNKNOWN_NUMBER
+
+
+class _CallEvents:
+    """A call's last lifecycle events, packed: an event's timestamp and SSRC as two 64-bit integers
+    of :attr:`numbers`, its name, room, client, user, peer connection and track id as six references
+    of :attr:`texts` (strings kept as :func:`_shared` copies). About 64 bytes an event, where a tuple
+    an event with its own integer objects took 90 to 140; the service and call id are the call's."""
+
+    __slots__ = ("numbers", "texts")
+
+    _TEXTS = 6
+
+    def __init__(self) -> None:
+        self.numbers = array("q")
+        self.texts: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self.numbers) // 2
+
+    def add(self, values: tuple[Any, ...], track_id: Any, ssrc: Any, limit: int) -> None:
+        """Keep an event (``values`` in the order of :data:`_EVENT_KEYS`), the first ones dropped past
+        ``limit``."""
+        ts, name, _service_id, _call_id, room_id, client_id, user_id, pc_id = values
+        self.numbers.extend((_packable(ts), _packable(ssrc)))
+        self.texts.extend(map(_shared, (name, room_id, client_id, user_id, pc_id, track_id)))
+        if len(self.numbers) > 2 * limit:
+            del self.numbers[: len(self.numbers) - 2 * limit]
+            del self.texts[: len(self.texts) - self._TEXTS * limit]
+
+    def dicts(self, service_id: str, call_id: str) -> list[dict[str, Any]]:
+        """The events as the page's JSON shows them, oldest first."""
+        out = []
+        numbers, texts = self.numbers, self.texts
+        for i in range(len(numbers) // 2):
+            ts, ssrc = numbers[2 * i], numbers[2 * i + 1]
+            name, room_id, client_id, user_id, pc_id, track_id = texts[self._TEXTS * i : self._TEXTS * (i + 1)]
+            event = {
+                "timestamp": None if ts == _UNKNOWN_NUMBER else ts,
+                "name": name,
+                "serviceId": service_id,
+                "callId": call_id,
+                "roomId": room_id,
+                "clientId": client_id,
+                "userId": user_id,
+                "peerConnectionId": pc_id,
+            }
+            if name in _TRACK_EVENTS:
+                event["trackId"] = track_id
+                event["ssrc"] = None if ssrc == _UNKNOWN_NUMBER else ssrc
+            out.append(event)
+        return out
 
 
 _EVENT_KEYS = ("timestamp", "name", "serviceId", "callId", "roomId", "clientId", "userId", "peerConnectionId")
@@ -537,7 +578,6 @@ class _CallView:
         "clients",
         "departed",
         "ended",
-        "event_count",
         "events",
         "issue_counts",
         "issues",
@@ -566,11 +606,8 @@ class _CallView:
         """Clients that left (client id → when): nothing re-adds them but a CLIENT_JOINED."""
         self.users: dict[str, str] = {}
         """client id → user id, of everyone seen in the call (for the events)."""
-        self.events: list[Any] = []
-        """The last ``max_call_events`` events, flat: each its keys (``_EVENT_KEYS`` or
-        ``_TRACK_EVENT_KEYS``) then its values but the service and call id (:func:`_keep_call_event`):
-        one list costs less than a tuple an event."""
-        self.event_count = 0
+        self.events = _CallEvents()
+        """The last ``max_call_events`` lifecycle events."""
         self.timeline: list[_Issue] = []
         """The last ``max_call_issues`` issue raises and resolves."""
         self.issues: dict[tuple[Any, ...], _Issue] = {}
@@ -631,7 +668,7 @@ class _CallView:
             "sfus": list(self.sfus.values()),
             "issues": [_issue_dict(i) for i in self.issues.values()],
             "timeline": [_issue_dict(i) for i in self.timeline],
-            "events": _call_event_dicts(self),
+            "events": self.events.dicts(self.service_id, self.call_id),
             "summary": self.summary,
         }
 
@@ -828,13 +865,12 @@ class LiveView:
         ts, room_id, pc_id = payload.get("timestamp"), payload.get("roomId"), payload.get("peerConnectionId")
         user_id = payload.get("userId") or (call.user(client_id) if call is not None else None)
         values = (ts, name, payload.get("serviceId"), payload.get("callId"), room_id, client_id, user_id, pc_id)
-        if name in ("MEDIA_TRACK_ADDED", "MEDIA_TRACK_REMOVED"):
-            event = _event(_TRACK_EVENT_KEYS, *values, payload.get("mediaTrackId"), payload.get("SSRC"))
-        else:
-            event = _event(_EVENT_KEYS, *values)
+        track = name in _TRACK_EVENTS
+        track_id, ssrc = (payload.get("mediaTrackId"), payload.get("SSRC")) if track else (None, None)
         if call is not None:
-            _keep_call_event(call, event, self._cfg.max_call_events)
+            call.events.add(values, track_id, ssrc, self._cfg.max_call_events)
         if name in _LIFECYCLE:
+            event = _event(_TRACK_EVENT_KEYS, *values, track_id, ssrc) if track else _event(_EVENT_KEYS, *values)
             self._events.appendleft(event)
 
     def _leave(self, call: _CallView, client_id: str, user_id: str | None, ts: int) -> None:

@@ -23,7 +23,7 @@ def test_ids_that_come_again_in_later_samples_are_kept_as_one_string() -> None:
         report = event("MEDIA_TRACK_ADDED", "call-1", client, ts, peerConnectionId=pc, mediaTrackId=fresh("track-1"))
         view.update(Batch(reports=[report], quality=[q]))
     call = view._calls[(SERVICE, "call-1")]
-    kept = [value for value in call.events if isinstance(value, str)]
+    kept = [value for value in call.events.texts if isinstance(value, str)]
     assert all(value is sys.intern(value) for value in kept)
     (track,) = call.clients["alice"].tracks.values()
     assert track.peer_connection_id is sys.intern("pc-alice") and track.track_id is sys.intern("track-1")
@@ -31,6 +31,27 @@ def test_ids_that_come_again_in_later_samples_are_kept_as_one_string() -> None:
     assert detail is not None
     (shown,) = detail["clients"][0]["tracks"]
     assert shown["rttMs"] == 50.0 and shown["width"] is None and shown["trackId"] == "track-1"
+
+
+def test_a_calls_events_keep_their_numbers_packed_not_the_reports_integers() -> None:
+    view = LiveView(LiveViewConfig())
+    view.update(Batch(reports=[event("CALL_STARTED", "call-1"), event("CLIENT_JOINED", "call-1", "alice")]))
+    ts, ssrc = T0 + int("1000001"), int("3000000001")  # integers of their own, as decoded samples bring
+    refs = sys.getrefcount(ssrc)
+    added = event("MEDIA_TRACK_ADDED", "call-1", "alice", ts, peerConnectionId="pc", mediaTrackId="t-1", SSRC=ssrc)
+    unknown = event("MEDIA_TRACK_REMOVED", "call-1", "alice", T0 + 2, peerConnectionId="pc", mediaTrackId="t-2")
+    payload_refs = sys.getrefcount(ssrc)
+    view.update(Batch(reports=[added, unknown]))
+    assert sys.getrefcount(ssrc) == payload_refs > refs  # the view kept no reference to the report's SSRC
+    detail = view.call(SERVICE, "call-1")
+    assert detail is not None
+    assert [(e["name"], e["timestamp"], e.get("trackId"), e.get("ssrc")) for e in detail["events"]] == [
+        ("CALL_STARTED", T0, None, None),
+        ("CLIENT_JOINED", T0, None, None),
+        ("MEDIA_TRACK_ADDED", ts, "t-1", ssrc),
+        ("MEDIA_TRACK_REMOVED", T0 + 2, "t-2", None),
+    ]
+    assert "trackId" not in detail["events"][1] and "ssrc" not in detail["events"][1]
 
 
 def test_a_calls_events_and_departed_clients_keep_the_last_ones_in_order() -> None:
