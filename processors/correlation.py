@@ -629,17 +629,17 @@ class CorrelationProcessor:
                     j.attr(state, "ssrcs", (*state.ssrcs, ssrc))
                     j.set(part.ssrc_calls, (service, ssrc), call.call_id)
                     if outbound:
-                        sender = _Publisher(call.call_id, client.client_id, client.user_id, pc_id, state.track_id)
+                        sender = _Publisher(call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id)
                         j.set(call.outbound_by_ssrc, ssrc, sender)
                 if outbound:
                     if track.sfu_stream_id:
                         j.attr(state, "sfu_stream_id", track.sfu_stream_id)
-                        publisher = _Publisher(call.call_id, client.client_id, client.user_id, pc_id, state.track_id)
+                        publisher = _Publisher(call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id)
                         if part.streams.get((service, track.sfu_stream_id)) != publisher:
                             j.set(part.streams, (service, track.sfu_stream_id), publisher)
                 elif track.sfu_sink_id:
                     j.attr(state, "sfu_sink_id", track.sfu_sink_id)
-                    subscriber = _Publisher(call.call_id, client.client_id, client.user_id, pc_id, state.track_id)
+                    subscriber = _Publisher(call.call_id, client.client_id, client.user_id, pc.pc_id, state.track_id)
                     if part.sinks.get((service, track.sfu_sink_id)) != subscriber:
                         j.set(part.sinks, (service, track.sfu_sink_id), subscriber)
 
