@@ -973,6 +973,42 @@ async def test_meta_memory_moves_with_its_partition():
     assert a.changes(3) == b.changes(3)
 
 
+def _with_servers(seq: int, *servers: str) -> ClientSample:
+    """A sample of c-a whose only meta items are the ICE servers ``servers``."""
+    meta = [MetaItem(type="ICE_SERVER", payload=server) for server in servers]
+    return msgspec.structs.replace(_with_meta("c-a", seq), meta=meta, codecs=[])
+
+
+async def test_a_meta_item_seen_again_is_the_last_one_forgotten_and_checkpoints_keep_64_bit_integers():
+    processor, out = _reports_alone(max_meta_items_per_client=2)
+
+    async def told(seq: int, *servers: str) -> list[str]:
+        await processor.consume(Batch(samples=[_with_servers(seq, *servers)], partition=3))
+        return [m["payload"] for m in of_type(out.batches[-1].reports, "CALL_META_DATA")] if out.batches else []
+
+    assert await told(1, "turn:a", "turn:b") == ["turn:a", "turn:b"]
+    await told(2, "turn:a")  # a seen again: now the newest, b the oldest
+    assert await told(3, "turn:c") == ["turn:c"]  # past 2 items: b is forgotten, not a
+    assert await told(4, "turn:a", "turn:b") == ["turn:b"]
+
+    version, _order, fingerprints = msgspec.msgpack.decode(processor.changes(3)[_client_key("c-a")])
+    assert version == 1 and len(fingerprints) == 2
+    assert all(type(fp) is int and 0 <= fp < 2**64 for fp in fingerprints)
+    restored, restored_out = _reports_alone(max_meta_items_per_client=2)
+    restored.assign(3, {_client_key("c-a"): state.encode([1, 7, fingerprints])})
+    await restored.consume(Batch(samples=[_with_servers(6, "turn:a", "turn:b", "turn:x")], partition=3))
+    assert [m["payload"] for m in of_type(restored_out.batches[-1].reports, "CALL_META_DATA")] == ["turn:x"]
+
+
+def test_a_packed_fingerprint_is_found_only_where_one_starts():
+    from webrtc_observer.processors.reports import _find
+
+    fps = bytearray(b"xxxxAAAA" + b"AAAAxxxx" + b"AAAAAAAA")  # the first match spans two fingerprints
+    assert _find(fps, b"AAAAAAAA") == 16
+    assert _find(fps[:16], b"AAAAAAAA") == -1
+    assert _find(fps, b"xxxxAAAA") == 0
+
+
 async def test_meta_memory_is_the_same_in_every_process():
     """Fingerprints do not depend on Python's per-process string hashing (PYTHONHASHSEED)."""
     import os
