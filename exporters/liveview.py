@@ -69,7 +69,6 @@ import json
 import math
 import re
 import struct
-import sys
 import time
 from array import array
 from collections import OrderedDict, deque
@@ -84,6 +83,7 @@ from webrtc_observer import auth
 from webrtc_observer.component import Factory, Settings
 from webrtc_observer.http_server import Listener, ServerConfig, serve
 from webrtc_observer.model import Batch, Report, TrackQuality
+from webrtc_observer.model import shared as _shared  # the ids of the model are interned already
 from webrtc_observer.telemetry import Histogram, Telemetry
 from webrtc_observer.transaction import after_commit
 
@@ -173,12 +173,6 @@ class BadParameter(ValueError):
 _Event = tuple[Any, ...]
 """An event as kept: one tuple, the names its values have in the page's JSON first (a few shapes,
 shared), then the values (see :func:`_event` and :func:`_event_dict`)."""
-
-
-def _shared(value: Any) -> Any:
-    """``value``, a string as the one interned copy of its text: the ids and names of events and
-    tracks come anew with every sample, and a view that keeps many of them keeps each text once."""
-    return sys.intern(value) if value.__class__ is str else value
 
 
 def _event(keys: tuple[str, ...], *values: Any) -> _Event:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from webrtc_observer.model import Origin, Sample
+from webrtc_observer.model import Origin, Sample, share_ids
 
 from ._wire_types import WireError
 
@@ -99,6 +99,7 @@ def decode(
         from ._limits import check
 
         check(decoded.samples, limits, strings_checked=decoded.strings_within == limits.max_id_length)
+    share_ids(decoded.samples)
     return decoded
 
 

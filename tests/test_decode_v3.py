@@ -850,3 +850,24 @@ def test_wire_sample_keeps_the_marked_keys_unparsed() -> None:
     assert (bytes(wire.clientSamples), bytes(wire.controls), wire.sfuSamples) == (b'[{"x":1}]', b"null", None)
     with pytest.raises(WireError):
         wire_sample_in_json(b'{"clientId":"' + b"x" * 300 + b'","timestamp":1}', 256, ())
+
+
+@pytest.mark.parametrize("capture", ["browser-cm3-rest.json", "browser-cm4-ws.json"])
+def test_a_clients_ids_decoded_from_each_sample_are_one_string_each(capture: str) -> None:
+    """Every sample brings its client's ids anew; what the processors keep of them is one copy of each
+    text (the interned one), however many samples they came from."""
+    messages = json.loads((Path(__file__).parent / "fixtures" / capture).read_text())["messages"]
+    origin = msgspec.structs.replace(ORIGIN, generation="2" if "cm3" in capture else "3", schema_version=None)
+    seen: dict[str, str] = {}
+    checked = 0
+    for message in messages:
+        decoded = receive(message["body"].encode(), origin, route="samples", encoding="json", gzipped=False, limit=1 << 22)
+        for sample in decoded.samples:
+            assert isinstance(sample, ClientSample)
+            tracks = [*sample.inbound_tracks, *sample.outbound_tracks]
+            ids = [sample.client_id, sample.call_id, sample.room_id, sample.user_id]
+            ids += [t.peer_connection_id for t in tracks] + [t.track_id for t in tracks]
+            for text in filter(None, ids):
+                assert seen.setdefault(text, text) is text, f"{text!r} kept twice"
+                checked += 1
+    assert checked > 2 * len(seen) > 0  # ids came again in later samples

@@ -13,7 +13,9 @@ needs.
 from __future__ import annotations
 
 import hashlib
+import sys
 import uuid
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import msgspec
@@ -193,6 +195,39 @@ class TurnSample(msgspec.Struct, gc=False, omit_defaults=True):
 
 
 Sample = ClientSample | SfuSample | TurnSample
+
+
+def shared(value: Any) -> Any:
+    """``value``; a string as the one interned copy of its text (anything else as it is)."""
+    return sys.intern(value) if value.__class__ is str else value
+
+
+def share_ids(samples: Iterable[Sample]) -> None:
+    """Make the ids of the client samples the one interned copy of each text, in place.
+
+    Every sample brings its client's ids anew, as new strings. What the processors and the live view
+    keep of them (a client's, call's, room's and user's ids, its peer connections' and tracks') is then
+    each text once, however many samples and processors it came through. Called where samples enter
+    the process: the receiver's decoding, the ``kafka`` receiver and the hand-over between workers.
+    """
+    intern = sys.intern  # inline, not through shared(): this runs for every sample
+    for sample in samples:
+        if not isinstance(sample, ClientSample):
+            continue
+        if sample.client_id.__class__ is str:
+            sample.client_id = intern(sample.client_id)
+        if sample.call_id.__class__ is str:
+            sample.call_id = intern(sample.call_id)
+        if sample.room_id.__class__ is str:
+            sample.room_id = intern(sample.room_id)
+        if sample.user_id.__class__ is str:
+            sample.user_id = intern(sample.user_id)
+        for tracks in (sample.inbound_tracks, sample.outbound_tracks):
+            for track in tracks:
+                if track.peer_connection_id.__class__ is str:
+                    track.peer_connection_id = intern(track.peer_connection_id)
+                if track.track_id.__class__ is str:
+                    track.track_id = intern(track.track_id)
 
 
 def routing_key(sample: Sample) -> str:

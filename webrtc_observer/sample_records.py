@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from webrtc_observer.model import ClientSample, Sample, SfuSample, TurnSample
+from webrtc_observer.model import ClientSample, Sample, SfuSample, TurnSample, share_ids
 
 FORMAT_VERSION = "webrtc-observer-samples/1"
 FORMAT_HEADER = "format-version"
@@ -52,4 +52,5 @@ def decode(value: bytes) -> Sample:
         sample: Sample = decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise RecordError(f"not a sample record: {exc}") from None
+    share_ids((sample,))
     return sample

@@ -43,7 +43,7 @@ import msgspec
 
 from webrtc_observer.component import Consumer, Refused, RetryLater, Undecoded, Worker
 from webrtc_observer.logs import get_logger
-from webrtc_observer.model import Batch, ClientSample, Sample, SfuSample, TurnSample, routing_key
+from webrtc_observer.model import Batch, ClientSample, Sample, SfuSample, TurnSample, routing_key, share_ids
 from webrtc_observer.telemetry import Metric, Telemetry
 
 # -- which worker owns a sample ------------------------------------------------------------------
@@ -315,6 +315,7 @@ class Peers:
                 answer = _OK + _COUNT.pack(taken)
             else:
                 samples: list[Sample] = [*shipment.clients, *shipment.sfus, *shipment.turns]
+                share_ids(shipment.clients)
                 await self._local[shipment.receiver].consume(Batch(samples=samples))
                 answer = _OK
         except RetryLater as exc:  # as the owner's receiver raised it: its reason, Retry-After and code
