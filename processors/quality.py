@@ -60,8 +60,8 @@ Where each value comes from (2.x field names, as in :class:`~webrtc_observer.mod
 * client score: the ``score`` of a 3.x ClientSample (0..5, computed by client-monitor-js 4.x).
 
 Deltas need the previous counters of each track. They are kept per client (service_id, client_id),
-and per track of the client (peer_connection_id, direction, ssrc), in one array of doubles (about
-200 bytes a track), replaced by a new one when the message commits.
+and per track of the client (peer_connection_id, direction, ssrc), as eight doubles packed in one
+``bytes`` (about 105 bytes a track), replaced by a new one when the message commits.
 
 This state is kept per input partition (:mod:`webrtc_observer.state`): a batch from partition ``p``
 (``Batch.partition``) reads and updates the clients of ``p`` only, so the state of a partition can be
@@ -107,8 +107,8 @@ the same samples count them twice.
 from __future__ import annotations
 
 import math
+import struct
 import time
-from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -184,8 +184,8 @@ class _ClientState:
     def __init__(self, seen: float, order: int) -> None:
         self.seen = seen
         self.order = order
-        self.tracks: dict[tuple[str, bool, int], array[float]] = {}
-        """(peer connection id, inbound, ssrc) -> the track's baseline, see ``_TRACK_FIELDS``."""
+        self.tracks: dict[tuple[str, bool, int], bytes] = {}
+        """(peer connection id, inbound, ssrc) -> the track's baseline, see ``_BASELINE``."""
 
 
 class _Part:
@@ -216,14 +216,15 @@ class _Part:
             self.dirty.add(key)
 
 
-# A track's baseline is one array of doubles, about 130 bytes per track, never changed once kept (a
-# message computes new ones, kept when it commits). NaN stands for an unknown value; every comparison
-# with it is false.
-_LAST, _BASE, _BYTES, _RECEIVED, _LOST, _JB_DELAY, _JB_EMITTED, _FRAMES = range(8)
-_TRACK_FIELDS = 8
+# A track's baseline is eight doubles packed in one bytes object (about 105 bytes per track, where an
+# array of them took 150), never changed once kept (a message computes new ones, kept when it commits).
+# NaN stands for an unknown value; every comparison with it is false.
+_BASELINE = struct.Struct("=8d")
 """last sample timestamp (a sample not after it is a resend), baseline timestamp, then the counters
 at the baseline: bytes, packets (received inbound, sent outbound), packets lost, jitter buffer delay and
 emitted count, frames (decoded inbound, encoded outbound)."""
+_LAST_OF = struct.Struct("=d").unpack_from
+"""The last sample timestamp of a baseline, alone."""
 _NAN = math.nan
 _INF = math.inf
 
@@ -337,7 +338,7 @@ class _Plan:
         """The histogram series of each of ``quality``, bound as it was measured."""
         self.scores: list[tuple[BoundHistogram, float]] = []
         """The client score of 3.x samples, and the series it goes to."""
-        self.clients: list[tuple[tuple[str, str], dict[tuple[str, bool, int], array[float]]]] = []
+        self.clients: list[tuple[tuple[str, str], dict[tuple[str, bool, int], bytes]]] = []
         """Per client sample with tracks: the client and the baselines of every track it carries."""
         self.failed = 0
 
@@ -445,7 +446,7 @@ class QualityProcessor:
             now = clock / 1000
         plan = _Plan(now, clock)
         deadline = now - self._idle
-        pending: dict[tuple[str, str], dict[tuple[str, bool, int], array[float]]] = {}
+        pending: dict[tuple[str, str], dict[tuple[str, bool, int], bytes]] = {}
         for sample in batch.samples:
             if not isinstance(sample, ClientSample):
                 continue
@@ -461,7 +462,7 @@ class QualityProcessor:
         part: _Part | None,
         sample: ClientSample,
         deadline: float,
-        pending: dict[tuple[str, str], dict[tuple[str, bool, int], array[float]]],
+        pending: dict[tuple[str, str], dict[tuple[str, bool, int], bytes]],
         plan: _Plan,
     ) -> None:
         origin = sample.origin
@@ -477,7 +478,7 @@ class QualityProcessor:
             client = part.clients.get(key) if part is not None else None
             tracks = client.tracks if client is not None and client.seen > deadline else {}
         pair_rtts = _PairRoundTripTimes(sample)
-        after: dict[tuple[str, bool, int], array[float]] = {}
+        after: dict[tuple[str, bool, int], bytes] = {}
         if origin.generation == "pcsample-v20200114":  # one sample per peer connection: keep the others'
             described = {t.peer_connection_id or "" for t in (*sample.inbound_tracks, *sample.outbound_tracks)}
             described.update(pc.peer_connection_id for pc in sample.peer_connections)
@@ -502,15 +503,17 @@ class QualityProcessor:
         sample: ClientSample,
         track: Track,
         key: tuple[str, bool, int],
-        baseline: array[float] | None,
+        baseline: bytes | None,
         pair_rtts: _PairRoundTripTimes,
-    ) -> tuple[TrackQuality | None, array[float] | None]:
-        """The track's quality in this sample and its next baseline (a new array); (None, None) for a
+    ) -> tuple[TrackQuality | None, bytes | None]:
+        """The track's quality in this sample and its next baseline (a new one); (None, None) for a
         sample not after the track's last one."""
         inbound = key[1]
         timestamp = sample.timestamp
-        if baseline is not None and timestamp <= baseline[_LAST]:
-            return None, None  # resent or reordered: already counted, or too late to be a delta
+        if baseline is not None:
+            last, base, b_bytes, b_packets, b_lost, b_jb_delay, b_jb_emitted, b_frames = _BASELINE.unpack(baseline)
+            if timestamp <= last:
+                return None, None  # resent or reordered: already counted, or too late to be a delta
         stats = track.stats
         rtt = _seconds(stats.get("roundTripTime"))
         if rtt is None:
@@ -537,29 +540,28 @@ class QualityProcessor:
             if reported <= 1.0:  # false for NaN
                 fraction_lost = reported
         # The next baseline: this sample.
-        new = array("d", (timestamp, timestamp, count, packets, lost, jb_delay, jb_emitted, frames))
+        new = _BASELINE.pack(timestamp, timestamp, count, packets, lost, jb_delay, jb_emitted, frames)
         bitrate = mos = None
         d_bytes = d_packets = d_frames = None
         interval: float | None = None
         if baseline is not None:
-            span = (timestamp - baseline[_BASE]) / 1000.0
+            span = (timestamp - base) / 1000.0
             if span >= MIN_INTERVAL:
                 interval = span
-                d_bytes = _delta(count, baseline[_BYTES])
-                d_packets = _delta(packets, baseline[_RECEIVED])
-                d_frames = _delta(frames, baseline[_FRAMES])
+                d_bytes = _delta(count, b_bytes)
+                d_packets = _delta(packets, b_packets)
+                d_frames = _delta(frames, b_frames)
                 if d_bytes is not None:
                     bitrate = 8.0 * d_bytes / interval
                 if inbound:
-                    d_lost = lost - baseline[_LOST]
+                    d_lost = lost - b_lost
                     if d_packets is not None and d_lost == d_lost:  # NaN when either count is unknown
                         d_lost = d_lost if d_lost > 0.0 else 0.0  # negative with duplicates: RFC 3550 counts that as 0
                         expected = d_packets + d_lost
                         if expected > 0.0:
                             fraction_lost = d_lost / expected
             else:  # too short: keep the older baseline, so that the next sample gets a longer interval
-                new = array("d", baseline)
-                new[_LAST] = timestamp
+                new = _BASELINE.pack(timestamp, base, b_bytes, b_packets, b_lost, b_jb_delay, b_jb_emitted, b_frames)
         fps = frame_width = frame_height = limitation = None
         if video:
             if reported_fps > 0.0:  # false for NaN
@@ -580,7 +582,8 @@ class QualityProcessor:
                     mos = _emodel.video_mos(bpp)
         elif inbound and self._mos_enabled and baseline is not None and fraction_lost is not None and rtt is not None:
             # audio: an inbound fraction lost is an interval's, so there is one
-            mos = _emodel.audio_mos(rtt, _jitter_buffer_delay(baseline, jb_delay, jb_emitted, jitter), fraction_lost)
+            wait = _jitter_buffer_delay(b_jb_delay, b_jb_emitted, jb_delay, jb_emitted, jitter)
+            mos = _emodel.audio_mos(rtt, wait, fraction_lost)
         origin = sample.origin
         quality = TrackQuality(
             service_id=origin.service_id,
@@ -706,7 +709,7 @@ class QualityProcessor:
             series = self._bound[key] = _UnitSeries(self, service, media_unit)
         return series
 
-    def _keep(self, part: _Part, key: tuple[str, str], tracks: dict[tuple[str, bool, int], array[float]], now: float) -> None:
+    def _keep(self, part: _Part, key: tuple[str, str], tracks: dict[tuple[str, bool, int], bytes], now: float) -> None:
         """Keep the baselines a client sample left (``tracks``: every track it carries, in order)."""
         clients = part.clients
         client = clients.get(key)
@@ -720,7 +723,7 @@ class QualityProcessor:
         known = len(kept)
         for track_key, baseline in tracks.items():
             current = kept.get(track_key)
-            if current is None or current[_LAST] <= baseline[_LAST]:  # a later sample committed first: keep its
+            if current is None or _LAST_OF(current) <= _LAST_OF(baseline):  # a later sample committed first: keep its
                 kept[track_key] = baseline
         if len(kept) > len(tracks):  # tracks the client no longer reports are forgotten
             for gone in [k for k in kept if k not in tracks]:
@@ -790,10 +793,10 @@ class QualityProcessor:
             self._show_tracks()
 
 
-def _jitter_buffer_delay(before: array[float], delay: float, emitted: float, jitter: float | None) -> float:
-    """Seconds an audio sample waited in the jitter buffer: over the interval (from the baseline ``before``
-    to the sample's ``delay`` and ``emitted`` count), else overall, else 2 × jitter."""
-    d_delay, d_emitted = _delta(delay, before[_JB_DELAY]), _delta(emitted, before[_JB_EMITTED])
+def _jitter_buffer_delay(delay_before: float, emitted_before: float, delay: float, emitted: float, jitter: float | None) -> float:
+    """Seconds an audio sample waited in the jitter buffer: over the interval (from the baseline's
+    delay and emitted count to the sample's ``delay`` and ``emitted``), else overall, else 2 × jitter."""
+    d_delay, d_emitted = _delta(delay, delay_before), _delta(emitted, emitted_before)
     if d_delay is not None and d_emitted:
         value = d_delay / d_emitted
     elif delay >= 0.0 and emitted > 0.0:  # false for NaN
@@ -857,7 +860,7 @@ def _dump_client(client: _ClientState) -> list[Any]:
         _STATE_VERSION,
         client.seen,
         client.order,
-        [[pc, inbound, ssrc, baseline.tolist()] for (pc, inbound, ssrc), baseline in client.tracks.items()],
+        [[pc, inbound, ssrc, list(_BASELINE.unpack(baseline))] for (pc, inbound, ssrc), baseline in client.tracks.items()],
     ]
 
 
@@ -867,7 +870,7 @@ def _load_client(value: list[Any]) -> _ClientState:
     _, seen, order, tracks = value
     client = _ClientState(float(seen), int(order))
     for pc, inbound, ssrc, baseline in tracks:
-        client.tracks[(pc, bool(inbound), ssrc)] = array("d", baseline)
+        client.tracks[(pc, bool(inbound), ssrc)] = _BASELINE.pack(*baseline)
     return client
 
 

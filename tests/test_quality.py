@@ -13,6 +13,7 @@ import copy
 import itertools
 import json
 import math
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -730,6 +731,19 @@ async def test_state_moves_with_its_partition_and_observes_the_same():
         assert a_tel.get("quality_tracks_evicted").value("quality", reason) == 2, reason
         assert b_tel.get("quality_tracks_evicted").value("quality", reason) == 2, reason
     assert a.changes(3) == b.changes(3), "both hold the same state, entry for entry"
+
+
+async def test_a_tracks_counters_are_kept_packed_and_checkpointed_as_eight_numbers():
+    quality, _, _, _ = _standalone()
+    await quality.consume(Batch(samples=[_sample(T0, {"bytesReceived": 5, "packetsReceived": 1})], partition=3))
+    [client] = quality._parts[3].clients.values()
+    [kept] = client.tracks.values()
+    assert sys.getsizeof(kept) <= 112, "eight doubles in one object: about 105 bytes (an array of them takes 144)"
+    entry = quality.changes(3)[_client_key("c")]
+    assert entry is not None
+    [[pc, inbound, ssrc, numbers]] = state.decode(entry)[3]
+    assert (pc, inbound, ssrc) == ("pc", True, 1)
+    assert numbers[:4] == [T0, T0, 5.0, 1.0] and len(numbers) == 8 and all(isinstance(n, float) for n in numbers)
 
 
 async def test_the_partition_clock_moves_too():
