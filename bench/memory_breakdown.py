@@ -1,0 +1,225 @@
+"""Where an active client's memory is: tracemalloc of ``collector.yaml`` in this process, per client.
+
+The shipped pipeline runs in this process with its call timeouts and WebSocket heartbeat lifted; a load process opens one
+WebSocket per client and sends every sample of the client but its last (goodbye), in the same
+frames as ``bench/pipeline.py``. Two calls warm up first; then half of the clients, a snapshot,
+the other half, a second snapshot, each once every frame sent is taken in and its reports written. What the second half added, divided by its clients, is printed
+by source file (``--by file``), by the line that allocated it (``--by line``), or by the innermost
+line of this repository on the allocation's stack (``--by ours``): what a library allocates in a call
+from our code (msgspec decoding, aiohttp answering our handler) shows under our line, what it
+allocates in its own callbacks (a connection's parser and tasks) under its own.
+
+Traced Python memory is a little below RSS (allocator rounding and arenas); ``bench/pipeline.py
+--only memory`` measures RSS.
+
+    .venv/bin/python bench/memory_breakdown.py [--workload capture|mesh] [--clients 1000] [--by file|line|ours] [--top 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import linecache
+import pickle
+import socket
+import sys
+import tempfile
+import tracemalloc
+from collections import Counter
+from pathlib import Path
+
+import _workloads  # bench/, the script's folder, is on the path
+import yaml
+from pipeline import SHIPPED, _by_call, _split_goodbyes
+
+from webrtc_observer.testing import RunningCollector, running_collector
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_LOAD = r"""
+import asyncio, pickle, sys
+
+def frame(text):
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, 0x80 | n))
+    elif n < 1 << 16:
+        head = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 0x80 | 127)) + n.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+async def main(port, path, per_round):
+    items = pickle.loads(open(path, "rb").read())
+    sockets = {}
+    for sender, _ in items:
+        if sender not in sockets:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"GET /samples/bench/bench HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            await reader.readuntil(b"\r\n\r\n")
+            sockets[sender] = (reader, writer)
+    for start in range(0, len(items), per_round):  # a round at a time, each taken in before the next
+        for sender, text in items[start : start + per_round]:
+            writer = sockets[sender][1]
+            writer.write(frame(text))
+            await writer.drain()
+        print("sent", flush=True)
+        sys.stdin.readline()
+    print("done", flush=True)
+    sys.stdin.readline()  # connections stay open until told
+
+asyncio.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3])))
+"""
+
+
+_ROUND = 200
+"""Frames sent at once: the collector takes each round in before the next is sent, so the shipped
+queues never fill (tracemalloc makes every step slower)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _frames(calls: list[list[_workloads.Message]]) -> list[tuple[str, str]]:
+    active, _ = _split_goodbyes([m for call in calls for m in call])
+    return [(m.sender, m.frame) for m in active]
+
+
+class _Load:
+    """Sends frames from a process of its own, each client on its own WebSocket, kept open."""
+
+    def __init__(self, c: RunningCollector, port: int, folder: Path) -> None:
+        self._c, self._port, self._folder = c, port, folder
+        self._processes: list[asyncio.subprocess.Process] = []
+        self._sent = 0
+
+    async def send(self, items: list[tuple[str, str]]) -> None:
+        """Send ``items``; return once the collector took every frame sent so far in and exported it."""
+        path = self._folder / f"frames-{len(self._processes)}.pickle"
+        path.write_bytes(pickle.dumps(items))
+        load = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _LOAD,
+            str(self._port),
+            str(path),
+            str(_ROUND),
+            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE,
+        )
+        self._processes.append(load)
+        assert load.stdout is not None and load.stdin is not None
+        accepted, queued = self._c.telemetry.get("receiver_accepted_samples"), self._c.telemetry.get("exporter_queue_size")
+        done = 0
+        while (await load.stdout.readline()).strip() == b"sent":
+            done, before = min(len(items), done + _ROUND), done
+            self._sent += done - before
+            async with asyncio.timeout(120):  # a frame refused would never count: say so
+                while accepted.total() < self._sent or queued.total():
+                    await asyncio.sleep(0.05)
+            load.stdin.write(b"\n")
+        await asyncio.sleep(0.5)  # the exporters' last writes
+
+    async def close(self) -> None:
+        for load in self._processes:
+            assert load.stdin is not None
+            load.stdin.write(b"\n")
+        for load in self._processes:
+            await load.wait()
+
+
+async def measure(workload: str, clients: int) -> tuple[tracemalloc.Snapshot, tracemalloc.Snapshot, int]:
+    """(snapshot at half, snapshot at all clients, clients added between them)."""
+    if workload == "capture":
+        calls = _by_call(_workloads.capture(clients // 2 + 2, 5))
+    else:
+        calls = _by_call(_workloads.mesh(clients // 4 + 2, 4, 5, 10))
+    warm, calls = calls[:2], calls[2:]
+    half = len(calls) // 2
+    config = yaml.safe_load(SHIPPED.read_text())
+    port = _free_port()
+    # The load never answers pings, and tracemalloc makes the run outlast the shipped 30 s heartbeat:
+    # an hour keeps the connections (and their heartbeat timers) without dropping them.
+    config["receivers"]["observertc"].update(endpoint=f"127.0.0.1:{port}", websocket_heartbeat="1h")
+    for name in config["processors"]:
+        if name == "correlation":
+            config["processors"][name].update(client_idle_timeout="1h", media_idle_timeout="1h", call_empty_timeout="1h")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name, options in config["exporters"].items():
+            if name.split("/")[0] == "file":
+                options["path"] = str(folder / "reports.jsonl")
+        async with running_collector(json.dumps(config)) as c:
+            load = _Load(c, port, folder)
+            await load.send(_frames(warm))
+            tracemalloc.start(25)
+            await load.send(_frames(calls[:half]))
+            gc.collect()
+            first = tracemalloc.take_snapshot()
+            second_half = _frames(calls[half:])
+            await load.send(second_half)
+            gc.collect()
+            second = tracemalloc.take_snapshot()
+            tracemalloc.stop()
+            await load.close()
+    return first, second, len({sender for sender, _ in second_half})
+
+
+def _where(filename: str, lineno: int | None = None) -> str:
+    name = filename.split("site-packages/")[-1]
+    if name.startswith(str(ROOT)):
+        name = name[len(str(ROOT)) + 1 :]
+    elif "/lib/python3" in name:
+        name = name.split("/lib/")[-1]
+    if lineno is None:
+        return name
+    return f"{name}:{lineno}  {linecache.getline(filename, lineno).strip()[:70]}"
+
+
+def report(first: tracemalloc.Snapshot, second: tracemalloc.Snapshot, clients: int, by: str, top: int) -> list[str]:
+    not_ours = [tracemalloc.Filter(False, str(Path(__file__).parent / "*"))]  # this script's frames to send
+    first, second = first.filter_traces(not_ours), second.filter_traces(not_ours)
+    rows: Counter[str] = Counter()
+    if by in ("file", "line"):
+        for stat in second.compare_to(first, "filename" if by == "file" else "lineno"):
+            frame = stat.traceback[0]
+            rows[_where(frame.filename, None if by == "file" else frame.lineno)] += stat.size_diff
+    else:
+        ours = str(ROOT) + "/"
+        for stat in second.compare_to(first, "traceback"):
+            mine = [f for f in stat.traceback if f.filename.startswith(ours) and "/bench/" not in f.filename]
+            frame = mine[-1] if mine else stat.traceback[-1]  # frames run from the oldest to the innermost
+            rows[_where(frame.filename, frame.lineno)] += stat.size_diff
+    total = sum(rows.values())
+    out = [
+        f"{total / clients:,.0f} bytes traced per client ({clients} clients added)",
+        "",
+        "| bytes per client | where |",
+        "| ---: | --- |",
+    ]
+    out += [f"| {size / clients:,.0f} | `{where}` |" for where, size in rows.most_common(top)]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", choices=("capture", "mesh"), default="capture")
+    parser.add_argument("--clients", type=int, default=1000, help="active clients at the second snapshot")
+    parser.add_argument("--by", choices=("file", "line", "ours"), default="file")
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+    first, second, clients = asyncio.run(measure(args.workload, args.clients))
+    print("\n".join(report(first, second, clients, args.by, args.top)))
+
+
+if __name__ == "__main__":
+    main()
