@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections import defaultdict
 from typing import Any
 
@@ -321,6 +322,21 @@ async def test_turn_is_used_only_when_a_used_pair_has_a_relay_local_candidate() 
 
 def test_the_rtt_percentile_comes_from_fixed_buckets() -> None:
     assert list(RTT_BOUNDS_MS) == sorted(RTT_BOUNDS_MS)
+
+
+def test_a_clients_rtt_counts_are_packed_stop_at_their_maximum_and_checkpoint_as_numbers() -> None:
+    from webrtc_observer.processors import summary
+
+    client = summary._Client("u")
+    assert sys.getsizeof(client.rtt_hist) <= 200, "30 counts of 4 bytes (a list of them took 296)"
+    client.rtt_hist[0] = 2**32 - 2
+    for _ in range(3):
+        summary._accumulate(client, quality("alice", T0, rtt=0.001))  # 1 ms: the first bucket
+    assert client.rtt_hist[0] == 2**32 - 1 and client.rtt_n == 3
+    dumped = summary._dump_client("alice", client)
+    assert dumped[15] == [2**32 - 1] + [0] * len(RTT_BOUNDS_MS)
+    _, restored = summary._load_client(json.loads(json.dumps(dumped)))
+    assert restored.rtt_hist == client.rtt_hist
 
 
 # -- bounds ------------------------------------------------------------------------------------------
