@@ -254,6 +254,18 @@ def test_sample_records_round_trip_every_kind_and_refuse_garbage() -> None:
             sample_records.decode(garbage)
 
 
+def test_sample_records_read_back_share_one_copy_of_each_id() -> None:
+    from webrtc_observer.model import Track
+
+    track = Track(kind="audio", ssrc=1, peer_connection_id="pc-" + "a" * 30, track_id="t-" + "b" * 30)
+    sample = ClientSample(origin=ORIGIN, client_id="client-" + "c" * 30, timestamp=5, outbound_tracks=[track])
+    first, second = (sample_records.decode(sample_records.encode(sample)) for _ in range(2))
+    assert isinstance(first, ClientSample) and isinstance(second, ClientSample)
+    assert first.client_id is second.client_id
+    assert first.outbound_tracks[0].peer_connection_id is second.outbound_tracks[0].peer_connection_id
+    assert first.outbound_tracks[0].track_id is second.outbound_tracks[0].track_id
+
+
 class _Host:
     ready = True
 
