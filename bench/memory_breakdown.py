@@ -1,9 +1,10 @@
 """Where an active client's memory is: tracemalloc of ``collector.yaml`` in this process, per client.
 
-The shipped pipeline runs in this process with its call timeouts and WebSocket heartbeat lifted; a load process opens one
-WebSocket per client and sends every sample of the client but its last (goodbye), in the same
-frames as ``bench/pipeline.py``. Two calls warm up first; then half of the clients, a snapshot,
-the other half, a second snapshot, each once every frame sent is taken in and its reports written. What the second half added, divided by its clients, is printed
+The shipped pipeline runs in this process with its call timeouts and WebSocket heartbeat lifted. A
+load process opens one WebSocket per client and sends every sample of the client but its last (the
+goodbye), in the frames of ``bench/pipeline.py``, in rounds of 200 frames. Two calls warm up first;
+then half of the clients, a snapshot, the other half, a second snapshot, each taken once every
+frame sent is taken in and its reports written. What the second half added, per client, is printed
 by source file (``--by file``), by the line that allocated it (``--by line``), or by the innermost
 line of this repository on the allocation's stack (``--by ours``): what a library allocates in a call
 from our code (msgspec decoding, aiohttp answering our handler) shows under our line, what it
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import _workloads  # bench/, the script's folder, is on the path
 import yaml
-from pipeline import SHIPPED, _by_call, _split_goodbyes
+from pipeline import SHIPPED, _by_call, _split_goodbyes, _WebSocket
 
 from webrtc_observer.testing import RunningCollector, running_collector
 
@@ -40,17 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _LOAD = r"""
 import asyncio, pickle, sys
-
-def frame(text):
-    payload = text.encode()
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x81, 0x80 | n))
-    elif n < 1 << 16:
-        head = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x81, 0x80 | 127)) + n.to_bytes(8, "big")
-    return head + b"\0\0\0\0" + payload
 
 async def main(port, path, per_round):
     items = pickle.loads(open(path, "rb").read())
@@ -65,9 +55,9 @@ async def main(port, path, per_round):
             await reader.readuntil(b"\r\n\r\n")
             sockets[sender] = (reader, writer)
     for start in range(0, len(items), per_round):  # a round at a time, each taken in before the next
-        for sender, text in items[start : start + per_round]:
+        for sender, frame in items[start : start + per_round]:
             writer = sockets[sender][1]
-            writer.write(frame(text))
+            writer.write(frame)
             await writer.drain()
         print("sent", flush=True)
         sys.stdin.readline()
@@ -89,9 +79,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _frames(calls: list[list[_workloads.Message]]) -> list[tuple[str, str]]:
+def _frames(calls: list[list[_workloads.Message]]) -> list[tuple[str, bytes]]:
+    """(client, WebSocket frame) of every sample of ``calls`` but each client's last."""
     active, _ = _split_goodbyes([m for call in calls for m in call])
-    return [(m.sender, m.frame) for m in active]
+    return [(m.sender, _WebSocket.frame(m.frame)) for m in active]
 
 
 class _Load:
@@ -102,7 +93,7 @@ class _Load:
         self._processes: list[asyncio.subprocess.Process] = []
         self._sent = 0
 
-    async def send(self, items: list[tuple[str, str]]) -> None:
+    async def send(self, items: list[tuple[str, bytes]]) -> None:
         """Send ``items``; return once the collector took every frame sent so far in and exported it."""
         path = self._folder / f"frames-{len(self._processes)}.pickle"
         path.write_bytes(pickle.dumps(items))
