@@ -24,7 +24,6 @@ import gc
 import json
 import linecache
 import pickle
-import socket
 import sys
 import tempfile
 import tracemalloc
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import _workloads  # bench/, the script's folder, is on the path
 import yaml
-from pipeline import SHIPPED, _by_call, _split_goodbyes, _WebSocket
+from pipeline import FileSink, _by_call, _split_goodbyes, _WebSocket, shipped_config
 
 from webrtc_observer.testing import RunningCollector, running_collector
 
@@ -42,27 +41,22 @@ ROOT = Path(__file__).resolve().parents[1]
 _LOAD = r"""
 import asyncio, pickle, sys
 
+sys.path.insert(0, sys.argv[4])
+from pipeline import _WebSocket
+
 async def main(port, path, per_round):
     items = pickle.loads(open(path, "rb").read())
     sockets = {}
     for sender, _ in items:
         if sender not in sockets:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(
-                f"GET /samples/bench/bench HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-            )
-            await reader.readuntil(b"\r\n\r\n")
-            sockets[sender] = (reader, writer)
+            sockets[sender] = await _WebSocket.connect(port, "/samples/bench/bench")
+    wait = asyncio.get_running_loop().run_in_executor
     for start in range(0, len(items), per_round):  # a round at a time, each taken in before the next
         for sender, frame in items[start : start + per_round]:
-            writer = sockets[sender][1]
-            writer.write(frame)
-            await writer.drain()
+            await sockets[sender].send(frame)
         print("sent", flush=True)
-        sys.stdin.readline()
-    print("done", flush=True)
-    sys.stdin.readline()  # connections stay open until told
+        await wait(None, sys.stdin.readline)
+    await wait(None, sys.stdin.readline)  # connections stay open until told
 
 asyncio.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3])))
 """
@@ -71,12 +65,6 @@ asyncio.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3])))
 _ROUND = 200
 """Frames sent at once: the collector takes each round in before the next is sent, so the shipped
 queues never fill (tracemalloc makes every step slower)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _frames(calls: list[list[_workloads.Message]]) -> list[tuple[str, bytes]]:
@@ -104,16 +92,16 @@ class _Load:
             str(self._port),
             str(path),
             str(_ROUND),
+            str(Path(__file__).resolve().parent),
             stdout=asyncio.subprocess.PIPE,
             stdin=asyncio.subprocess.PIPE,
         )
         self._processes.append(load)
         assert load.stdout is not None and load.stdin is not None
         accepted, queued = self._c.telemetry.get("receiver_accepted_samples"), self._c.telemetry.get("exporter_queue_size")
-        done = 0
-        while (await load.stdout.readline()).strip() == b"sent":
-            done, before = min(len(items), done + _ROUND), done
-            self._sent += done - before
+        for start in range(0, len(items), _ROUND):
+            await load.stdout.readline()  # "sent": one more round written
+            self._sent += len(items[start : start + _ROUND])
             async with asyncio.timeout(120):  # a frame refused would never count: say so
                 while accepted.total() < self._sent or queued.total():
                     await asyncio.sleep(0.05)
@@ -136,21 +124,15 @@ async def measure(workload: str, clients: int) -> tuple[tracemalloc.Snapshot, tr
         calls = _by_call(_workloads.mesh(clients // 4 + 2, 4, 5, 10))
     warm, calls = calls[:2], calls[2:]
     half = len(calls) // 2
-    config = yaml.safe_load(SHIPPED.read_text())
-    port = _free_port()
-    # The load never answers pings, and tracemalloc makes the run outlast the shipped 30 s heartbeat:
-    # an hour keeps the connections (and their heartbeat timers) without dropping them.
-    config["receivers"]["observertc"].update(endpoint=f"127.0.0.1:{port}", websocket_heartbeat="1h")
-    for name in config["processors"]:
-        if name == "correlation":
-            config["processors"][name].update(client_idle_timeout="1h", media_idle_timeout="1h", call_empty_timeout="1h")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for name, options in config["exporters"].items():
-            if name.split("/")[0] == "file":
-                options["path"] = str(folder / "reports.jsonl")
-        async with running_collector(json.dumps(config)) as c:
-            load = _Load(c, port, folder)
+        launch = shipped_config(folder, FileSink(folder / "reports.jsonl"), timeouts="1h")
+        config = yaml.safe_load(launch.config.read_text())
+        # The load never answers pings, and tracemalloc makes the run outlast the shipped 30 s
+        # heartbeat: an hour keeps the connections (and their heartbeat timers) without dropping them.
+        config["receivers"]["observertc"]["websocket_heartbeat"] = "1h"
+        async with running_collector(json.dumps(config), env=launch.env) as c:
+            load = _Load(c, launch.port, folder)
             await load.send(_frames(warm))
             tracemalloc.start(25)
             await load.send(_frames(calls[:half]))
