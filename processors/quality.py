@@ -224,7 +224,7 @@ _BASELINE = struct.Struct("=8d")
 at the baseline: bytes, packets (received inbound, sent outbound), packets lost, jitter buffer delay and
 emitted count, frames (decoded inbound, encoded outbound)."""
 _LAST_OF = struct.Struct("=d").unpack_from
-"""The last sample timestamp of a baseline, alone."""
+"""``(last sample timestamp,)`` of a baseline, read alone."""
 _NAN = math.nan
 _INF = math.inf
 
@@ -723,7 +723,7 @@ class QualityProcessor:
         known = len(kept)
         for track_key, baseline in tracks.items():
             current = kept.get(track_key)
-            if current is None or _LAST_OF(current) <= _LAST_OF(baseline):  # a later sample committed first: keep its
+            if current is None or _LAST_OF(current)[0] <= _LAST_OF(baseline)[0]:  # a later sample committed first: keep its
                 kept[track_key] = baseline
         if len(kept) > len(tracks):  # tracks the client no longer reports are forgotten
             for gone in [k for k in kept if k not in tracks]:
