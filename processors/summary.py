@@ -96,6 +96,8 @@ _RTT_BOUNDS = tuple(float(bound) for bound in RTT_BOUNDS_MS)
 """The same bounds as floats, for the bucket search: ``bisect`` compares an RTT with them faster."""
 _MAX_COUNT = 2**32 - 1
 """Where a bucket's count stops (decades of samples)."""
+_MAX_BYTES = 2**63 - 1
+"""Where a client's byte count stops (a client may claim any counter: its 64-bit slot never overflows)."""
 SEVERITIES = ("info", "minor", "major", "critical")
 """Issue severities, least severe first."""
 MAX_RELAY_CANDIDATES = 8
@@ -178,12 +180,14 @@ class _Client:
         """RTTs per bucket of :data:`RTT_BOUNDS_MS` (the last: above it), 32-bit counts (200 bytes; a list took 296)."""
         self.jitter_sum = 0.0
         self.jitter_n = 0
-        self.bytes = [0, 0, 0, 0]
-        """audio sent, audio received, video sent, video received."""
+        self.bytes = array("q", bytes(32))
+        """audio sent, audio received, video sent, video received (64-bit, stopping at their maximum)."""
         self.turn = False
-        self.relay_ids: list[str] = []
-        self.used_locals: list[str] = []
-        """Local candidate ids of used pairs whose type was not known yet (a few, newest last)."""
+        self.relay_ids: tuple[str, ...] = ()
+        """Ids of the client's relay local candidates (a few, newest last)."""
+        self.used_locals: tuple[str, ...] = ()
+        """Local candidate ids of used pairs whose type was not known yet (a few, newest last). Both are
+        tuples: most clients have none (the empty tuple is shared), and a copy of the client shares them."""
         self.issues: dict[str, int] = {}
         self.worst = -1
         """Index in :data:`SEVERITIES` of the worst issue, -1 for none."""
@@ -209,8 +213,8 @@ class _Client:
         c.jitter_n = self.jitter_n
         c.bytes = self.bytes[:]
         c.turn = self.turn
-        c.relay_ids = self.relay_ids[:]
-        c.used_locals = self.used_locals[:]
+        c.relay_ids = self.relay_ids
+        c.used_locals = self.used_locals
         c.issues = self.issues.copy()
         c.worst = self.worst
         return c
@@ -738,7 +742,8 @@ def _accumulate(client: _Client, q: TrackQuality) -> None:
         if hist[i] < _MAX_COUNT:
             hist[i] += 1
     if bytes_delta is not None and bytes_delta > 0:
-        client.bytes[(2 if q.kind == "video" else 0) + (1 if inbound else 0)] += bytes_delta
+        counts, i = client.bytes, (2 if q.kind == "video" else 0) + (1 if inbound else 0)
+        counts[i] = min(counts[i] + bytes_delta, _MAX_BYTES)
     if not inbound:
         return
     mos, jitter, f, received = q.mos, q.jitter, q.fraction_lost, q.packets_delta
@@ -769,15 +774,13 @@ def _turn(client: _Client, sample: ClientSample) -> None:
         if str(cand.get("candidateType", "")).lower() == "relay":
             cid = cand.get("id")
             if isinstance(cid, str) and cid not in client.relay_ids:
-                client.relay_ids.append(cid)
-                del client.relay_ids[:-MAX_RELAY_CANDIDATES]
+                client.relay_ids = (*client.relay_ids, cid)[-MAX_RELAY_CANDIDATES:]
     for local in _used_local_candidates(sample):
         if local not in client.used_locals:
-            client.used_locals.append(local)
-            del client.used_locals[:-MAX_RELAY_CANDIDATES]
+            client.used_locals = (*client.used_locals, local)[-MAX_RELAY_CANDIDATES:]
     if client.relay_ids and any(local in client.relay_ids for local in client.used_locals):
         client.turn = True
-        client.relay_ids, client.used_locals = [], []
+        client.relay_ids, client.used_locals = (), ()
 
 
 def _used_local_candidates(sample: ClientSample) -> list[str]:
@@ -861,7 +864,7 @@ def _dump_client(client_id: str, c: _Client) -> list[Any]:
         client_id, c.user_id, c.present, c.lazy, c.joined_at, c.in_call_ms,
         c.mos_sum, c.mos_n, c.mos_min if c.mos_n else None,
         c.lost, c.expected, c.intervals, c.rtt_sum, c.rtt_n, c.rtt_max, c.rtt_hist.tolist(),
-        c.jitter_sum, c.jitter_n, c.bytes, c.turn, c.relay_ids, c.used_locals, c.issues, c.worst,
+        c.jitter_sum, c.jitter_n, c.bytes.tolist(), c.turn, list(c.relay_ids), list(c.used_locals), c.issues, c.worst,
     ]  # fmt: skip
 
 
@@ -877,6 +880,10 @@ def _load_client(value: list[Any]) -> tuple[str, _Client]:
     c.rtt_hist = array("I", (min(int(n), _MAX_COUNT) for n in c.rtt_hist))
     if len(c.rtt_hist) != len(RTT_BOUNDS_MS) + 1:
         raise ValueError("summary state: the RTT histogram has another shape")
+    c.bytes = array("q", (min(int(n), _MAX_BYTES) for n in c.bytes))
+    if len(c.bytes) != 4:
+        raise ValueError("summary state: the byte counts have another shape")
+    c.relay_ids, c.used_locals = tuple(c.relay_ids), tuple(c.used_locals)
     return client_id, c
 
 

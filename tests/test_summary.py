@@ -339,6 +339,43 @@ def test_a_clients_rtt_counts_are_packed_stop_at_their_maximum_and_checkpoint_as
     assert restored.rtt_hist == client.rtt_hist
 
 
+async def test_a_clients_byte_counts_stop_at_64_bits_whatever_it_claims() -> None:
+    p, down, _ = processor()
+    huge = 2**70  # a client may claim any counter; the delta quality reports is as big
+    await feed(
+        p,
+        [
+            batch(T0, [event("CALL_STARTED", T0), event("CLIENT_JOINED", T0, "alice")]),
+            batch(T0 + 1000, quality=[quality("alice", T0 + 1000, bytes_delta=huge), quality("alice", T0 + 1000, bytes_delta=5)]),
+            batch(T0 + 2000, quality=[quality("alice", T0 + 2000, kind="video", direction="outbound", bytes_delta=7)]),
+            batch(T0 + 3000, [event("CALL_ENDED", T0 + 3000)]),
+        ],
+    )
+    [summary] = down.summaries()
+    assert_valid_report("OBSERVER_EVENT", summary.payload)
+    assert by_client(summary)["alice"]["bytes"] == {
+        "audio": {"sent": 0, "received": 2**63 - 1},
+        "video": {"sent": 7, "received": 0},
+    }
+
+
+def test_a_clients_candidate_ids_are_shared_by_its_copies_and_checkpoint_as_lists() -> None:
+    from webrtc_observer.processors import summary
+
+    client = summary._Client("u")
+    assert client.relay_ids == () and client.used_locals == (), "no list of its own for a client without any"
+    summary._turn(client, sample("alice", T0, local_candidates=[{"id": "R", "candidateType": "relay"}]))
+    assert client.relay_ids == ("R",) and not client.turn
+    copy = client.clone()
+    assert copy.relay_ids is client.relay_ids
+    summary._turn(copy, sample("alice", T0, local_candidates=[{"id": "R2", "candidateType": "relay"}]))
+    assert client.relay_ids == ("R",) and copy.relay_ids == ("R", "R2"), "a copy's change leaves the original as it was"
+    dumped = json.loads(json.dumps(summary._dump_client("alice", copy)))
+    assert dumped[18:22] == [[0, 0, 0, 0], False, ["R", "R2"], []]
+    _, restored = summary._load_client(dumped)
+    assert restored.relay_ids == ("R", "R2") and restored.used_locals == () and restored.bytes.tolist() == [0, 0, 0, 0]
+
+
 # -- bounds ------------------------------------------------------------------------------------------
 
 
