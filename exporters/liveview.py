@@ -202,13 +202,17 @@ def _packable(value: Any) -> int:
 
 class _CallEvents:
     """A call's last lifecycle events, packed: an event's timestamp and SSRC as two 64-bit integers
-    of :attr:`numbers`, its name, room, client, user, peer connection and track id as six references
-    of :attr:`texts` (strings kept as :func:`_shared` copies). About 64 bytes an event, where a tuple
-    an event with its own integer objects took 90 to 140; the service and call id are the call's."""
+    of :attr:`numbers`, its name, who sent it (room, client and user id, one tuple shared by the
+    events of a client in a row), peer connection and track id as four references of :attr:`texts`
+    (strings kept as :func:`_shared` copies). About 50 bytes an event, where a tuple an event with
+    its own integer objects took 90 to 140; the service and call id are the call's."""
 
     __slots__ = ("numbers", "texts")
 
-    _TEXTS = 6
+    _TEXTS = 4
+    _RECENT = 16
+    """How many of the last events are searched for a ``who`` tuple to share (events are rare, and
+    a client's come together: its join, peer connections and tracks)."""
 
     def __init__(self) -> None:
         self.numbers = array("q")
@@ -222,10 +226,18 @@ class _CallEvents:
         ``limit``."""
         ts, name, _service_id, _call_id, room_id, client_id, user_id, pc_id = values
         self.numbers.extend((_packable(ts), _packable(ssrc)))
-        self.texts.extend(map(_shared, (name, room_id, client_id, user_id, pc_id, track_id)))
+        self.texts.extend((_shared(name), self._who(room_id, client_id, user_id), _shared(pc_id), _shared(track_id)))
         if len(self.numbers) > 2 * limit:
             del self.numbers[: len(self.numbers) - 2 * limit]
             del self.texts[: len(self.texts) - self._TEXTS * limit]
+
+    def _who(self, room_id: Any, client_id: Any, user_id: Any) -> tuple[Any, Any, Any]:
+        """The ``(room, client, user)`` tuple of a recent event with the same three, else a new one."""
+        texts, who = self.texts, (room_id, client_id, user_id)
+        for i in range(len(texts) - self._TEXTS + 1, max(0, len(texts) - self._RECENT * self._TEXTS), -self._TEXTS):
+            if texts[i] == who:
+                return texts[i]
+        return (_shared(room_id), _shared(client_id), _shared(user_id))
 
     def dicts(self, service_id: str, call_id: str) -> list[dict[str, Any]]:
         """The events as the page's JSON shows them, oldest first."""
@@ -233,7 +245,7 @@ class _CallEvents:
         numbers, texts = self.numbers, self.texts
         for i in range(len(numbers) // 2):
             ts, ssrc = numbers[2 * i], numbers[2 * i + 1]
-            name, room_id, client_id, user_id, pc_id, track_id = texts[self._TEXTS * i : self._TEXTS * (i + 1)]
+            name, (room_id, client_id, user_id), pc_id, track_id = texts[self._TEXTS * i : self._TEXTS * (i + 1)]
             event = {
                 "timestamp": None if ts == _UNKNOWN_NUMBER else ts,
                 "name": name,

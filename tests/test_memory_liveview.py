@@ -54,6 +54,35 @@ def test_a_calls_events_keep_their_numbers_packed_not_the_reports_integers() -> 
     assert "trackId" not in detail["events"][1] and "ssrc" not in detail["events"][1]
 
 
+def test_a_clients_events_share_who_sent_them_and_each_still_shows_its_own() -> None:
+    view = LiveView(LiveViewConfig())
+    reports = [event("CALL_STARTED", "call-1"), event("CLIENT_JOINED", "call-1", "alice", user="u-a")]
+    reports += [event("MEDIA_TRACK_ADDED", "call-1", "alice", T0 + i, user="u-a", mediaTrackId=f"t-{i}") for i in (1, 2)]
+    reports += [
+        event("CLIENT_JOINED", "call-1", "bob", T0 + 3),
+        event("MEDIA_TRACK_ADDED", "call-1", "alice", T0 + 4, user="u-b"),
+    ]
+    view.update(Batch(reports=reports))
+    view.update(Batch(reports=[event("MEDIA_TRACK_ADDED", "call-1", "alice", T0 + 5, user="u-a")]))
+    events = view._calls[(SERVICE, "call-1")].events
+    texts_per_event = len(events.texts) // len(events)
+    whos = [events.texts[i * texts_per_event + 1] for i in range(len(events))]
+    assert texts_per_event == 4, "name, who, peer connection, track: room, client and user as one tuple"
+    assert whos[1] is whos[2] is whos[3] is whos[6], "alice's events with the same user share one tuple"
+    assert whos[4] is not whos[1] and whos[5] is not whos[1]
+    detail = view.call(SERVICE, "call-1")
+    assert detail is not None
+    assert [(e["clientId"], e["userId"], e.get("trackId")) for e in detail["events"]] == [
+        (None, None, None),
+        ("alice", "u-a", None),
+        ("alice", "u-a", "t-1"),
+        ("alice", "u-a", "t-2"),
+        ("bob", None, None),
+        ("alice", "u-b", None),
+        ("alice", "u-a", None),
+    ]
+
+
 def test_a_calls_events_and_departed_clients_keep_the_last_ones_in_order() -> None:
     view = LiveView(LiveViewConfig(max_call_events=3, max_clients_per_call=2))
     view.update(Batch(reports=[event("CALL_STARTED", "call-1"), *(event("CLIENT_JOINED", "call-1", p) for p in "ab")]))
