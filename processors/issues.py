@@ -216,6 +216,8 @@ class IssuesConfig:
 
 Key = tuple[str, str, int, str]
 """(issue type, peer connection id or "", ssrc or -1, detail or ""): one condition of one client."""
+_CLIENT_LOST: Key = ("client_lost", "", -1, "")
+"""The key of a client's ``client_lost`` condition (one tuple for every client)."""
 
 
 class _Cond:
@@ -922,10 +924,10 @@ class IssuesProcessor:
         client.seq = sample.sample_seq
         client.last_ts = max(client.last_ts, sample.timestamp)
         client.seen = now
-        lost = client.conds.get(("client_lost", "", -1, ""))
+        lost = client.conds.get(_CLIENT_LOST)
         if lost is not None:  # it sends again
             lost.ended = sample.timestamp
-            out.extend(self._resolved(client, key, ("client_lost", "", -1, ""), lost, sample.timestamp))
+            out.extend(self._resolved(client, key, _CLIENT_LOST, lost, sample.timestamp))
         # a clear condition matters only if the client has it
         watched = {cond_key[0] for cond_key in client.conds} if client.conds else _NOTHING
         findings = _find(sample, quality, rejoined, self._detectors, self._ignored, self._enabled, watched)
@@ -1026,8 +1028,7 @@ class IssuesProcessor:
                 found.append((key, []))
                 continue
             spacing = client.spacing()
-            lost_key = ("client_lost", "", -1, "")
-            if not detector.enabled or spacing is None or lost_key in client.conds or silent <= factor * spacing:
+            if not detector.enabled or spacing is None or _CLIENT_LOST in client.conds or silent <= factor * spacing:
                 continue
             found.append((key, []))
         out: list[tuple[tuple[str, str], list[Report]]] = []
@@ -1041,12 +1042,12 @@ class IssuesProcessor:
                 self._forget(part, key)
                 continue
             copy = client.copy()
-            cond = copy.conds[("client_lost", "", -1, "")] = _Cond()
+            cond = copy.conds[_CLIENT_LOST] = _Cond()
             cond.hits, cond.active, cond.started = 1, True, client.last_ts
             cond.info = {
                 "values": {"silentSeconds": round(silent / 1000, 3), "intervalSeconds": round((client.spacing() or 0) / 1000, 3)}
             }
-            out.append((key, [self._report(RAISED, copy, key, ("client_lost", "", -1, ""), cond, estimated)]))
+            out.append((key, [self._report(RAISED, copy, key, _CLIENT_LOST, cond, estimated)]))
             self._j.set(part.clients, key, copy)
             self._touch(part, "client", key)
         return out
