@@ -328,8 +328,9 @@ class _Ring:
         self._grow(min(capacity, _FIRST_POINTS))
 
     def _grow(self, points: int) -> None:
-        self.ts.extend(array("q", bytes(8 * points)))
-        self.values.extend(array("f", [_NAN]) * (points * len(_SERIES)))
+        # Concatenated, not extended: the new arrays are of their exact size (``extend`` leaves room).
+        self.ts = self.ts + array("q", bytes(8 * points))
+        self.values = self.values + array("f", [_NAN]) * (points * len(_SERIES))
 
     def last_ts(self) -> int | None:
         return self.ts[(self.start + self.count - 1) % len(self.ts)] if self.count else None

@@ -237,3 +237,16 @@ def test_a_kept_event_costs_less_than_a_tuple_of_its_values() -> None:
         tracemalloc.stop()
     per_event = kept / (len(batches) * events_per_call)
     assert per_event < 96, f"{per_event:.0f} bytes an event"  # a tuple of its 9 values alone is 112
+
+
+def test_a_clients_series_takes_the_room_of_its_points_and_no_more() -> None:
+    from array import array
+
+    from webrtc_observer.exporters.liveview import _SERIES, _Ring
+
+    ring = _Ring(20)
+    for ts in range(20):
+        ring.push(T0 + ts, [1.0] * len(_SERIES))
+        for packed, item in ((ring.ts, 8), (ring.values, 4)):  # exact room, at first and after each growth
+            assert sys.getsizeof(packed) == sys.getsizeof(array(packed.typecode)) + item * len(packed)
+    assert len(ring.ts) == 20 and [ts for ts, _ in ring.points()] == [T0 + ts for ts in range(20)]
