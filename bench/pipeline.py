@@ -55,7 +55,9 @@ Then, unless dropped:
   once, each on its own WebSocket, ``--memory-ticks`` samples a client (the last one, a goodbye, at
   the end), sent in rounds that the shipped queues take without refusing: resident memory per active
   client as the slope between N/2 and N clients in one process, the share of an idle WebSocket
-  connection, and resident memory once every call ended against the baseline after a warm-up.
+  connection, and resident memory once every call ended against the baseline after a warm-up; then
+  ``--memory-waves`` times as many calls again (other ids), one wave after another, and resident
+  memory after each ended (memory the calls before left is taken again, or each wave adds some).
 - ``decode``: CPU to decode one 3.x ClientSample (loadgen's mesh samples, about 20 KB; the real
   ``tests/fixtures/browser-cm4-ws.json`` frames, about 10 KB) through
   ``webrtc_observer.receiver._decoding.decode``, min / median / max over the repeats.
@@ -85,7 +87,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -739,15 +741,22 @@ async def _settle(c: Running, accepted: int, timeout: float = 30) -> None:
 
 
 async def run_memory(
-    calls: list[list[Message]], warm: list[list[Message]], timeouts: float = 20.0, batch: int = 200
+    calls: list[list[Message]],
+    warm: list[list[Message]],
+    waves: Sequence[list[list[Message]]] = (),
+    timeouts: float = 20.0,
+    batch: int = 200,
 ) -> dict[str, Any]:
     """Resident memory of ``collector.yaml`` per active client, and after the calls ended.
 
     In one process: a warm-up of a few calls that then end (the baseline after it); the first half
     of ``calls`` (every client active: all its samples but its last); the second half; then every
     client's last sample (goodbyes), every socket closed, and the state left once the client and
-    call timeouts (``timeouts`` seconds) have ended everything. Samples go in rounds of ``batch``,
-    each taken in and exported before the next, so that the shipped queues never refuse any.
+    call timeouts (``timeouts`` seconds) have ended everything. Then each of ``waves`` (as many
+    calls, with other ids) the same way, and what is left once its calls ended too: whether the
+    memory the calls before left is taken again, or more is added with each wave. Samples go in
+    rounds of ``batch``, each taken in and exported before the next, so that the shipped queues
+    never refuse any.
     """
     half = len(calls) // 2
     first = [m for call in calls[:half] for m in call]
@@ -791,14 +800,24 @@ async def run_memory(
             at_half, clients_half = _status([c.pid], "VmRSS"), await c.gauge("observertc_clients_active")
             sockets.update(await send(active_second))
             at_full, clients_full = _status([c.pid], "VmRSS"), await c.gauge("observertc_clients_active")
-            for m in goodbyes_first + goodbyes_second:
-                await sockets[m.sender].send(_WebSocket.frame(m.frame))
-            accepted += len(goodbyes_first) + len(goodbyes_second)
-            await _settle(c, accepted)
-            for ws in sockets.values():
-                await ws.close()
-            await ended()
+
+            async def goodbye(sockets: dict[str, _WebSocket], goodbyes: list[Message]) -> None:
+                nonlocal accepted
+                for m in goodbyes:
+                    await sockets[m.sender].send(_WebSocket.frame(m.frame))
+                accepted += len(goodbyes)
+                await _settle(c, accepted)
+                for ws in sockets.values():
+                    await ws.close()
+                await ended()
+
+            await goodbye(sockets, goodbyes_first + goodbyes_second)
             after = _status([c.pid], "VmRSS")
+            after_waves = []
+            for wave in waves:
+                active_wave, goodbyes_wave = _split_goodbyes([m for call in wave for m in call])
+                await goodbye(await send(active_wave), goodbyes_wave)
+                after_waves.append(_status([c.pid], "VmRSS"))
             refused = await c.refusals()
     return {
         "clients": (clients_half, clients_full),
@@ -807,6 +826,7 @@ async def run_memory(
         "baselineBytes": baseline,
         "fullBytes": at_full,
         "afterBytes": after,
+        "afterWavesBytes": after_waves,
         "refused": refused,
     }
 
@@ -1051,24 +1071,32 @@ def _row(part: str, name: str, cells: str, refused: dict[str, float]) -> str:
     return row
 
 
-def memory_workload(kind: str, clients: int, ticks: int, seed: int) -> tuple[list[list[Message]], list[list[Message]]]:
-    """(the calls of ``clients`` clients, 2 more calls to warm up with) of the ``kind`` workload."""
+def memory_workload(
+    kind: str, clients: int, ticks: int, seed: int, waves: int = 0
+) -> tuple[list[list[Message]], list[list[Message]], list[list[list[Message]]]]:
+    """(the calls of ``clients`` clients, 2 more calls to warm up with, ``waves`` times the calls of
+    as many clients again, each with other ids) of the ``kind`` workload."""
+    per_call = 2 if kind == "capture" else 4
+    n = clients // per_call
+    total = (1 + waves) * n + 2
     if kind == "capture":
-        calls = _by_call(_workloads.capture(clients // 2 + 2, ticks))
+        calls = _by_call(_workloads.capture(total, ticks))
     else:
-        calls = _by_call(_workloads.mesh(clients // 4 + 2, 4, ticks, seed + 10))
-    return calls[:-2], calls[-2:]
+        calls = _by_call(_workloads.mesh(total, per_call, ticks, seed + 10))
+    return calls[:n], calls[-2:], [calls[n * (w + 1) : n * (w + 2)] for w in range(waves)]
 
 
-def measure_memory(kind: str, clients: int, ticks: int, seed: int, connection: float) -> list[str]:
-    calls, warm = memory_workload(kind, clients, ticks, seed)
-    r = asyncio.run(run_memory(calls, warm))
+def measure_memory(kind: str, clients: int, ticks: int, seed: int, connection: float, waves: int) -> list[str]:
+    calls, warm, more = memory_workload(kind, clients, ticks, seed, waves)
+    r = asyncio.run(run_memory(calls, warm, more))
     half, full = r["clients"]
     after = r["afterBytes"] - r["baselineBytes"]
+    after_waves = ", ".join(f"{(b - r['baselineBytes']) / 2**20:+.1f}" for b in r["afterWavesBytes"]) or "—"
     row = (
         f" | {full:,.0f} (slope from {half:,.0f}) | {r['perClientBytes'] / 1024:.1f} KiB"
         f" | {connection / 1024:.1f} KiB | {r['fullBytes'] / 2**20:,.0f} MiB | {after / 2**20:+.1f} MiB"
-        f" (baseline {r['baselineBytes'] / 2**20:.0f} MiB, cold {r['coldBytes'] / 2**20:.0f} MiB) |"
+        f" (baseline {r['baselineBytes'] / 2**20:.0f} MiB, cold {r['coldBytes'] / 2**20:.0f} MiB)"
+        f" | {after_waves} MiB |"
     )
     return [_row("memory", kind, row, r["refused"])]
 
@@ -1114,6 +1142,12 @@ def main() -> None:
         "--memory-clients", type=int, default=1000, help="clients at once in the memory run (default %(default)s)"
     )
     parser.add_argument("--memory-ticks", type=int, default=5, help="samples a client in the memory run (default %(default)s)")
+    parser.add_argument(
+        "--memory-waves",
+        type=int,
+        default=3,
+        help="memory run: how many times as many calls again, with other ids, once the first ended (default %(default)s)",
+    )
     args = parser.parse_args()
     selected = _parse_only(args.only, args.kafka or args.exporter == "kafka")
     for flag, part in ((args.no_paced, "paced"), (args.no_memory, "memory"), (args.no_decode, "decode")):
@@ -1141,7 +1175,7 @@ def main() -> None:
     if "memory" in selected:
         connection = asyncio.run(idle_connection_bytes())
         for kind in kinds:
-            memory_rows += measure_memory(kind, args.memory_clients, args.memory_ticks, args.seed, connection)
+            memory_rows += measure_memory(kind, args.memory_clients, args.memory_ticks, args.seed, connection, args.memory_waves)
     decode_rows = measure_decode(max(3, args.repeat)) if "decode" in selected else []
 
     print("\n# Tables for bench/README.md")
@@ -1158,7 +1192,8 @@ def main() -> None:
         print(f"\nMemory, `collector.yaml` (timeouts shortened), {args.memory_ticks - 1} samples a client while active:\n")
         print(
             "| workload | active clients | RSS per active client, WebSocket included | of which an idle WebSocket"
-            " | RSS with all active | after the calls ended, over the baseline |\n| --- | --- | --- | --- | --- | --- |"
+            " | RSS with all active | after the calls ended, over the baseline"
+            " | after each of as many calls again (other ids) ended |\n| --- | --- | --- | --- | --- | --- | --- |"
         )
         print("\n".join(memory_rows))
     if decode_rows:
