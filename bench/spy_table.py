@@ -4,7 +4,10 @@ Each sample's innermost frame is counted under its file: this repository's files
 it, a library's by its package (``aiohttp``, ``asyncio``, ``concurrent``...; time in a C
 extension such as msgspec counts under the Python line that called it). Start-up (imports and
 the config load before the first frame of the receiver) is left out by dropping the stacks that
-run through ``importlib``. Prints a markdown table, largest first.
+run through ``importlib``, and so are the samples of a thread waiting for work (a thread pool's
+idle worker, a ``queue`` or ``threading`` wait, a ``selectors`` poll), which some py-spy versions
+count although ``--idle`` is off. Time inside uvloop's C loop stays, under ``asyncio: Runner.run``,
+busy or polling alike. Prints a markdown table, largest first.
 
     .venv/bin/python bench/spy_table.py /tmp/collector-*.txt [--top 30] [--by file|function]
 """
@@ -17,6 +20,14 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+_WAITS = {
+    ("concurrent/futures/thread.py", "_worker"),  # the pool's idle worker: blocked in its queue's get()
+    ("queue.py", "Queue.get"),
+    ("threading.py", "Condition.wait"),
+    ("threading.py", "Event.wait"),
+    ("selectors.py", "EpollSelector.select"),
+}
+"""(file, function) of an innermost frame that is a thread waiting, not working."""
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -33,6 +44,11 @@ def where(frame: str, by: str) -> str:
     return f"{name}: {m['function']}" if by == "function" else name
 
 
+def _waiting(frame: str) -> bool:
+    m = _FRAME.match(frame)
+    return m is not None and (m["file"], m["function"]) in _WAITS
+
+
 def table(paths: list[Path], by: str, top: int) -> list[str]:
     own: Counter[str] = Counter()
     for path in paths:
@@ -41,7 +57,7 @@ def table(paths: list[Path], by: str, top: int) -> list[str]:
             if not stack or not count.isdigit() or "importlib" in stack:
                 continue
             leaf = stack.rsplit(";", 1)[-1]
-            if leaf.startswith("process "):  # a sample outside any Python frame (py-spy --idle off)
+            if leaf.startswith("process ") or _waiting(leaf):  # outside any Python frame, or idle
                 continue
             own[where(leaf, by)] += int(count)
     total = sum(own.values()) or 1
