@@ -50,14 +50,16 @@ Then, unless dropped:
   and of the others apart. A client's first sample yields its call's and its own first reports (on
   the capture about 40 reports against 8, and three times the CPU); with every client joining in
   the first seconds, they make a backlog that the later samples wait behind until it drains.
-- ``memory``: ``collector.yaml`` (client and call timeouts shortened so that calls end within the run)
-  with ``--memory-clients`` clients (default 1,000; P2P: the capture, mesh: 12 tracks a client) at
-  once, each on its own WebSocket, ``--memory-ticks`` samples a client (the last one, a goodbye, at
-  the end), sent in rounds that the shipped queues take without refusing: resident memory per active
-  client as the slope between N/2 and N clients in one process, the share of an idle WebSocket
-  connection, and resident memory once every call ended against the baseline after a warm-up; then
-  ``--memory-waves`` times as many calls again (other ids), one wave after another, and resident
-  memory after each ended (memory the calls before left is taken again, or each wave adds some).
+- ``memory``: ``collector.yaml`` (client and call timeouts shortened to ``--memory-timeouts``, so
+  that calls end within the run) with ``--memory-clients`` clients (default 1,000; P2P: the
+  capture, mesh: 12 tracks a client) at once, each on its own WebSocket, ``--memory-ticks``
+  samples a client (the last one, a goodbye, at the end), sent in rounds that the shipped queues
+  take without refusing: resident memory per active client as the slope between N/2 and N clients
+  in one process, the share of an idle WebSocket connection, and resident memory once every call
+  ended against the baseline after a warm-up; then ``--memory-waves`` times as many calls again
+  (other ids), one wave after another, and resident memory after each ended (memory the calls
+  before left is taken again, or each wave adds some). A client that timed out before every client
+  was active marks the row INVALID.
 - ``decode``: CPU to decode one 3.x ClientSample (loadgen's mesh samples, about 20 KB; the real
   ``tests/fixtures/browser-cm4-ws.json`` frames, about 10 KB) through
   ``webrtc_observer.receiver._decoding.decode``, min / median / max over the repeats.
@@ -744,7 +746,7 @@ async def run_memory(
     calls: list[list[Message]],
     warm: list[list[Message]],
     waves: Sequence[list[list[Message]]] = (),
-    timeouts: float = 20.0,
+    timeouts: float = 30.0,
     batch: int = 200,
 ) -> dict[str, Any]:
     """Resident memory of ``collector.yaml`` per active client, and after the calls ended.
@@ -821,6 +823,7 @@ async def run_memory(
             refused = await c.refusals()
     return {
         "clients": (clients_half, clients_full),
+        "sent": (len(by_sender(first)), len(by_sender(first)) + len(by_sender(second))),
         "perClientBytes": (at_full - at_half) / max(1.0, clients_full - clients_half),
         "coldBytes": cold,
         "baselineBytes": baseline,
@@ -1086,10 +1089,13 @@ def memory_workload(
     return calls[:n], calls[-2:], [calls[n * (w + 1) : n * (w + 2)] for w in range(waves)]
 
 
-def measure_memory(kind: str, clients: int, ticks: int, seed: int, connection: float, waves: int) -> list[str]:
+def measure_memory(kind: str, clients: int, ticks: int, seed: int, connection: float, waves: int, timeouts: float) -> list[str]:
     calls, warm, more = memory_workload(kind, clients, ticks, seed, waves)
-    r = asyncio.run(run_memory(calls, warm, more))
+    r = asyncio.run(run_memory(calls, warm, more, timeouts=timeouts))
     half, full = r["clients"]
+    invalid = dict(r["refused"])
+    if half < r["sent"][0] or full < r["sent"][1]:  # clients timed out before the slope was taken: not per active client
+        invalid["clients ended before every client was active (raise --memory-timeouts)"] = r["sent"][1] - full
     after = r["afterBytes"] - r["baselineBytes"]
     after_waves = ", ".join(f"{(b - r['baselineBytes']) / 2**20:+.1f}" for b in r["afterWavesBytes"]) or "—"
     row = (
@@ -1098,7 +1104,7 @@ def measure_memory(kind: str, clients: int, ticks: int, seed: int, connection: f
         f" (baseline {r['baselineBytes'] / 2**20:.0f} MiB, cold {r['coldBytes'] / 2**20:.0f} MiB)"
         f" | {after_waves} MiB |"
     )
-    return [_row("memory", kind, row, r["refused"])]
+    return [_row("memory", kind, row, invalid)]
 
 
 def measure_decode(repeat: int) -> list[str]:
@@ -1148,6 +1154,12 @@ def main() -> None:
         default=3,
         help="memory run: how many times as many calls again, with other ids, once the first ended (default %(default)s)",
     )
+    parser.add_argument(
+        "--memory-timeouts",
+        type=float,
+        default=30.0,
+        help="memory run: the client and call timeouts, seconds; longer than sending half the clients takes (default %(default)s)",
+    )
     args = parser.parse_args()
     selected = _parse_only(args.only, args.kafka or args.exporter == "kafka")
     for flag, part in ((args.no_paced, "paced"), (args.no_memory, "memory"), (args.no_decode, "decode")):
@@ -1175,7 +1187,9 @@ def main() -> None:
     if "memory" in selected:
         connection = asyncio.run(idle_connection_bytes())
         for kind in kinds:
-            memory_rows += measure_memory(kind, args.memory_clients, args.memory_ticks, args.seed, connection, args.memory_waves)
+            memory_rows += measure_memory(
+                kind, args.memory_clients, args.memory_ticks, args.seed, connection, args.memory_waves, args.memory_timeouts
+            )
     decode_rows = measure_decode(max(3, args.repeat)) if "decode" in selected else []
 
     print("\n# Tables for bench/README.md")
