@@ -821,9 +821,10 @@ async def run_memory(
                 await goodbye(await send(active_wave), goodbyes_wave)
                 after_waves.append(_status([c.pid], "VmRSS"))
             refused = await c.refusals()
+    sent_half = len(by_sender(first))
     return {
         "clients": (clients_half, clients_full),
-        "sent": (len(by_sender(first)), len(by_sender(first)) + len(by_sender(second))),
+        "sent": (sent_half, sent_half + len(by_sender(second))),
         "perClientBytes": (at_full - at_half) / max(1.0, clients_full - clients_half),
         "coldBytes": cold,
         "baselineBytes": baseline,
@@ -1094,15 +1095,16 @@ def measure_memory(kind: str, clients: int, ticks: int, seed: int, connection: f
     r = asyncio.run(run_memory(calls, warm, more, timeouts=timeouts))
     half, full = r["clients"]
     invalid = dict(r["refused"])
-    if half < r["sent"][0] or full < r["sent"][1]:  # clients timed out before the slope was taken: not per active client
-        invalid["clients ended before every client was active (raise --memory-timeouts)"] = r["sent"][1] - full
+    ended_early = max(sent - active for sent, active in zip(r["sent"], r["clients"], strict=True))
+    if ended_early > 0:  # clients timed out before the slope was taken: it is not per active client
+        invalid["clients ended before every client was active (raise --memory-timeouts)"] = ended_early
     after = r["afterBytes"] - r["baselineBytes"]
-    after_waves = ", ".join(f"{(b - r['baselineBytes']) / 2**20:+.1f}" for b in r["afterWavesBytes"]) or "—"
+    after_waves = ", ".join(f"{(b - r['baselineBytes']) / 2**20:+.1f} MiB" for b in r["afterWavesBytes"]) or "—"
     row = (
         f" | {full:,.0f} (slope from {half:,.0f}) | {r['perClientBytes'] / 1024:.1f} KiB"
         f" | {connection / 1024:.1f} KiB | {r['fullBytes'] / 2**20:,.0f} MiB | {after / 2**20:+.1f} MiB"
         f" (baseline {r['baselineBytes'] / 2**20:.0f} MiB, cold {r['coldBytes'] / 2**20:.0f} MiB)"
-        f" | {after_waves} MiB |"
+        f" | {after_waves} |"
     )
     return [_row("memory", kind, row, invalid)]
 

@@ -31,12 +31,14 @@ _WAITS = {
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
-def where(frame: str, by: str) -> str:
-    """A frame ``function (file:line)`` as the row it is counted under."""
+def where(frame: str, by: str) -> str | None:
+    """A frame ``function (file:line)`` as the row it is counted under; None for a thread waiting."""
     m = _FRAME.match(frame)
     if m is None:
         return frame
     path = m["file"]  # as py-spy shortens it: relative to the entry of sys.path it was found under
+    if (path, m["function"]) in _WAITS:
+        return None
     if path.startswith("/") or not (ROOT / path).is_file():  # a library's, or the standard library's
         name = Path(path).parts[-1] if path.startswith("/") else Path(path).parts[0].removesuffix(".py")
     else:
@@ -44,22 +46,18 @@ def where(frame: str, by: str) -> str:
     return f"{name}: {m['function']}" if by == "function" else name
 
 
-def _waiting(frame: str) -> bool:
-    m = _FRAME.match(frame)
-    return m is not None and (m["file"], m["function"]) in _WAITS
-
-
 def table(paths: list[Path], by: str, top: int) -> list[str]:
-    own: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
     for path in paths:
         for line in path.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
-            if not stack or not count.isdigit() or "importlib" in stack:
-                continue
-            leaf = stack.rsplit(";", 1)[-1]
-            if leaf.startswith("process ") or _waiting(leaf):  # outside any Python frame, or idle
-                continue
-            own[where(leaf, by)] += int(count)
+            if stack and count.isdigit() and "importlib" not in stack:
+                leaves[stack.rsplit(";", 1)[-1]] += int(count)
+    own: Counter[str] = Counter()
+    for leaf, n in leaves.items():  # each distinct frame placed once
+        row = None if leaf.startswith("process ") else where(leaf, by)  # outside any Python frame
+        if row is not None:
+            own[row] += n
     total = sum(own.values()) or 1
     rows = ["| share | where |", "| ---: | --- |"]
     rows += [f"| {100 * n / total:.1f} % | `{name}` |" for name, n in own.most_common(top)]
